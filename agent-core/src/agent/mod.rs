@@ -1,0 +1,503 @@
+//! The [`Agent`]: an immutable definition shared by all sessions, and the [`Session`] handle
+//! that runs invocations.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::conversation::{ConversationManager, SlidingWindow};
+use crate::error::{AgentError, BuildError};
+use crate::event::AgentEvent;
+use crate::message::{ContentBlock, Message};
+use crate::model::{Model, ToolChoice, Usage};
+use crate::retry::RetryPolicy;
+use crate::session::{InMemorySessionStore, SessionStore, validate_id};
+use crate::tool::executor::ExecutorConfig;
+use crate::tool::{Tool, ToolRegistry};
+
+mod run;
+
+pub use run::{INTERRUPTED_TEXT, TIME_LIMIT_TEXT};
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The model answered.
+    EndTurn,
+    /// The model hit its output token limit.
+    MaxTokens,
+    /// The provider filtered the content.
+    ContentFiltered,
+    /// The invocation was cancelled.
+    Cancelled,
+    /// The turn limit was reached.
+    LimitTurns,
+    /// The token limit was reached.
+    LimitTokens,
+    /// The wall-clock limit was reached.
+    Timeout,
+}
+
+/// Bounds of one invocation. Limits end a run gracefully, with their own [`StopReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Model calls per invocation (default 50).
+    pub max_turns: Option<u32>,
+    /// Input plus output tokens per invocation, checked before each model call (default none).
+    pub max_total_tokens: Option<u64>,
+    /// Wall-clock time of an invocation, waits for a busy session included (default 10 minutes).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_turns: Some(50), max_total_tokens: None, timeout: Some(Duration::from_secs(600)) }
+    }
+}
+
+impl Limits {
+    /// No limits at all (not recommended for services).
+    pub fn unlimited() -> Self {
+        Self { max_turns: None, max_total_tokens: None, timeout: None }
+    }
+
+    /// Sets the turn limit.
+    pub fn max_turns(mut self, turns: u32) -> Self {
+        self.max_turns = Some(turns);
+        self
+    }
+
+    /// Sets the token limit.
+    pub fn max_total_tokens(mut self, tokens: u64) -> Self {
+        self.max_total_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the wall-clock limit.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// Metrics of one model turn and the tool batch that followed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnMetrics {
+    /// Time from the request to the end of the response, of the successful attempt.
+    pub model_latency_ms: u64,
+    /// Time to the first streamed event, of the successful attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_first_chunk_ms: Option<u64>,
+    /// Attempts the turn took (1 without retries).
+    pub attempts: u32,
+    /// Usage of the turn.
+    pub usage: Usage,
+    /// Tool calls in the batch.
+    pub tool_calls: u32,
+    /// Duration of the tool batch.
+    pub tools_ms: u64,
+}
+
+/// The outcome of an invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentResult {
+    /// Why it ended.
+    pub stop_reason: StopReason,
+    /// The last assistant message of this invocation, if the model answered at all.
+    pub message: Option<Message>,
+    /// Usage of this invocation (not of the session's lifetime).
+    pub usage: Usage,
+    /// Per-turn metrics.
+    pub turns: Vec<TurnMetrics>,
+}
+
+impl AgentResult {
+    /// The text of the final message (empty if there is none).
+    pub fn text(&self) -> String {
+        self.message.as_ref().map(Message::text).unwrap_or_default()
+    }
+}
+
+/// What to send as a prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt(pub Vec<ContentBlock>);
+
+impl From<&str> for Prompt {
+    fn from(s: &str) -> Self {
+        Self(vec![ContentBlock::Text(s.to_owned())])
+    }
+}
+
+impl From<String> for Prompt {
+    fn from(s: String) -> Self {
+        Self(vec![ContentBlock::Text(s)])
+    }
+}
+
+impl From<Vec<ContentBlock>> for Prompt {
+    fn from(blocks: Vec<ContentBlock>) -> Self {
+        Self(blocks)
+    }
+}
+
+/// An agent: model, tools, prompt, limits and stores. Built once per process, cheap to clone,
+/// `Send + Sync`; one agent serves any number of concurrent sessions.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<AgentInner>,
+}
+
+pub(crate) struct AgentInner {
+    pub(crate) name: String,
+    pub(crate) id: String,
+    pub(crate) model: Arc<dyn Model>,
+    pub(crate) system_prompt: Option<String>,
+    pub(crate) tools: ToolRegistry,
+    pub(crate) tool_choice: ToolChoice,
+    pub(crate) executor: ExecutorConfig,
+    pub(crate) limits: Limits,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) max_context_reductions: u32,
+    pub(crate) conversation: Arc<dyn ConversationManager>,
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) locks: SessionLocks,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("name", &self.inner.name)
+            .field("id", &self.inner.id)
+            .field("model", &self.inner.model.descriptor())
+            .field("tools", &self.inner.tools)
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// A builder.
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder::default()
+    }
+
+    /// The agent's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The agent's id (the key of its part of a session).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The registered tools.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.inner.tools
+    }
+
+    /// A handle on one session. Nothing is loaded until an invocation runs.
+    pub fn session(&self, session_id: impl Into<String>) -> Session {
+        Session { agent: self.clone(), session_id: session_id.into(), actor_id: None, cancel: None }
+    }
+}
+
+/// Builds an [`Agent`].
+pub struct AgentBuilder {
+    name: String,
+    id: String,
+    model: Option<Arc<dyn Model>>,
+    system_prompt: Option<String>,
+    tools: Vec<Arc<dyn Tool>>,
+    tool_choice: ToolChoice,
+    executor: ExecutorConfig,
+    limits: Limits,
+    retry: RetryPolicy,
+    max_context_reductions: u32,
+    conversation: Arc<dyn ConversationManager>,
+    store: Arc<dyn SessionStore>,
+}
+
+impl Default for AgentBuilder {
+    fn default() -> Self {
+        Self {
+            name: "agent".into(),
+            id: "default".into(),
+            model: None,
+            system_prompt: None,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            executor: ExecutorConfig::default(),
+            limits: Limits::default(),
+            retry: RetryPolicy::default(),
+            max_context_reductions: 3,
+            conversation: Arc::new(SlidingWindow::default()),
+            store: Arc::new(InMemorySessionStore::new()),
+        }
+    }
+}
+
+impl AgentBuilder {
+    /// The agent's name (telemetry's `gen_ai.agent.name`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The agent's id within sessions (default `default`, as in Strands).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// The model.
+    pub fn model(mut self, model: impl Model) -> Self {
+        self.model = Some(Arc::new(model));
+        self
+    }
+
+    /// A shared model.
+    pub fn shared_model(mut self, model: Arc<dyn Model>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// The system prompt.
+    pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
+        self.system_prompt = Some(prompt.into());
+        self
+    }
+
+    /// Adds a tool.
+    pub fn tool(mut self, tool: impl Tool) -> Self {
+        self.tools.push(Arc::new(tool));
+        self
+    }
+
+    /// Adds shared tools.
+    pub fn tools(mut self, tools: impl IntoIterator<Item = Arc<dyn Tool>>) -> Self {
+        self.tools.extend(tools);
+        self
+    }
+
+    /// The tool choice sent with every model call (default auto).
+    pub fn tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.tool_choice = choice;
+        self
+    }
+
+    /// How many tool calls of one batch run at once (default 8).
+    pub fn max_tool_concurrency(mut self, n: usize) -> Self {
+        self.executor.max_concurrency = n;
+        self
+    }
+
+    /// Default bound of one tool call (default 60 s).
+    pub fn tool_timeout(mut self, timeout: Duration) -> Self {
+        self.executor.timeout = timeout;
+        self
+    }
+
+    /// Invocation limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Retry policy of model calls.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How often one model turn may reduce the context after an overflow (default 3).
+    pub fn max_context_reductions(mut self, n: u32) -> Self {
+        self.max_context_reductions = n;
+        self
+    }
+
+    /// The conversation manager (default a sliding window of 40 messages).
+    pub fn conversation_manager(mut self, manager: impl ConversationManager) -> Self {
+        self.conversation = Arc::new(manager);
+        self
+    }
+
+    /// The session store (default in memory).
+    pub fn session_store(mut self, store: impl SessionStore) -> Self {
+        self.store = Arc::new(store);
+        self
+    }
+
+    /// A shared session store.
+    pub fn shared_session_store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Builds the agent.
+    pub fn build(self) -> Result<Agent, BuildError> {
+        let model = self.model.ok_or(BuildError::MissingModel)?;
+        validate_id("agent", &self.id)?;
+        if self.executor.max_concurrency == 0 {
+            return Err(BuildError::Invalid("max_tool_concurrency must be at least 1".into()));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(BuildError::Invalid("retry.max_attempts must be at least 1".into()));
+        }
+        let mut tools = ToolRegistry::new();
+        for t in self.tools {
+            tools.register(t)?;
+        }
+        Ok(Agent {
+            inner: Arc::new(AgentInner {
+                name: self.name,
+                id: self.id,
+                model,
+                system_prompt: self.system_prompt,
+                tools,
+                tool_choice: self.tool_choice,
+                executor: self.executor,
+                limits: self.limits,
+                retry: self.retry,
+                max_context_reductions: self.max_context_reductions,
+                conversation: self.conversation,
+                store: self.store,
+                locks: SessionLocks::default(),
+            }),
+        })
+    }
+}
+
+/// A handle on one session of an agent.
+#[derive(Debug, Clone)]
+pub struct Session {
+    agent: Agent,
+    session_id: String,
+    actor_id: Option<String>,
+    cancel: Option<CancellationToken>,
+}
+
+impl Session {
+    /// The actor (end user) this session belongs to; tools see it in their context.
+    pub fn actor(mut self, actor_id: impl Into<String>) -> Self {
+        self.actor_id = Some(actor_id.into());
+        self
+    }
+
+    /// A token that cancels the invocation: the model stream and running tools stop promptly
+    /// and the run ends with [`StopReason::Cancelled`].
+    pub fn cancel_token(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Runs an invocation to its end.
+    pub async fn invoke(&self, prompt: impl Into<Prompt>) -> Result<AgentResult, AgentError> {
+        let cancel = self.cancel.clone().unwrap_or_default();
+        run::run(&self.agent.inner, &self.session_id, self.actor_id.as_deref(), prompt.into(), cancel, None).await
+    }
+
+    /// Runs an invocation in a task and streams its events; the last item is
+    /// [`AgentEvent::Stop`] or an error. Dropping the stream cancels the run. Must be called
+    /// within a Tokio runtime.
+    pub fn stream(&self, prompt: impl Into<Prompt>) -> AgentStream {
+        let (tx, rx) = mpsc::channel(64);
+        let cancel = self.cancel.clone().unwrap_or_default().child_token();
+        let guard = cancel.clone().drop_guard();
+        let agent = self.agent.clone();
+        let session_id = self.session_id.clone();
+        let actor_id = self.actor_id.clone();
+        let prompt = prompt.into();
+        tokio::spawn(async move {
+            let outcome =
+                run::run(&agent.inner, &session_id, actor_id.as_deref(), prompt, cancel, Some(tx.clone())).await;
+            let last = outcome.map(AgentEvent::Stop);
+            // The receiver may be gone; then nobody is waiting for the outcome.
+            let _ = tx.send(last).await;
+        });
+        AgentStream { rx, _guard: guard }
+    }
+}
+
+/// The events of a streamed invocation.
+#[derive(Debug)]
+pub struct AgentStream {
+    rx: mpsc::Receiver<Result<AgentEvent, AgentError>>,
+    _guard: DropGuard,
+}
+
+impl Stream for AgentStream {
+    type Item = Result<AgentEvent, AgentError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// One async mutex per session in use, so two invocations of one session never interleave.
+/// Entries disappear when no invocation holds or waits for them.
+#[derive(Default)]
+pub(crate) struct SessionLocks {
+    map: Mutex<HashMap<Arc<str>, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+pub(crate) struct SessionLockGuard<'a> {
+    locks: &'a SessionLocks,
+    key: Arc<str>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for SessionLockGuard<'_> {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else { return };
+        let mutex = tokio::sync::OwnedMutexGuard::mutex(&guard).clone();
+        drop(guard);
+        // Acquirers upgrade the weak entry under the map lock, so a strong count of one (ours)
+        // checked under that lock means nobody holds or waits for this session.
+        let mut map = self.locks.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if Arc::strong_count(&mutex) == 1 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl SessionLocks {
+    pub(crate) async fn acquire(
+        &self,
+        key: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Option<SessionLockGuard<'_>> {
+        let key: Arc<str> = key.into();
+        let mutex = {
+            let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match map.get(&key).and_then(Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key.clone(), Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        let lock = mutex.lock_owned();
+        let guard = match deadline {
+            Some(d) => tokio::time::timeout_at(d, lock).await.ok()?,
+            None => lock.await,
+        };
+        Some(SessionLockGuard { locks: self, key, guard: Some(guard) })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}

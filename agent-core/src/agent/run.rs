@@ -1,0 +1,366 @@
+//! The agent loop: an explicit state machine, model turn -> tool batch -> model turn ..., until
+//! a stop reason. Every message is appended to the session store as soon as it exists, so a
+//! run's progress is checkpointed after each model turn and each tool batch.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{AgentInner, AgentResult, Prompt, StopReason, TurnMetrics};
+use crate::conversation::ContextWindow;
+use crate::error::AgentError;
+use crate::event::AgentEvent;
+use crate::history::History;
+use crate::message::{ContentBlock, Message, Role, ToolResult, ToolUse};
+use crate::model::{ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, Usage};
+use crate::session::{SessionKey, SessionState, validate_id};
+use crate::tool::AgentState;
+use crate::tool::executor::{CallScope, execute_stream};
+
+/// Text of the results that answer tool uses left pending by an interrupted run.
+pub const INTERRUPTED_TEXT: &str = "Tool was interrupted.";
+/// Text of the results of calls stopped by the invocation's time limit.
+pub const TIME_LIMIT_TEXT: &str = "Tool execution stopped: the invocation's time limit was reached.";
+
+type Sender = mpsc::Sender<Result<AgentEvent, AgentError>>;
+
+struct Emitter(Option<Sender>);
+
+impl Emitter {
+    fn active(&self) -> bool {
+        self.0.is_some()
+    }
+
+    async fn send(&self, event: AgentEvent) {
+        if let Some(tx) = &self.0 {
+            // A closed channel means the consumer dropped the stream, which cancels the run.
+            let _ = tx.send(Ok(event)).await;
+        }
+    }
+}
+
+enum TurnOutcome {
+    Done(ModelResponse, TurnMetrics),
+    Stopped(StopReason),
+}
+
+struct Run<'a> {
+    agent: &'a AgentInner,
+    key: SessionKey,
+    actor_id: Option<std::sync::Arc<str>>,
+    history: History,
+    window: ContextWindow,
+    state: AgentState,
+    emitter: Emitter,
+    cancel: CancellationToken,
+    deadline: Option<Instant>,
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(super) async fn run(
+    agent: &AgentInner,
+    session_id: &str,
+    actor_id: Option<&str>,
+    prompt: Prompt,
+    cancel: CancellationToken,
+    tx: Option<Sender>,
+) -> Result<AgentResult, AgentError> {
+    if prompt.0.is_empty() {
+        return Err(AgentError::EmptyPrompt);
+    }
+    let key = SessionKey::new(session_id, &agent.id)?;
+    if let Some(actor) = actor_id {
+        validate_id("actor", actor)?;
+    }
+    let deadline = agent.limits.timeout.map(|t| Instant::now() + t);
+    let _lock = agent
+        .locks
+        .acquire(session_id, deadline)
+        .await
+        .ok_or_else(|| AgentError::SessionBusy { session_id: session_id.to_owned() })?;
+
+    let stored = agent.store.load(&key).await?.unwrap_or_default();
+    let history = History::restore(stored.messages)?;
+    let SessionState { agent_state, window } = stored.state;
+    let mut run = Run {
+        agent,
+        key,
+        actor_id: actor_id.map(Into::into),
+        history,
+        window,
+        state: AgentState::from_map(agent_state),
+        emitter: Emitter(tx),
+        cancel,
+        deadline,
+    };
+    let initial_window = run.window;
+    let first_new = run.history.len();
+
+    // Answer tool uses an earlier run left pending, in the same user message as the prompt.
+    let mut content: Vec<ContentBlock> = run
+        .history
+        .pending_tool_uses()
+        .into_iter()
+        .map(|u| ContentBlock::ToolResult(ToolResult::error(&u.tool_use_id, INTERRUPTED_TEXT)))
+        .collect();
+    content.extend(prompt.0);
+    run.append(Message::new(Role::User, content)).await?;
+
+    let mut usage = Usage::default();
+    let mut turns: Vec<TurnMetrics> = Vec::new();
+    let limits = agent.limits;
+    let stop_reason = loop {
+        if run.cancel.is_cancelled() {
+            break StopReason::Cancelled;
+        }
+        if limits.max_turns.is_some_and(|max| turns.len() as u64 >= u64::from(max)) {
+            break StopReason::LimitTurns;
+        }
+        if limits.max_total_tokens.is_some_and(|max| usage.total_tokens >= max) {
+            break StopReason::LimitTokens;
+        }
+        if run.deadline.is_some_and(|d| Instant::now() >= d) {
+            break StopReason::Timeout;
+        }
+        agent.conversation.apply(&run.history, &mut run.window);
+        let (response, mut metrics) = match run.model_turn().await? {
+            TurnOutcome::Done(r, m) => (r, m),
+            TurnOutcome::Stopped(reason) => break reason,
+        };
+        usage.add(&response.usage);
+        if run.emitter.active() {
+            run.emitter.send(AgentEvent::Usage { usage: response.usage }).await;
+        }
+        let mut content = response.content;
+        if content.is_empty() {
+            content.push(ContentBlock::Text(String::new()));
+        }
+        let has_tools = content.iter().any(|b| matches!(b, ContentBlock::ToolUse(_)));
+        run.append(Message::new(Role::Assistant, content)).await?;
+        if has_tools {
+            let started = Instant::now();
+            let (calls, stopped) = run.tool_batch().await?;
+            metrics.tool_calls = calls;
+            metrics.tools_ms = millis(started.elapsed());
+            turns.push(metrics);
+            if let Some(reason) = stopped {
+                break reason;
+            }
+            continue;
+        }
+        turns.push(metrics);
+        break match response.stop_reason {
+            ModelStopReason::MaxTokens => StopReason::MaxTokens,
+            ModelStopReason::ContentFiltered => StopReason::ContentFiltered,
+            _ => StopReason::EndTurn,
+        };
+    };
+
+    if run.state.take_dirty() || run.window != initial_window {
+        let state = SessionState { agent_state: run.state.to_map(), window: run.window };
+        agent.store.save_state(&run.key, &state, stored.state_version).await?;
+    }
+    let message = run.history.messages()[first_new..]
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::Assistant)
+        .cloned();
+    Ok(AgentResult { stop_reason, message, usage, turns })
+}
+
+impl Run<'_> {
+    async fn append(&mut self, message: Message) -> Result<(), AgentError> {
+        let expected = self.history.len();
+        self.history.push(message)?;
+        let stored = &self.history.messages()[expected..];
+        self.agent.store.append(&self.key, expected, stored).await?;
+        if self.emitter.active() {
+            self.emitter.send(AgentEvent::MessageAdded { message: stored[0].clone() }).await;
+        }
+        Ok(())
+    }
+
+    async fn model_turn(&mut self) -> Result<TurnOutcome, AgentError> {
+        let agent = self.agent;
+        let mut attempts = 0u32;
+        let mut failures = 0u32;
+        let mut reductions = 0u32;
+        loop {
+            attempts += 1;
+            let started = Instant::now();
+            let mut first_event = None;
+            let mut stream = {
+                let request = ModelRequest {
+                    messages: self.window.visible(&self.history),
+                    system_prompt: agent.system_prompt.as_deref(),
+                    tools: agent.tools.specs(),
+                    tool_choice: &agent.tool_choice,
+                };
+                agent.model.stream(&request)
+            };
+            let outcome: Result<ModelResponse, ModelError> = loop {
+                let next = tokio::select! {
+                    biased;
+                    () = self.cancel.cancelled() => return Ok(TurnOutcome::Stopped(StopReason::Cancelled)),
+                    () = sleep_until_opt(self.deadline) => return Ok(TurnOutcome::Stopped(StopReason::Timeout)),
+                    next = stream.next() => next,
+                };
+                match next {
+                    None => {
+                        break Err(ModelError::Transient { message: "model stream ended without a response".into() });
+                    }
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(event)) => {
+                        first_event.get_or_insert_with(|| started.elapsed());
+                        match event {
+                            ModelEvent::Completed(response) => break Ok(response),
+                            other => self.forward(other).await,
+                        }
+                    }
+                }
+            };
+            drop(stream);
+            let error = match outcome {
+                Ok(response) => {
+                    let metrics = TurnMetrics {
+                        model_latency_ms: millis(started.elapsed()),
+                        time_to_first_chunk_ms: first_event.map(millis),
+                        attempts,
+                        usage: response.usage,
+                        tool_calls: 0,
+                        tools_ms: 0,
+                    };
+                    return Ok(TurnOutcome::Done(response, metrics));
+                }
+                Err(e) => e,
+            };
+            match error {
+                ModelError::ContextOverflow { message } => {
+                    if reductions < agent.max_context_reductions
+                        && agent.conversation.reduce(&self.history, &mut self.window)
+                    {
+                        reductions += 1;
+                        tracing::warn!(session = %self.key.session_id, reductions, "context overflow: history reduced, retrying");
+                        self.retry_event(reductions, Duration::ZERO, "context_overflow", &message).await;
+                        continue;
+                    }
+                    return Err(AgentError::ContextOverflow { message });
+                }
+                e if e.is_retryable() && failures + 1 < agent.retry.max_attempts => {
+                    failures += 1;
+                    let delay = agent.retry.delay(failures, e.retry_after());
+                    if self.deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                        tracing::warn!(error = %e, "model call failed and the backoff would pass the time limit");
+                        return Ok(TurnOutcome::Stopped(StopReason::Timeout));
+                    }
+                    tracing::warn!(error = %e, retry = failures, delay_ms = millis(delay), "model call failed, retrying");
+                    self.retry_event(failures, delay, e.kind(), &e.to_string()).await;
+                    tokio::select! {
+                        biased;
+                        () = self.cancel.cancelled() => return Ok(TurnOutcome::Stopped(StopReason::Cancelled)),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                e => return Err(AgentError::Model { error: e, attempts }),
+            }
+        }
+    }
+
+    async fn retry_event(&self, attempt: u32, delay: Duration, kind: &str, message: &str) {
+        if self.emitter.active() {
+            self.emitter
+                .send(AgentEvent::Retry {
+                    attempt,
+                    delay_ms: millis(delay),
+                    error_kind: kind.to_owned(),
+                    message: message.to_owned(),
+                })
+                .await;
+        }
+    }
+
+    async fn forward(&self, event: ModelEvent) {
+        if !self.emitter.active() {
+            return;
+        }
+        let event = match event {
+            ModelEvent::TextDelta(text) => AgentEvent::TextDelta { text },
+            ModelEvent::ReasoningDelta { text, signature } => AgentEvent::ReasoningDelta { text, signature },
+            ModelEvent::ToolUseStart { tool_use_id, name } => AgentEvent::ToolUseStart { tool_use_id, name },
+            ModelEvent::ToolInputDelta { tool_use_id, delta } => AgentEvent::ToolInputDelta { tool_use_id, delta },
+            _ => return,
+        };
+        self.emitter.send(event).await;
+    }
+
+    /// Runs the tool uses of the last message and appends their results. Returns the number of
+    /// calls and, if the run must stop, why.
+    async fn tool_batch(&mut self) -> Result<(u32, Option<StopReason>), AgentError> {
+        let agent = self.agent;
+        let scope = CallScope {
+            session_id: self.key.session_id.clone(),
+            actor_id: self.actor_id.clone(),
+            state: self.state.clone(),
+        };
+        let tools_cancel = self.cancel.child_token();
+        let mut timed_out = false;
+        let mut results: Vec<(ToolResult, bool)> = Vec::new();
+        {
+            let uses: Vec<&ToolUse> = self.history.messages().last().map(|m| m.tool_uses().collect()).unwrap_or_default();
+            results.reserve(uses.len());
+            let mut stream = std::pin::pin!(execute_stream(&agent.tools, &agent.executor, &uses, &scope, &tools_cancel));
+            loop {
+                tokio::select! {
+                    biased;
+                    item = stream.next() => match item {
+                        Some((result, cancelled)) => {
+                            if self.emitter.active() {
+                                self.emitter.send(AgentEvent::ToolResult { result: result.clone() }).await;
+                            }
+                            results.push((result, cancelled));
+                        }
+                        None => break,
+                    },
+                    () = sleep_until_opt(self.deadline), if !timed_out => {
+                        timed_out = true;
+                        tools_cancel.cancel();
+                    }
+                }
+            }
+        }
+        let calls = u32::try_from(results.len()).unwrap_or(u32::MAX);
+        let user_cancelled = self.cancel.is_cancelled();
+        let content = results
+            .into_iter()
+            .map(|(result, cancelled)| {
+                if cancelled && timed_out && !user_cancelled {
+                    ContentBlock::ToolResult(ToolResult::error(result.tool_use_id, TIME_LIMIT_TEXT))
+                } else {
+                    ContentBlock::ToolResult(result)
+                }
+            })
+            .collect();
+        self.append(Message::new(Role::User, content)).await?;
+        let stop = if user_cancelled {
+            Some(StopReason::Cancelled)
+        } else if timed_out {
+            Some(StopReason::Timeout)
+        } else {
+            None
+        };
+        Ok((calls, stop))
+    }
+}

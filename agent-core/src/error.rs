@@ -1,0 +1,64 @@
+//! Errors of agent construction and invocation.
+
+use crate::history::HistoryError;
+use crate::model::ModelError;
+use crate::session::{InvalidId, StoreError};
+use crate::tool::RegistryError;
+
+/// Why an invocation failed. Limits, cancellation and timeouts are not errors: they end the run
+/// with their own [`crate::agent::StopReason`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The model failed with an error that is not retried, or retries ran out.
+    #[error("{error} (after {attempts} attempt(s))")]
+    Model {
+        /// The last error.
+        error: ModelError,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The prompt does not fit the context window even after reducing the history.
+    #[error("context window overflow that the conversation manager could not resolve: {message}")]
+    ContextOverflow {
+        /// The server's last message.
+        message: String,
+    },
+    /// A message would break the history's invariants, or a stored history is broken.
+    #[error("invalid history: {0}")]
+    History(#[from] HistoryError),
+    /// The session store failed; a [`crate::session::StoreError::Conflict`] means another
+    /// writer changed the session and nothing was overwritten.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A refused id.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    /// Another invocation held the session for the whole time this one could wait.
+    #[error("session `{session_id}` is busy with another invocation")]
+    SessionBusy {
+        /// The session.
+        session_id: String,
+    },
+    /// The prompt has no content.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+}
+
+/// Why an agent cannot be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// No model was given.
+    #[error("an agent needs a model: call AgentBuilder::model")]
+    MissingModel,
+    /// A tool was refused.
+    #[error(transparent)]
+    Tool(#[from] RegistryError),
+    /// The agent id is invalid.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}

@@ -1,0 +1,236 @@
+//! The model abstraction: one streaming method, typed events, classified errors.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::message::{ContentBlock, Message};
+use crate::tool::ToolSpec;
+
+#[cfg(feature = "openai")]
+pub mod openai;
+
+/// What the model is asked: the visible history, the system prompt, the tools and the tool choice.
+#[derive(Debug, Clone)]
+pub struct ModelRequest<'a> {
+    /// The messages the model sees, oldest first.
+    pub messages: Vec<&'a Message>,
+    /// The system prompt, if any.
+    pub system_prompt: Option<&'a str>,
+    /// The tools the model may call.
+    pub tools: &'a [ToolSpec],
+    /// Whether and which tool the model must call.
+    pub tool_choice: &'a ToolChoice,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ToolChoice {
+    /// The model decides (the default).
+    #[default]
+    Auto,
+    /// The model must call some tool.
+    Any,
+    /// The model must not call tools.
+    None,
+    /// The model must call this tool.
+    Tool(String),
+}
+
+/// Token usage of one model call or of an invocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// Their sum, as reported by the server (or computed).
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// Adds another usage to this one.
+    pub fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+/// Why the model stopped generating.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ModelStopReason {
+    /// The model finished its answer.
+    EndTurn,
+    /// The model asked for tools (decided by the presence of tool calls, not the finish reason).
+    ToolUse,
+    /// The output token limit was reached.
+    MaxTokens,
+    /// A stop sequence matched.
+    StopSequence,
+    /// The provider filtered the content.
+    ContentFiltered,
+}
+
+/// A finished model response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelResponse {
+    /// The assistant message's content (text, reasoning, tool uses) in the order produced.
+    pub content: Vec<ContentBlock>,
+    /// Why generation stopped.
+    pub stop_reason: ModelStopReason,
+    /// The provider's raw finish reason, when it gave one.
+    pub finish_reason: Option<String>,
+    /// Token usage of this call.
+    pub usage: Usage,
+    /// The provider's response id.
+    pub response_id: Option<String>,
+    /// The model that answered, as the server named it.
+    pub response_model: Option<String>,
+}
+
+/// One event of a model stream.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ModelEvent {
+    /// A fragment of answer text.
+    TextDelta(String),
+    /// A fragment of reasoning.
+    ReasoningDelta {
+        /// Reasoning text.
+        text: String,
+        /// A signature, when the provider sends one.
+        signature: Option<String>,
+    },
+    /// A tool call begins.
+    ToolUseStart {
+        /// Its id.
+        tool_use_id: String,
+        /// The tool's name.
+        name: String,
+    },
+    /// A fragment of a tool call's JSON arguments.
+    ToolInputDelta {
+        /// The call's id.
+        tool_use_id: String,
+        /// The fragment.
+        delta: String,
+    },
+    /// The response is complete; always the last event of a successful stream.
+    Completed(ModelResponse),
+}
+
+/// A model error, classified so the loop knows what to do with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The prompt does not fit the model's context window: reduce the history and retry.
+    #[error("context window overflow: {message}")]
+    ContextOverflow {
+        /// The server's message.
+        message: String,
+    },
+    /// The server asks us to slow down (HTTP 429 or 503).
+    #[error("throttled (HTTP {status}): {message}")]
+    Throttled {
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+        /// The server's `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+    /// A failure worth retrying: connection reset, timeout, 5xx, a malformed or cut stream.
+    #[error("transient model error: {message}")]
+    Transient {
+        /// What happened.
+        message: String,
+    },
+    /// A failure that retrying will not fix.
+    #[error("model error{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+    Fatal {
+        /// HTTP status, when there was one.
+        status: Option<u16>,
+        /// The server's message.
+        message: String,
+    },
+    /// The provider is misconfigured.
+    #[error("model configuration error: {0}")]
+    Config(String),
+}
+
+impl ModelError {
+    /// Whether the loop should retry the call after a backoff.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Transient { .. })
+    }
+
+    /// The server's requested delay, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short, stable name of the error class (used as `error.type` in telemetry).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ContextOverflow { .. } => "context_overflow",
+            Self::Throttled { .. } => "throttled",
+            Self::Transient { .. } => "transient",
+            Self::Fatal { .. } => "fatal",
+            Self::Config(_) => "config",
+        }
+    }
+}
+
+/// A stream of model events.
+pub type ModelStream = Pin<Box<dyn Stream<Item = Result<ModelEvent, ModelError>> + Send>>;
+
+/// Who a model is, for telemetry and errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDescriptor {
+    /// The provider's name in the GenAI conventions (`openai`, `aws.bedrock`, ...).
+    pub provider: &'static str,
+    /// The requested model name.
+    pub model: String,
+    /// Host of the endpoint, when there is one.
+    pub server_address: Option<String>,
+    /// Port of the endpoint, when there is one.
+    pub server_port: Option<u16>,
+}
+
+/// A chat model. Implement [`Model::stream`]; [`Model::complete`] is derived from it.
+///
+/// The request is borrowed: a provider serialises what it needs before returning the stream,
+/// so no history is copied per call.
+pub trait Model: Send + Sync + 'static {
+    /// Starts a streaming call. The stream ends with [`ModelEvent::Completed`] or an error.
+    fn stream(&self, request: &ModelRequest<'_>) -> ModelStream;
+
+    /// Describes the model.
+    fn descriptor(&self) -> ModelDescriptor;
+
+    /// Runs a call to completion and returns the response.
+    fn complete<'a>(
+        &'a self,
+        request: &ModelRequest<'_>,
+    ) -> Pin<Box<dyn Future<Output = Result<ModelResponse, ModelError>> + Send + 'a>> {
+        let mut stream = self.stream(request);
+        Box::pin(async move {
+            while let Some(event) = stream.next().await {
+                if let ModelEvent::Completed(response) = event? {
+                    return Ok(response);
+                }
+            }
+            Err(ModelError::Transient { message: "model stream ended without a response".into() })
+        })
+    }
+}

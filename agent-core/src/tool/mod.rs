@@ -1,0 +1,273 @@
+//! Tools: the [`Tool`] trait, closures as tools ([`FnTool`]), the [`ToolRegistry`] and the
+//! [`executor`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::message::{ToolResultContent, ToolResultStatus};
+
+pub mod executor;
+mod registry;
+
+pub use registry::{RegistryError, ToolRegistry, is_valid_tool_name};
+
+/// What a model is told about a tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolSpec {
+    /// The name (`^[a-zA-Z0-9_-]{1,64}$`).
+    pub name: String,
+    /// What the tool does, for the model.
+    pub description: String,
+    /// JSON Schema of the input object.
+    pub input_schema: Value,
+}
+
+/// What a tool gets besides its input.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    /// The id of the tool use being answered.
+    pub tool_use_id: String,
+    /// The session the invocation runs in.
+    pub session_id: Arc<str>,
+    /// The actor (end user) the invocation runs for, when known.
+    pub actor_id: Option<Arc<str>>,
+    /// The session's agent state, shared by the invocation's tools and saved with the session.
+    pub state: AgentState,
+    /// Cancelled when the invocation is cancelled or the call times out: stop promptly.
+    pub cancel: CancellationToken,
+}
+
+/// A session's key-value state (Strands' `agent.state`), persisted with the session.
+#[derive(Debug, Clone, Default)]
+pub struct AgentState {
+    inner: Arc<Mutex<StateInner>>,
+}
+
+#[derive(Debug, Default)]
+struct StateInner {
+    values: Map<String, Value>,
+    dirty: bool,
+}
+
+impl AgentState {
+    /// State holding these values.
+    pub fn from_map(values: Map<String, Value>) -> Self {
+        Self { inner: Arc::new(Mutex::new(StateInner { values, dirty: false })) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StateInner> {
+        // A panic while holding the lock cannot leave the map half-written: every operation
+        // below is a single map call. Recover the guard instead of propagating the poison.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A value.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.lock().values.get(key).cloned()
+    }
+
+    /// Sets a value.
+    pub fn set(&self, key: impl Into<String>, value: Value) {
+        let mut g = self.lock();
+        g.values.insert(key.into(), value);
+        g.dirty = true;
+    }
+
+    /// Removes a value.
+    pub fn remove(&self, key: &str) -> Option<Value> {
+        let mut g = self.lock();
+        let old = g.values.remove(key);
+        g.dirty |= old.is_some();
+        old
+    }
+
+    /// A copy of all values.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.lock().values.clone()
+    }
+
+    /// Whether the state changed since it was loaded or last marked clean.
+    pub(crate) fn take_dirty(&self) -> bool {
+        std::mem::take(&mut self.lock().dirty)
+    }
+}
+
+/// A successful (or deliberately failed) tool output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutput {
+    /// Success or error.
+    pub status: ToolResultStatus,
+    /// The content blocks.
+    pub content: Vec<ToolResultContent>,
+}
+
+impl ToolOutput {
+    /// A text result.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { status: ToolResultStatus::Success, content: vec![ToolResultContent::Text(text.into())] }
+    }
+
+    /// A JSON result.
+    pub fn json(value: Value) -> Self {
+        Self { status: ToolResultStatus::Success, content: vec![ToolResultContent::Json(value)] }
+    }
+
+    /// An error result the model can read.
+    pub fn error(text: impl Into<String>) -> Self {
+        Self { status: ToolResultStatus::Error, content: vec![ToolResultContent::Text(text.into())] }
+    }
+}
+
+impl From<String> for ToolOutput {
+    fn from(s: String) -> Self {
+        Self::text(s)
+    }
+}
+
+impl From<&str> for ToolOutput {
+    fn from(s: &str) -> Self {
+        Self::text(s)
+    }
+}
+
+impl From<Value> for ToolOutput {
+    fn from(v: Value) -> Self {
+        Self::json(v)
+    }
+}
+
+/// A tool failure; its message is what the model reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolError {
+    message: String,
+}
+
+impl ToolError {
+    /// An error with this message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self { message: message.to_string() }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ToolError {}
+
+/// A boxed future, as returned by [`Tool::call`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A tool an agent can call. Implement it by hand, build one from a closure with [`FnTool`], or
+/// (once it lands) derive it with `#[tool]`.
+///
+/// ```
+/// use agent_core::tool::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
+/// use serde_json::{json, Value};
+///
+/// struct Echo;
+/// impl Tool for Echo {
+///     fn spec(&self) -> ToolSpec {
+///         ToolSpec {
+///             name: "echo".into(),
+///             description: "Repeats its input.".into(),
+///             input_schema: json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
+///         }
+///     }
+///     fn call(&self, input: Value, _ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+///         Box::pin(async move { Ok(ToolOutput::text(input["text"].as_str().unwrap_or_default())) })
+///     }
+/// }
+/// ```
+pub trait Tool: Send + Sync + 'static {
+    /// The tool's spec; read once, when the tool is registered.
+    fn spec(&self) -> ToolSpec;
+
+    /// Runs the tool on input already validated against the spec's schema.
+    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>>;
+
+    /// This tool's own timeout, overriding the executor's default.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+}
+
+type ToolFn = dyn Fn(Value, ToolContext) -> BoxFuture<'static, Result<ToolOutput, ToolError>> + Send + Sync;
+
+/// A tool made from a closure.
+///
+/// ```
+/// use agent_core::tool::{FnTool, ToolOutput};
+/// use serde_json::json;
+///
+/// let add = FnTool::new(
+///     "add",
+///     "Adds two numbers.",
+///     json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}),
+///     |input, _ctx| async move {
+///         let sum = input["a"].as_f64().unwrap_or(0.0) + input["b"].as_f64().unwrap_or(0.0);
+///         Ok(ToolOutput::json(json!({"sum": sum})))
+///     },
+/// );
+/// ```
+pub struct FnTool {
+    spec: ToolSpec,
+    timeout: Option<Duration>,
+    f: Box<ToolFn>,
+}
+
+impl FnTool {
+    /// A tool named `name` that runs `f`.
+    pub fn new<F, Fut>(name: impl Into<String>, description: impl Into<String>, input_schema: Value, f: F) -> Self
+    where
+        F: Fn(Value, ToolContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<ToolOutput, ToolError>> + Send + 'static,
+    {
+        Self {
+            spec: ToolSpec { name: name.into(), description: description.into(), input_schema },
+            timeout: None,
+            f: Box::new(move |input, ctx| Box::pin(f(input, ctx))),
+        }
+    }
+
+    /// Sets this tool's own timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+impl fmt::Debug for FnTool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnTool").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+impl Tool for FnTool {
+    fn spec(&self) -> ToolSpec {
+        self.spec.clone()
+    }
+
+    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        (self.f)(input, ctx)
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
