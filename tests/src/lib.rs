@@ -1,1 +1,576 @@
-//! Test support.
+//! Support code for the integration tests: [`MockVllm`], an OpenAI-compatible chat-completions
+//! server on 127.0.0.1 that plays scripted turns in vLLM's exact wire format (streaming and
+//! not) and injects faults on request.
+//!
+//! The wire format follows vLLM's OpenAI server: SSE `data: <json>\n\n` chunks of
+//! `chat.completion.chunk` objects, a first chunk with the role and empty content, tool calls
+//! streamed by `index` with `id`, `type` and `function.name` only on the first delta and
+//! argument fragments after it, the last fragment on the chunk that carries `finish_reason`,
+//! a usage chunk with empty `choices` when `stream_options.include_usage` is set, `data: [DONE]`;
+//! tool-call ids `chatcmpl-tool-<hex>`; error bodies
+//! `{"error":{"message","type","param","code":<int>}}` (and the legacy flat shape).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// A tool call the scripted model makes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptedCall {
+    /// Tool name.
+    pub name: String,
+    /// Arguments.
+    pub args: Value,
+}
+
+/// How tool-call arguments go on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArgsEncoding {
+    /// A JSON string in fragments (vLLM's normal behaviour).
+    #[default]
+    Fragments,
+    /// The whole arguments as a JSON object in one delta (some servers).
+    Object,
+    /// The JSON text encoded a second time as a JSON string.
+    DoubleEncoded,
+    /// Only the first half of the JSON text (a truncated call).
+    Truncated,
+    /// Deltas without `index`; the first carries the id.
+    Idless,
+}
+
+/// A fault injected instead of, or into, a turn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// An HTTP error status with vLLM's error body and an optional `Retry-After` header.
+    Status {
+        /// The status code.
+        code: u16,
+        /// `Retry-After` value.
+        retry_after: Option<String>,
+        /// The error message.
+        message: String,
+    },
+    /// HTTP 400 "maximum context length" in the current (`legacy = false`) or flat legacy body.
+    ContextOverflow {
+        /// Use the legacy flat body.
+        legacy: bool,
+    },
+    /// Send the first `after_chunks` chunks, then drop the connection.
+    DropMidStream {
+        /// Chunks sent before the drop.
+        after_chunks: usize,
+    },
+    /// A chunk that is not JSON, then `[DONE]`.
+    MalformedChunk,
+    /// `data: {"error": ...}` with this code after the first chunk, then `[DONE]` (HTTP 200).
+    MidStreamError {
+        /// The error code in the body.
+        code: u16,
+    },
+    /// Wait this long before sending the response head.
+    SlowFirstByte(Duration),
+}
+
+/// One scripted model turn.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Turn {
+    /// Reasoning text (`reasoning_content`).
+    pub reasoning: Option<String>,
+    /// Answer text.
+    pub text: Option<String>,
+    /// Tool calls.
+    pub tool_calls: Vec<ScriptedCall>,
+    /// Override of the finish reason.
+    pub finish_reason: Option<String>,
+    /// How arguments are encoded.
+    pub args: ArgsEncoding,
+    /// `(prompt_tokens, completion_tokens)`.
+    pub usage: (u64, u64),
+    /// A fault for this request.
+    pub fault: Option<Fault>,
+    /// Use the `reasoning` field instead of `reasoning_content`.
+    pub reasoning_field: bool,
+}
+
+impl Turn {
+    /// A text answer.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { text: Some(text.into()), usage: (20, 10), ..Self::default() }
+    }
+
+    /// One tool call.
+    pub fn tool_call(name: impl Into<String>, args: Value) -> Self {
+        Self { usage: (30, 15), ..Self::default() }.and_tool_call(name, args)
+    }
+
+    /// A fault for this request.
+    pub fn fault(fault: Fault) -> Self {
+        Self { fault: Some(fault), ..Self::default() }
+    }
+
+    /// Adds a tool call.
+    pub fn and_tool_call(mut self, name: impl Into<String>, args: Value) -> Self {
+        self.tool_calls.push(ScriptedCall { name: name.into(), args });
+        self
+    }
+
+    /// Adds reasoning.
+    pub fn with_reasoning(mut self, reasoning: impl Into<String>) -> Self {
+        self.reasoning = Some(reasoning.into());
+        self
+    }
+
+    /// Sets the answer text (before any tool calls).
+    pub fn with_text(mut self, text: impl Into<String>) -> Self {
+        self.text = Some(text.into());
+        self
+    }
+
+    /// Overrides the finish reason.
+    pub fn with_finish_reason(mut self, reason: impl Into<String>) -> Self {
+        self.finish_reason = Some(reason.into());
+        self
+    }
+
+    /// Sets the argument encoding.
+    pub fn with_args(mut self, encoding: ArgsEncoding) -> Self {
+        self.args = encoding;
+        self
+    }
+
+    /// Sets the usage.
+    pub fn with_usage(mut self, prompt: u64, completion: u64) -> Self {
+        self.usage = (prompt, completion);
+        self
+    }
+
+    /// Injects a fault into this turn (for faults that happen mid-stream).
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+}
+
+/// A request the server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The JSON body.
+    pub body: Value,
+    /// The headers.
+    pub headers: HeaderMap,
+}
+
+enum Responder {
+    Script(VecDeque<Turn>),
+    /// For benchmarks: a tool call when the last message is a user prompt, a 50-token answer
+    /// when it is a tool result. Stateless, so any number of sessions can run at once.
+    Bench,
+}
+
+struct ServerState {
+    responder: Mutex<Responder>,
+    received: Mutex<Vec<Received>>,
+    record: bool,
+    bench_call: Bytes,
+    bench_answer: Bytes,
+}
+
+/// The scripted vLLM-format server. Stops when dropped.
+pub struct MockVllm {
+    addr: SocketAddr,
+    state: Arc<ServerState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockVllm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The model name the server serves.
+pub const MODEL: &str = "qwen3-8b";
+
+impl MockVllm {
+    /// Starts a server that plays `turns` in order, one per request.
+    pub async fn start(turns: impl IntoIterator<Item = Turn>) -> std::io::Result<Self> {
+        Self::start_with(Responder::Script(turns.into_iter().collect()), true, "127.0.0.1:0").await
+    }
+
+    /// Starts the stateless benchmark server on `addr`.
+    pub async fn start_bench(addr: &str) -> std::io::Result<Self> {
+        Self::start_with(Responder::Bench, false, addr).await
+    }
+
+    async fn start_with(responder: Responder, record: bool, addr: &str) -> std::io::Result<Self> {
+        let state = Arc::new(ServerState {
+            responder: Mutex::new(responder),
+            received: Mutex::new(Vec::new()),
+            record,
+            bench_call: render_stream(&bench_call_turn(), "chatcmpl-bench", true),
+            bench_answer: render_stream(&bench_answer_turn(), "chatcmpl-bench", true),
+        });
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/health", get(|| async { "" }))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            // Serving ends only when the task is aborted.
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// The base URL, `http://127.0.0.1:<port>/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Adds turns to the script.
+    pub fn push(&self, turns: impl IntoIterator<Item = Turn>) {
+        if let Responder::Script(q) = &mut *lock(&self.state.responder) {
+            q.extend(turns);
+        }
+    }
+
+    /// Requests received so far.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.state.received).clone()
+    }
+
+    /// Turns not played yet.
+    pub fn remaining(&self) -> usize {
+        match &*lock(&self.state.responder) {
+            Responder::Script(q) => q.len(),
+            Responder::Bench => 0,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The benchmark's first turn: a call of `get_weather`.
+pub fn bench_call_turn() -> Turn {
+    Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_usage(120, 20)
+}
+
+/// The benchmark's second turn: an answer of 50 streamed tokens.
+pub fn bench_answer_turn() -> Turn {
+    let words: Vec<String> = (0..50).map(|i| format!("w{i} ")).collect();
+    Turn::text(words.concat()).with_usage(160, 50)
+}
+
+async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error_response(400, &format!("invalid JSON: {e}"), None, false),
+    };
+    let streaming = body["stream"].as_bool().unwrap_or(false);
+    let turn = {
+        let mut responder = lock(&state.responder);
+        match &mut *responder {
+            Responder::Script(q) => q.pop_front(),
+            Responder::Bench => {
+                let last_is_tool = body["messages"]
+                    .as_array()
+                    .and_then(|m| m.last())
+                    .is_some_and(|m| m["role"] == "tool");
+                drop(responder);
+                let bytes = if last_is_tool { state.bench_answer.clone() } else { state.bench_call.clone() };
+                return sse_response(vec![bytes]);
+            }
+        }
+    };
+    if state.record {
+        lock(&state.received).push(Received { body: body.clone(), headers });
+    }
+    let Some(turn) = turn else {
+        return error_response(500, "the test script has no turn left for this request", None, false);
+    };
+    if body["model"] != MODEL {
+        return error_response(404, &format!("The model `{}` does not exist.", body["model"]), None, false);
+    }
+    if !streaming && body.get("stream_options").is_some() {
+        return error_response(400, "Stream options can only be defined when `stream=True`.", None, false);
+    }
+    let id = format!("chatcmpl-{:016x}", fastrand_u64());
+    match &turn.fault {
+        Some(Fault::Status { code, retry_after, message }) => {
+            return error_response(*code, message, retry_after.as_deref(), false);
+        }
+        Some(Fault::ContextOverflow { legacy }) => {
+            let message = "This model's maximum context length is 32768 tokens. However, you requested 1024 output tokens and your prompt contains at least 31745 input tokens, for a total of at least 32769 tokens. Please reduce the length of the input prompt or the number of requested output tokens. (parameter=input_tokens, value=31745)";
+            return error_response(400, message, None, *legacy);
+        }
+        Some(Fault::SlowFirstByte(d)) => tokio::time::sleep(*d).await,
+        _ => {}
+    }
+    if !streaming {
+        return json_response(200, &render_completion(&turn, &id));
+    }
+    let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let chunks = stream_chunks(&turn, &id, include_usage);
+    match &turn.fault {
+        Some(Fault::DropMidStream { after_chunks }) => {
+            let sent: Vec<Result<Bytes, std::io::Error>> =
+                chunks.into_iter().take(*after_chunks).map(Ok).collect();
+            let stream = futures::stream::iter(sent).chain(futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected drop"))
+            }));
+            streaming_response(Body::from_stream(stream))
+        }
+        Some(Fault::MalformedChunk) => {
+            let mut out: Vec<Bytes> = chunks.into_iter().take(1).collect();
+            out.push(Bytes::from_static(b"data: {\"id\": \"chatcmpl-x\", \"choices\": [{\"delta\": \n\n"));
+            out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            sse_response(out)
+        }
+        Some(Fault::MidStreamError { code }) => {
+            let mut out: Vec<Bytes> = chunks.into_iter().take(1).collect();
+            let err = json!({"error": {"message": "injected engine failure", "type": "InternalServerError", "param": null, "code": code}});
+            out.push(sse(&err));
+            out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            sse_response(out)
+        }
+        _ => sse_response(chunks),
+    }
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.finish()
+}
+
+fn sse(value: &Value) -> Bytes {
+    let mut out = b"data: ".to_vec();
+    out.extend_from_slice(value.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+fn chunk(id: &str, delta: Value, finish_reason: Option<&str>) -> Value {
+    let mut choice = json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason});
+    if finish_reason.is_some() {
+        choice["stop_reason"] = Value::Null;
+    }
+    json!({"id": id, "object": "chat.completion.chunk", "created": 1_764_200_000, "model": MODEL, "choices": [choice]})
+}
+
+fn finish_reason(turn: &Turn) -> String {
+    turn.finish_reason.clone().unwrap_or_else(|| if turn.tool_calls.is_empty() { "stop" } else { "tool_calls" }.into())
+}
+
+fn args_text(turn: &Turn, args: &Value) -> String {
+    let text = args.to_string();
+    match turn.args {
+        ArgsEncoding::DoubleEncoded => Value::String(text).to_string(),
+        ArgsEncoding::Truncated => text[..text.len() / 2].to_owned(),
+        _ => text,
+    }
+}
+
+fn split_words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for ch in text.chars() {
+        current.push(ch);
+        if ch == ' ' {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+fn stream_chunks(turn: &Turn, id: &str, include_usage: bool) -> Vec<Bytes> {
+    let mut out = vec![sse(&chunk(id, json!({"role": "assistant", "content": ""}), None))];
+    if let Some(r) = &turn.reasoning {
+        let field = if turn.reasoning_field { "reasoning" } else { "reasoning_content" };
+        for piece in split_words(r) {
+            out.push(sse(&chunk(id, json!({ field: piece }), None)));
+        }
+    }
+    if let Some(t) = &turn.text {
+        for piece in split_words(t) {
+            out.push(sse(&chunk(id, json!({"content": piece}), None)));
+        }
+    }
+    let finish = finish_reason(turn);
+    let mut finished = false;
+    for (i, call) in turn.tool_calls.iter().enumerate() {
+        let call_id = format!("chatcmpl-tool-{:08x}{i}", fastrand_u64() as u32);
+        let last_call = i + 1 == turn.tool_calls.len();
+        match turn.args {
+            ArgsEncoding::Object => {
+                out.push(sse(&chunk(id, json!({"tool_calls": [{"id": call_id, "type": "function", "index": i, "function": {"name": call.name}}]}), None)));
+                let f = last_call.then_some(finish.as_str());
+                out.push(sse(&chunk(id, json!({"tool_calls": [{"index": i, "function": {"arguments": call.args}}]}), f)));
+                finished |= last_call;
+            }
+            ArgsEncoding::Idless => {
+                let text = args_text(turn, &call.args);
+                out.push(sse(&chunk(id, json!({"tool_calls": [{"id": call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}]}), None)));
+                out.push(sse(&chunk(id, json!({"tool_calls": [{"function": {"arguments": text}}]}), None)));
+            }
+            _ => {
+                let text = args_text(turn, &call.args);
+                out.push(sse(&chunk(id, json!({"tool_calls": [{"id": call_id, "type": "function", "index": i, "function": {"name": call.name}}]}), None)));
+                let cut = text.char_indices().map(|(k, _)| k).nth(text.chars().count() / 2).unwrap_or(0);
+                let (a, b) = text.split_at(cut);
+                if !a.is_empty() {
+                    out.push(sse(&chunk(id, json!({"tool_calls": [{"index": i, "function": {"arguments": a}}]}), None)));
+                }
+                // vLLM flushes the rest of the arguments on the chunk that carries finish_reason.
+                let f = last_call.then_some(finish.as_str());
+                out.push(sse(&chunk(id, json!({"tool_calls": [{"index": i, "function": {"arguments": b}}]}), f)));
+                finished |= last_call;
+            }
+        }
+    }
+    if !finished {
+        out.push(sse(&chunk(id, json!({"content": ""}), Some(&finish))));
+    }
+    if include_usage {
+        let (p, c) = turn.usage;
+        out.push(sse(&json!({"id": id, "object": "chat.completion.chunk", "created": 1_764_200_000, "model": MODEL, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})));
+    }
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
+/// The whole streamed response of a turn as one buffer (used by the benchmark server).
+pub fn render_stream(turn: &Turn, id: &str, include_usage: bool) -> Bytes {
+    let mut all = Vec::new();
+    for c in stream_chunks(turn, id, include_usage) {
+        all.extend_from_slice(&c);
+    }
+    Bytes::from(all)
+}
+
+fn render_completion(turn: &Turn, id: &str) -> Value {
+    let tool_calls: Vec<Value> = turn
+        .tool_calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let arguments = match turn.args {
+                ArgsEncoding::Object => c.args.clone(),
+                _ => Value::String(args_text(turn, &c.args)),
+            };
+            json!({"id": format!("chatcmpl-tool-{:08x}{i}", fastrand_u64() as u32), "type": "function", "function": {"name": c.name, "arguments": arguments}})
+        })
+        .collect();
+    let (p, c) = turn.usage;
+    let reasoning_field = if turn.reasoning_field { "reasoning" } else { "reasoning_content" };
+    let mut message = json!({"role": "assistant", "content": turn.text, "tool_calls": tool_calls});
+    message[reasoning_field] = json!(turn.reasoning);
+    json!({
+        "id": id, "object": "chat.completion", "created": 1_764_200_000, "model": MODEL,
+        "choices": [{"index": 0, "logprobs": null, "finish_reason": finish_reason(turn), "stop_reason": null, "message": message}],
+        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c, "prompt_tokens_details": null}
+    })
+}
+
+fn error_response(code: u16, message: &str, retry_after: Option<&str>, legacy: bool) -> Response {
+    let kind = match code {
+        400 => "BadRequestError",
+        404 => "NotFoundError",
+        429 => "TooManyRequestsError",
+        503 => "ServiceUnavailableError",
+        _ => "InternalServerError",
+    };
+    let param = if message.contains("maximum context length") { json!("input_tokens") } else { Value::Null };
+    let body = if legacy {
+        json!({"object": "error", "message": message, "type": kind, "param": param, "code": code})
+    } else {
+        json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+    };
+    let mut response = json_response(code, &body);
+    if let Some(ra) = retry_after {
+        if let Ok(v) = ra.parse() {
+            response.headers_mut().insert("retry-after", v);
+        }
+    }
+    response
+}
+
+fn json_response(code: u16, body: &Value) -> Response {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn sse_response(chunks: Vec<Bytes>) -> Response {
+    let stream = futures::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>));
+    streaming_response(Body::from_stream(stream))
+}
+
+fn streaming_response(body: Body) -> Response {
+    let mut r = Response::new(body);
+    r.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    r
+}
+
+use futures::StreamExt as _;
+
+/// Client CPU time (user + system) of this process so far.
+pub fn process_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF is valid and `usage` is a valid, writable rusage.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// A provider aimed at `server`, with a short read timeout so injected stalls fail fast.
+pub fn provider(server: &MockVllm) -> agent_core::model::openai::OpenAiCompatible {
+    provider_builder(server).build().unwrap_or_else(|e| panic!("provider: {e}"))
+}
+
+/// A provider builder aimed at `server`.
+pub fn provider_builder(server: &MockVllm) -> agent_core::model::openai::OpenAiCompatibleBuilder {
+    agent_core::model::openai::OpenAiCompatible::builder()
+        .base_url(server.base_url())
+        .model(MODEL)
+        .api_key("test-key")
+        .read_timeout(Duration::from_secs(2))
+}
+
+/// A retry policy with millisecond backoffs, for tests.
+pub fn fast_retry() -> agent_core::retry::RetryPolicy {
+    agent_core::retry::RetryPolicy {
+        max_attempts: 4,
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    }
+}
