@@ -113,16 +113,25 @@ impl SlidingWindow {
             return None;
         }
         if let Some(start) = (target..len).find(|&i| history.is_valid_start(i)) {
-            return Some(ContextWindow { start, pinned: None });
+            return Some(ContextWindow {
+                start,
+                pinned: None,
+            });
         }
         // The tail is one long run: keep the prompt that started it, then cut at an assistant
         // message so tool uses stay with their results.
         let prompt = (0..target).rev().find(|&i| history.is_valid_start(i))?;
         let start = (target..len).find(|&i| messages[i].role == Role::Assistant)?;
         if start == prompt + 1 {
-            return Some(ContextWindow { start: prompt, pinned: None });
+            return Some(ContextWindow {
+                start: prompt,
+                pinned: None,
+            });
         }
-        Some(ContextWindow { start, pinned: Some(prompt) })
+        Some(ContextWindow {
+            start,
+            pinned: Some(prompt),
+        })
     }
 }
 
@@ -139,7 +148,11 @@ impl ConversationManager for SlidingWindow {
 
     fn reduce(&self, history: &History, window: &mut ContextWindow) -> bool {
         let before = window.visible_len(history);
-        let current = if window.visible_len(history) == history.len() { 0 } else { window.start };
+        let current = if window.visible_len(history) == history.len() {
+            0
+        } else {
+            window.start
+        };
         let target = current + 2;
         match Self::cut(history, target) {
             Some(w) if w.visible_len(history) < before && w.visible_len(history) > 0 => {
@@ -160,11 +173,18 @@ mod tests {
     fn tool_round(h: &mut History, id: &str) {
         h.push(Message::new(
             Role::Assistant,
-            vec![ContentBlock::ToolUse(ToolUse { tool_use_id: id.into(), name: "f".into(), input: json!({}) })],
+            vec![ContentBlock::ToolUse(ToolUse {
+                tool_use_id: id.into(),
+                name: "f".into(),
+                input: json!({}),
+            })],
         ))
         .expect("use");
-        h.push(Message::new(Role::User, vec![ContentBlock::ToolResult(ToolResult::error(id, "x"))]))
-            .expect("result");
+        h.push(Message::new(
+            Role::User,
+            vec![ContentBlock::ToolResult(ToolResult::error(id, "x"))],
+        ))
+        .expect("result");
     }
 
     #[test]
@@ -182,7 +202,10 @@ mod tests {
         assert!(visible.len() <= 6);
         assert!(visible[0].is_prompt());
         assert_eq!(visible[0].text(), "q9");
-        assert_eq!(History::restore(visible.into_iter().cloned().collect()).map(|_| ()), Ok(()));
+        assert_eq!(
+            History::restore(visible.into_iter().cloned().collect()).map(|_| ()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -198,7 +221,10 @@ mod tests {
         let visible = w.visible(&h);
         assert_eq!(visible[0].text(), "plan my trip");
         assert!(visible.len() <= 11);
-        assert_eq!(History::restore(visible.into_iter().cloned().collect()).map(|_| ()), Ok(()));
+        assert_eq!(
+            History::restore(visible.into_iter().cloned().collect()).map(|_| ()),
+            Ok(())
+        );
         // Reducing keeps shrinking until nothing is left to drop.
         let mut steps = 0;
         while m.reduce(&h, &mut w) {

@@ -19,7 +19,9 @@ use crate::message::{ContentBlock, Message, Role, ToolUse};
 #[non_exhaustive]
 pub enum HistoryError {
     /// The conversation must start with a user prompt.
-    #[error("message {index}: a conversation must start with a user message that is not a tool result")]
+    #[error(
+        "message {index}: a conversation must start with a user message that is not a tool result"
+    )]
     MustStartWithUser {
         /// Index of the offending message.
         index: usize,
@@ -90,7 +92,9 @@ impl History {
 
     /// Restores a history, checking every message.
     pub fn restore(messages: Vec<Message>) -> Result<Self, HistoryError> {
-        let mut history = Self { messages: Vec::with_capacity(messages.len()) };
+        let mut history = Self {
+            messages: Vec::with_capacity(messages.len()),
+        };
         for m in messages {
             history.push(m)?;
         }
@@ -228,7 +232,11 @@ mod tests {
     use serde_json::json;
 
     fn tool_use(id: &str) -> ContentBlock {
-        ContentBlock::ToolUse(ToolUse { tool_use_id: id.into(), name: "f".into(), input: json!({}) })
+        ContentBlock::ToolUse(ToolUse {
+            tool_use_id: id.into(),
+            name: "f".into(),
+            input: json!({}),
+        })
     }
     fn result(id: &str) -> ContentBlock {
         ContentBlock::ToolResult(ToolResult {
@@ -264,27 +272,50 @@ mod tests {
             Message::assistant("x"),
             Message::new(Role::User, vec![result("a")]),
         ]);
-        assert!(matches!(err, Err(HistoryError::UnexpectedToolResult { index: 2, .. })), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Err(HistoryError::UnexpectedToolResult { index: 2, .. })
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn refuses_results_out_of_order_or_missing() {
-        let base = vec![Message::user("hi"), Message::new(Role::Assistant, vec![tool_use("a"), tool_use("b")])];
+        let base = vec![
+            Message::user("hi"),
+            Message::new(Role::Assistant, vec![tool_use("a"), tool_use("b")]),
+        ];
         let mut swapped = base.clone();
         swapped.push(Message::new(Role::User, vec![result("b"), result("a")]));
         assert!(matches!(
             History::restore(swapped),
-            Err(HistoryError::ToolResultMismatch { index: 2, position: 0, .. })
+            Err(HistoryError::ToolResultMismatch {
+                index: 2,
+                position: 0,
+                ..
+            })
         ));
         let mut missing = base.clone();
         missing.push(Message::new(Role::User, vec![result("a")]));
         assert!(matches!(
             History::restore(missing),
-            Err(HistoryError::ToolResultMismatch { index: 2, position: 1, .. })
+            Err(HistoryError::ToolResultMismatch {
+                index: 2,
+                position: 1,
+                ..
+            })
         ));
         let mut twice = base;
-        twice.push(Message::new(Role::User, vec![result("a"), result("b"), result("a")]));
-        assert!(matches!(History::restore(twice), Err(HistoryError::UnexpectedToolResult { .. })));
+        twice.push(Message::new(
+            Role::User,
+            vec![result("a"), result("b"), result("a")],
+        ));
+        assert!(matches!(
+            History::restore(twice),
+            Err(HistoryError::UnexpectedToolResult { .. })
+        ));
     }
 
     #[test]
@@ -304,7 +335,11 @@ mod tests {
         );
         h2.push(Message::user("a")).expect("ok");
         h2.push(Message::assistant("b")).expect("ok");
-        assert_eq!(h2.push(Message::assistant("c")), Err(HistoryError::ConsecutiveAssistant { index: 2 }));
-        h2.push(Message::user("again")).expect("consecutive prompts are allowed");
+        assert_eq!(
+            h2.push(Message::assistant("c")),
+            Err(HistoryError::ConsecutiveAssistant { index: 2 })
+        );
+        h2.push(Message::user("again"))
+            .expect("consecutive prompts are allowed");
     }
 }

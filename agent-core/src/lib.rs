@@ -39,7 +39,13 @@ pub mod retry;
 pub mod session;
 pub mod tool;
 
-pub use agent::{Agent, AgentBuilder, AgentResult, AgentStream, Limits, Prompt, Session, StopReason, TurnMetrics};
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
+pub use agent::{
+    Agent, AgentBuilder, AgentResult, AgentStream, Limits, Prompt, Session, StopReason, TurnMetrics,
+};
 pub use error::{AgentError, BuildError};
 pub use event::AgentEvent;
 pub use tokio_util::sync::CancellationToken;

@@ -35,7 +35,11 @@ pub struct Message {
 impl Message {
     /// A message with the given role and content.
     pub fn new(role: Role, content: Vec<ContentBlock>) -> Self {
-        Self { role, content, metadata: None }
+        Self {
+            role,
+            content,
+            metadata: None,
+        }
     }
 
     /// A user message holding one text block.

@@ -17,21 +17,30 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 6, initial_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30) }
+        Self {
+            max_attempts: 6,
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
     }
 }
 
 impl RetryPolicy {
     /// No retries.
     pub fn none() -> Self {
-        Self { max_attempts: 1, ..Self::default() }
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
     }
 
     /// The delay before retry number `retry` (1-based): uniformly random in
     /// `[0, min(max_delay, initial_delay * 2^(retry-1))]` ("full jitter"), and never shorter
     /// than the server's `Retry-After`.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.initial_delay.saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+        let exp = self
+            .initial_delay
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
         let cap = exp.min(self.max_delay);
         let jittered = cap.mul_f64(fastrand::f64());
         match retry_after {
@@ -47,7 +56,11 @@ mod tests {
 
     #[test]
     fn full_jitter_is_bounded_and_honours_retry_after() {
-        let p = RetryPolicy { max_attempts: 5, initial_delay: Duration::from_millis(100), max_delay: Duration::from_millis(1000) };
+        let p = RetryPolicy {
+            max_attempts: 5,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+        };
         for retry in 1..=10 {
             for _ in 0..100 {
                 let d = p.delay(retry, None);

@@ -32,7 +32,13 @@ pub struct InvalidId {
 /// characters, not `.` or `..`. Ids become object keys and file names, so this is what keeps
 /// one tenant out of another's data.
 pub fn validate_id(kind: &'static str, id: &str) -> Result<(), InvalidId> {
-    let fail = |reason| Err(InvalidId { kind, id: id.escape_debug().to_string(), reason });
+    let fail = |reason| {
+        Err(InvalidId {
+            kind,
+            id: id.escape_debug().to_string(),
+            reason,
+        })
+    };
     if id.is_empty() {
         return fail("it is empty");
     }
@@ -65,7 +71,10 @@ impl SessionKey {
     pub fn new(session_id: &str, agent_id: &str) -> Result<Self, InvalidId> {
         validate_id("session", session_id)?;
         validate_id("agent", agent_id)?;
-        Ok(Self { session_id: session_id.into(), agent_id: agent_id.into() })
+        Ok(Self {
+            session_id: session_id.into(),
+            agent_id: agent_id.into(),
+        })
     }
 }
 
@@ -128,11 +137,21 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Appends messages, provided exactly `expected_len` messages are stored now; otherwise
     /// fails with [`StoreError::Conflict`] and writes nothing.
-    async fn append(&self, key: &SessionKey, expected_len: usize, messages: &[Message]) -> Result<(), StoreError>;
+    async fn append(
+        &self,
+        key: &SessionKey,
+        expected_len: usize,
+        messages: &[Message],
+    ) -> Result<(), StoreError>;
 
     /// Saves the state, provided its stored version is `expected_version`; returns the new
     /// version. A stale version fails with [`StoreError::Conflict`].
-    async fn save_state(&self, key: &SessionKey, state: &SessionState, expected_version: u64) -> Result<u64, StoreError>;
+    async fn save_state(
+        &self,
+        key: &SessionKey,
+        state: &SessionState,
+        expected_version: u64,
+    ) -> Result<u64, StoreError>;
 }
 
 #[derive(Debug, Default)]
@@ -166,7 +185,9 @@ impl InMemorySessionStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, Record>> {
         // Every critical section below leaves the map consistent, so a poisoned lock is usable.
-        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -180,26 +201,42 @@ impl SessionStore for InMemorySessionStore {
         }))
     }
 
-    async fn append(&self, key: &SessionKey, expected_len: usize, messages: &[Message]) -> Result<(), StoreError> {
+    async fn append(
+        &self,
+        key: &SessionKey,
+        expected_len: usize,
+        messages: &[Message],
+    ) -> Result<(), StoreError> {
         let mut map = self.lock();
         let record = map.entry(key.clone()).or_default();
         if record.messages.len() != expected_len {
             return Err(StoreError::Conflict {
                 session_id: key.session_id.to_string(),
-                detail: format!("expected {expected_len} stored messages, found {}", record.messages.len()),
+                detail: format!(
+                    "expected {expected_len} stored messages, found {}",
+                    record.messages.len()
+                ),
             });
         }
         record.messages.extend_from_slice(messages);
         Ok(())
     }
 
-    async fn save_state(&self, key: &SessionKey, state: &SessionState, expected_version: u64) -> Result<u64, StoreError> {
+    async fn save_state(
+        &self,
+        key: &SessionKey,
+        state: &SessionState,
+        expected_version: u64,
+    ) -> Result<u64, StoreError> {
         let mut map = self.lock();
         let record = map.entry(key.clone()).or_default();
         if record.version != expected_version {
             return Err(StoreError::Conflict {
                 session_id: key.session_id.to_string(),
-                detail: format!("expected state version {expected_version}, found {}", record.version),
+                detail: format!(
+                    "expected state version {expected_version}, found {}",
+                    record.version
+                ),
             });
         }
         record.state = state.clone();
@@ -224,12 +261,21 @@ mod tests {
     async fn appends_and_saves_are_conditional() {
         let store = InMemorySessionStore::new();
         let key = SessionKey::new("s", "default").expect("key");
-        store.append(&key, 0, &[Message::user("a")]).await.expect("first");
+        store
+            .append(&key, 0, &[Message::user("a")])
+            .await
+            .expect("first");
         let stale = store.append(&key, 0, &[Message::user("b")]).await;
         assert!(matches!(stale, Err(StoreError::Conflict { .. })));
-        let v = store.save_state(&key, &SessionState::default(), 0).await.expect("save");
+        let v = store
+            .save_state(&key, &SessionState::default(), 0)
+            .await
+            .expect("save");
         assert_eq!(v, 1);
-        assert!(matches!(store.save_state(&key, &SessionState::default(), 0).await, Err(StoreError::Conflict { .. })));
+        assert!(matches!(
+            store.save_state(&key, &SessionState::default(), 0).await,
+            Err(StoreError::Conflict { .. })
+        ));
         let loaded = store.load(&key).await.expect("load").expect("exists");
         assert_eq!(loaded.messages, vec![Message::user("a")]);
         assert_eq!(loaded.state_version, 1);

@@ -106,22 +106,36 @@ pub struct Turn {
 impl Turn {
     /// A text answer.
     pub fn text(text: impl Into<String>) -> Self {
-        Self { text: Some(text.into()), usage: (20, 10), ..Self::default() }
+        Self {
+            text: Some(text.into()),
+            usage: (20, 10),
+            ..Self::default()
+        }
     }
 
     /// One tool call.
     pub fn tool_call(name: impl Into<String>, args: Value) -> Self {
-        Self { usage: (30, 15), ..Self::default() }.and_tool_call(name, args)
+        Self {
+            usage: (30, 15),
+            ..Self::default()
+        }
+        .and_tool_call(name, args)
     }
 
     /// A fault for this request.
     pub fn fault(fault: Fault) -> Self {
-        Self { fault: Some(fault), ..Self::default() }
+        Self {
+            fault: Some(fault),
+            ..Self::default()
+        }
     }
 
     /// Adds a tool call.
     pub fn and_tool_call(mut self, name: impl Into<String>, args: Value) -> Self {
-        self.tool_calls.push(ScriptedCall { name: name.into(), args });
+        self.tool_calls.push(ScriptedCall {
+            name: name.into(),
+            args,
+        });
         self
     }
 
@@ -205,7 +219,12 @@ pub const MODEL: &str = "qwen3-8b";
 impl MockVllm {
     /// Starts a server that plays `turns` in order, one per request.
     pub async fn start(turns: impl IntoIterator<Item = Turn>) -> std::io::Result<Self> {
-        Self::start_with(Responder::Script(turns.into_iter().collect()), true, "127.0.0.1:0").await
+        Self::start_with(
+            Responder::Script(turns.into_iter().collect()),
+            true,
+            "127.0.0.1:0",
+        )
+        .await
     }
 
     /// Starts the stateless benchmark server on `addr`.
@@ -224,6 +243,12 @@ impl MockVllm {
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/health", get(|| async { "" }))
+            .route(
+                "/v1/models",
+                get(|| async {
+                    json_response(200, &json!({"object": "list", "data": [{"id": MODEL, "object": "model", "created": 1_764_200_000, "owned_by": "vllm", "root": MODEL, "parent": null, "max_model_len": 32768}]}))
+                }),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -296,26 +321,52 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
                     .and_then(|m| m.last())
                     .is_some_and(|m| m["role"] == "tool");
                 drop(responder);
-                let bytes = if last_is_tool { state.bench_answer.clone() } else { state.bench_call.clone() };
+                let bytes = if last_is_tool {
+                    state.bench_answer.clone()
+                } else {
+                    state.bench_call.clone()
+                };
                 return sse_response(vec![bytes]);
             }
         }
     };
     if state.record {
-        lock(&state.received).push(Received { body: body.clone(), headers });
+        lock(&state.received).push(Received {
+            body: body.clone(),
+            headers,
+        });
     }
     let Some(turn) = turn else {
-        return error_response(500, "the test script has no turn left for this request", None, false);
+        return error_response(
+            500,
+            "the test script has no turn left for this request",
+            None,
+            false,
+        );
     };
     if body["model"] != MODEL {
-        return error_response(404, &format!("The model `{}` does not exist.", body["model"]), None, false);
+        return error_response(
+            404,
+            &format!("The model `{}` does not exist.", body["model"]),
+            None,
+            false,
+        );
     }
     if !streaming && body.get("stream_options").is_some() {
-        return error_response(400, "Stream options can only be defined when `stream=True`.", None, false);
+        return error_response(
+            400,
+            "Stream options can only be defined when `stream=True`.",
+            None,
+            false,
+        );
     }
     let id = format!("chatcmpl-{:016x}", fastrand_u64());
     match &turn.fault {
-        Some(Fault::Status { code, retry_after, message }) => {
+        Some(Fault::Status {
+            code,
+            retry_after,
+            message,
+        }) => {
             return error_response(*code, message, retry_after.as_deref(), false);
         }
         Some(Fault::ContextOverflow { legacy }) => {
@@ -328,7 +379,9 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
     if !streaming {
         return json_response(200, &render_completion(&turn, &id));
     }
-    let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let chunks = stream_chunks(&turn, &id, include_usage);
     match &turn.fault {
         Some(Fault::DropMidStream { after_chunks }) => {
@@ -336,13 +389,18 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
                 chunks.into_iter().take(*after_chunks).map(Ok).collect();
             let stream = futures::stream::iter(sent).chain(futures::stream::once(async {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected drop"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected drop",
+                ))
             }));
             streaming_response(Body::from_stream(stream))
         }
         Some(Fault::MalformedChunk) => {
             let mut out: Vec<Bytes> = chunks.into_iter().take(1).collect();
-            out.push(Bytes::from_static(b"data: {\"id\": \"chatcmpl-x\", \"choices\": [{\"delta\": \n\n"));
+            out.push(Bytes::from_static(
+                b"data: {\"id\": \"chatcmpl-x\", \"choices\": [{\"delta\": \n\n",
+            ));
             out.push(Bytes::from_static(b"data: [DONE]\n\n"));
             sse_response(out)
         }
@@ -360,7 +418,11 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
 fn fastrand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
     h.finish()
 }
 
@@ -372,7 +434,8 @@ fn sse(value: &Value) -> Bytes {
 }
 
 fn chunk(id: &str, delta: Value, finish_reason: Option<&str>) -> Value {
-    let mut choice = json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason});
+    let mut choice =
+        json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason});
     if finish_reason.is_some() {
         choice["stop_reason"] = Value::Null;
     }
@@ -380,7 +443,14 @@ fn chunk(id: &str, delta: Value, finish_reason: Option<&str>) -> Value {
 }
 
 fn finish_reason(turn: &Turn) -> String {
-    turn.finish_reason.clone().unwrap_or_else(|| if turn.tool_calls.is_empty() { "stop" } else { "tool_calls" }.into())
+    turn.finish_reason.clone().unwrap_or_else(|| {
+        if turn.tool_calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        }
+        .into()
+    })
 }
 
 fn args_text(turn: &Turn, args: &Value) -> String {
@@ -408,9 +478,17 @@ fn split_words(text: &str) -> Vec<String> {
 }
 
 fn stream_chunks(turn: &Turn, id: &str, include_usage: bool) -> Vec<Bytes> {
-    let mut out = vec![sse(&chunk(id, json!({"role": "assistant", "content": ""}), None))];
+    let mut out = vec![sse(&chunk(
+        id,
+        json!({"role": "assistant", "content": ""}),
+        None,
+    ))];
     if let Some(r) = &turn.reasoning {
-        let field = if turn.reasoning_field { "reasoning" } else { "reasoning_content" };
+        let field = if turn.reasoning_field {
+            "reasoning"
+        } else {
+            "reasoning_content"
+        };
         for piece in split_words(r) {
             out.push(sse(&chunk(id, json!({ field: piece }), None)));
         }
@@ -429,25 +507,45 @@ fn stream_chunks(turn: &Turn, id: &str, include_usage: bool) -> Vec<Bytes> {
             ArgsEncoding::Object => {
                 out.push(sse(&chunk(id, json!({"tool_calls": [{"id": call_id, "type": "function", "index": i, "function": {"name": call.name}}]}), None)));
                 let f = last_call.then_some(finish.as_str());
-                out.push(sse(&chunk(id, json!({"tool_calls": [{"index": i, "function": {"arguments": call.args}}]}), f)));
+                out.push(sse(&chunk(
+                    id,
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": call.args}}]}),
+                    f,
+                )));
                 finished |= last_call;
             }
             ArgsEncoding::Idless => {
                 let text = args_text(turn, &call.args);
                 out.push(sse(&chunk(id, json!({"tool_calls": [{"id": call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}]}), None)));
-                out.push(sse(&chunk(id, json!({"tool_calls": [{"function": {"arguments": text}}]}), None)));
+                out.push(sse(&chunk(
+                    id,
+                    json!({"tool_calls": [{"function": {"arguments": text}}]}),
+                    None,
+                )));
             }
             _ => {
                 let text = args_text(turn, &call.args);
                 out.push(sse(&chunk(id, json!({"tool_calls": [{"id": call_id, "type": "function", "index": i, "function": {"name": call.name}}]}), None)));
-                let cut = text.char_indices().map(|(k, _)| k).nth(text.chars().count() / 2).unwrap_or(0);
+                let cut = text
+                    .char_indices()
+                    .map(|(k, _)| k)
+                    .nth(text.chars().count() / 2)
+                    .unwrap_or(0);
                 let (a, b) = text.split_at(cut);
                 if !a.is_empty() {
-                    out.push(sse(&chunk(id, json!({"tool_calls": [{"index": i, "function": {"arguments": a}}]}), None)));
+                    out.push(sse(&chunk(
+                        id,
+                        json!({"tool_calls": [{"index": i, "function": {"arguments": a}}]}),
+                        None,
+                    )));
                 }
                 // vLLM flushes the rest of the arguments on the chunk that carries finish_reason.
                 let f = last_call.then_some(finish.as_str());
-                out.push(sse(&chunk(id, json!({"tool_calls": [{"index": i, "function": {"arguments": b}}]}), f)));
+                out.push(sse(&chunk(
+                    id,
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": b}}]}),
+                    f,
+                )));
                 finished |= last_call;
             }
         }
@@ -486,7 +584,11 @@ fn render_completion(turn: &Turn, id: &str) -> Value {
         })
         .collect();
     let (p, c) = turn.usage;
-    let reasoning_field = if turn.reasoning_field { "reasoning" } else { "reasoning_content" };
+    let reasoning_field = if turn.reasoning_field {
+        "reasoning"
+    } else {
+        "reasoning_content"
+    };
     let mut message = json!({"role": "assistant", "content": turn.text, "tool_calls": tool_calls});
     message[reasoning_field] = json!(turn.reasoning);
     json!({
@@ -504,17 +606,21 @@ fn error_response(code: u16, message: &str, retry_after: Option<&str>, legacy: b
         503 => "ServiceUnavailableError",
         _ => "InternalServerError",
     };
-    let param = if message.contains("maximum context length") { json!("input_tokens") } else { Value::Null };
+    let param = if message.contains("maximum context length") {
+        json!("input_tokens")
+    } else {
+        Value::Null
+    };
     let body = if legacy {
         json!({"object": "error", "message": message, "type": kind, "param": param, "code": code})
     } else {
         json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
     };
     let mut response = json_response(code, &body);
-    if let Some(ra) = retry_after {
-        if let Ok(v) = ra.parse() {
-            response.headers_mut().insert("retry-after", v);
-        }
+    if let Some(ra) = retry_after
+        && let Ok(v) = ra.parse()
+    {
+        response.headers_mut().insert("retry-after", v);
     }
     response
 }
@@ -522,7 +628,10 @@ fn error_response(code: u16, message: &str, retry_after: Option<&str>, legacy: b
 fn json_response(code: u16, body: &Value) -> Response {
     let mut r = Response::new(Body::from(body.to_string()));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -533,7 +642,10 @@ fn sse_response(chunks: Vec<Bytes>) -> Response {
 
 fn streaming_response(body: Body) -> Response {
     let mut r = Response::new(body);
-    r.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    r.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
     r
 }
 
@@ -554,7 +666,9 @@ pub fn process_cpu_time() -> Duration {
 
 /// A provider aimed at `server`, with a short read timeout so injected stalls fail fast.
 pub fn provider(server: &MockVllm) -> agent_core::model::openai::OpenAiCompatible {
-    provider_builder(server).build().unwrap_or_else(|e| panic!("provider: {e}"))
+    provider_builder(server)
+        .build()
+        .unwrap_or_else(|e| panic!("provider: {e}"))
 }
 
 /// A provider builder aimed at `server`.

@@ -1,6 +1,8 @@
 //! The agent loop through the vLLM-format server: tool rounds, streaming events, retries,
 //! context overflow, limits, cancellation, concurrency and session safety.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,19 +27,26 @@ fn weather_tool(calls: Arc<AtomicUsize>) -> FnTool {
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 let city = input["city"].as_str().unwrap_or_default().to_owned();
-                Ok(ToolOutput::json(json!({"city": city, "forecast": "sunny", "high_c": 21})))
+                Ok(ToolOutput::json(
+                    json!({"city": city, "forecast": "sunny", "high_c": 21}),
+                ))
             }
         },
     )
 }
 
 fn slow_tool() -> FnTool {
-    FnTool::new("wait", "Waits.", json!({"type": "object"}), |_, ctx| async move {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(30)) => Ok(ToolOutput::text("done")),
-            () = ctx.cancel.cancelled() => Err(ToolError::new("stopped")),
-        }
-    })
+    FnTool::new(
+        "wait",
+        "Waits.",
+        json!({"type": "object"}),
+        |_, ctx| async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(30)) => Ok(ToolOutput::text("done")),
+                () = ctx.cancel.cancelled() => Err(ToolError::new("stopped")),
+            }
+        },
+    )
 }
 
 struct Setup {
@@ -67,7 +76,12 @@ impl Setup {
 
     async fn stored(&self, session: &str) -> Vec<Message> {
         let key = SessionKey::new(session, "default").expect("key");
-        self.store.load(&key).await.expect("load").map(|s| s.messages).unwrap_or_default()
+        self.store
+            .load(&key)
+            .await
+            .expect("load")
+            .map(|s| s.messages)
+            .unwrap_or_default()
     }
 }
 
@@ -79,10 +93,17 @@ async fn one_tool_round_end_to_end() {
     ])
     .await;
     let agent = s.builder().build().expect("agent");
-    let result = agent.session("alice-1").invoke("Weather in Lisbon?").await.expect("invoke");
+    let result = agent
+        .session("alice-1")
+        .invoke("Weather in Lisbon?")
+        .await
+        .expect("invoke");
     assert_eq!(result.stop_reason, StopReason::EndTurn);
     assert_eq!(result.text(), "It is sunny in Lisbon, 21 C.");
-    assert_eq!((result.usage.input_tokens, result.usage.output_tokens), (250, 32));
+    assert_eq!(
+        (result.usage.input_tokens, result.usage.output_tokens),
+        (250, 32)
+    );
     assert_eq!(result.turns.len(), 2);
     assert_eq!(result.turns[0].tool_calls, 1);
     assert_eq!(result.turns[1].usage.total_tokens, 162);
@@ -91,13 +112,27 @@ async fn one_tool_round_end_to_end() {
     let received = s.server.received();
     assert_eq!(received.len(), 2);
     let second = &received[1].body["messages"];
-    let call_id = second[2]["tool_calls"][0]["id"].as_str().expect("id").to_owned();
-    assert!(call_id.starts_with("chatcmpl-tool-"), "ids echoed unchanged");
+    let call_id = second[2]["tool_calls"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert!(
+        call_id.starts_with("chatcmpl-tool-"),
+        "ids echoed unchanged"
+    );
     assert_eq!(second[2]["role"], "assistant");
-    assert_eq!(second[2]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Lisbon\"}");
+    assert_eq!(
+        second[2]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Lisbon\"}"
+    );
     assert_eq!(second[3]["role"], "tool");
     assert_eq!(second[3]["tool_call_id"], call_id.as_str());
-    let content: Value = serde_json::from_str(second[3]["content"].as_str().expect("tool content is a string")).expect("json");
+    let content: Value = serde_json::from_str(
+        second[3]["content"]
+            .as_str()
+            .expect("tool content is a string"),
+    )
+    .expect("json");
     assert_eq!(content["forecast"], "sunny");
 
     let stored = s.stored("alice-1").await;
@@ -106,19 +141,35 @@ async fn one_tool_round_end_to_end() {
     let json = serde_json::to_value(&stored[1]).expect("json");
     assert_eq!(json["role"], "assistant");
     assert_eq!(json["content"][0]["toolUse"]["toolUseId"], call_id.as_str());
-    assert_eq!(serde_json::to_value(&stored[2]).expect("json")["content"][0]["toolResult"]["status"], "success");
+    assert_eq!(
+        serde_json::to_value(&stored[2]).expect("json")["content"][0]["toolResult"]["status"],
+        "success"
+    );
 
     // The next invocation continues the same session.
     s.server.push([Turn::text("You're welcome.")]);
-    let again = agent.session("alice-1").invoke("Thanks!").await.expect("invoke");
+    let again = agent
+        .session("alice-1")
+        .invoke("Thanks!")
+        .await
+        .expect("invoke");
     assert_eq!(again.text(), "You're welcome.");
-    assert_eq!(s.server.received()[2].body["messages"].as_array().map(Vec::len), Some(1 + 5));
+    assert_eq!(
+        s.server.received()[2].body["messages"]
+            .as_array()
+            .map(Vec::len),
+        Some(1 + 5)
+    );
     assert_eq!(s.stored("alice-1").await.len(), 6);
 }
 
 #[tokio::test]
 async fn stream_yields_typed_events_in_order_with_a_stable_json_form() {
-    let s = setup(vec![Turn::tool_call("get_weather", json!({"city": "Porto"})), Turn::text("Cloudy in Porto.")]).await;
+    let s = setup(vec![
+        Turn::tool_call("get_weather", json!({"city": "Porto"})),
+        Turn::text("Cloudy in Porto."),
+    ])
+    .await;
     let agent = s.builder().build().expect("agent");
     let mut stream = agent.session("s-stream").stream("Porto?");
     let mut events = Vec::new();
@@ -127,21 +178,44 @@ async fn stream_yields_typed_events_in_order_with_a_stable_json_form() {
     }
     let kinds: Vec<String> = events
         .iter()
-        .map(|e| serde_json::to_value(e).expect("json")["type"].as_str().expect("type").to_owned())
+        .map(|e| {
+            serde_json::to_value(e).expect("json")["type"]
+                .as_str()
+                .expect("type")
+                .to_owned()
+        })
         .collect();
     let expected_prefix = ["message_added", "tool_use_start", "tool_input_delta"];
     assert_eq!(&kinds[..3], expected_prefix);
-    let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("no {k} in {kinds:?}"));
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| x == k)
+            .unwrap_or_else(|| panic!("no {k} in {kinds:?}"))
+    };
     assert!(pos("usage") < pos("tool_result"));
     assert!(pos("tool_result") < pos("text_delta"));
     assert_eq!(kinds.last().map(String::as_str), Some("stop"));
     assert_eq!(kinds.iter().filter(|k| *k == "message_added").count(), 4);
-    let text: String = events.iter().filter_map(|e| match e { AgentEvent::TextDelta { text } => Some(text.as_str()), _ => None }).collect();
+    let text: String = events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::TextDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
     assert_eq!(text, "Cloudy in Porto.");
-    let tool_result = events.iter().find(|e| matches!(e, AgentEvent::ToolResult { .. })).expect("tool result");
+    let tool_result = events
+        .iter()
+        .find(|e| matches!(e, AgentEvent::ToolResult { .. }))
+        .expect("tool result");
     let json = serde_json::to_value(tool_result).expect("json");
     assert_eq!(json["result"]["status"], "success");
-    assert!(json["result"]["toolUseId"].as_str().is_some_and(|id| id.starts_with("chatcmpl-tool-")));
+    assert!(
+        json["result"]["toolUseId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("chatcmpl-tool-"))
+    );
     let stop = serde_json::to_value(events.last().expect("stop")).expect("json");
     assert_eq!(stop["stop_reason"], "end_turn");
     assert_eq!(stop["message"]["content"][0]["text"], "Cloudy in Porto.");
@@ -153,30 +227,58 @@ async fn stream_yields_typed_events_in_order_with_a_stable_json_form() {
 #[tokio::test]
 async fn retries_throttling_and_transient_faults_without_rerunning_completed_tools() {
     let s = setup(vec![
-        Turn::fault(Fault::Status { code: 503, retry_after: None, message: "busy".into() }),
+        Turn::fault(Fault::Status {
+            code: 503,
+            retry_after: None,
+            message: "busy".into(),
+        }),
         Turn::tool_call("get_weather", json!({"city": "Lisbon"})),
-        Turn::fault(Fault::Status { code: 429, retry_after: Some("1".into()), message: "slow down".into() }),
+        Turn::fault(Fault::Status {
+            code: 429,
+            retry_after: Some("1".into()),
+            message: "slow down".into(),
+        }),
         Turn::text("a b c d e f").with_fault(Fault::DropMidStream { after_chunks: 3 }),
         Turn::text("a b c").with_fault(Fault::MalformedChunk),
-        Turn::fault(Fault::Status { code: 500, retry_after: None, message: "oops".into() }),
+        Turn::fault(Fault::Status {
+            code: 500,
+            retry_after: None,
+            message: "oops".into(),
+        }),
         Turn::text("Sunny."),
     ])
     .await;
-    let agent = s.builder().retry(agent_core::retry::RetryPolicy { max_attempts: 6, ..fast_retry() }).build().expect("agent");
+    let agent = s
+        .builder()
+        .retry(agent_core::retry::RetryPolicy {
+            max_attempts: 6,
+            ..fast_retry()
+        })
+        .build()
+        .expect("agent");
     let started = Instant::now();
     let mut stream = agent.session("retry").stream("Lisbon?");
     let mut retries = Vec::new();
     let mut result = None;
     while let Some(e) = stream.next().await {
         match e.expect("event") {
-            AgentEvent::Retry { attempt, delay_ms, error_kind, .. } => retries.push((attempt, delay_ms, error_kind)),
+            AgentEvent::Retry {
+                attempt,
+                delay_ms,
+                error_kind,
+                ..
+            } => retries.push((attempt, delay_ms, error_kind)),
             AgentEvent::Stop(r) => result = Some(r),
             _ => {}
         }
     }
     let result = result.expect("stop");
     assert_eq!(result.text(), "Sunny.");
-    assert_eq!(s.calls.load(Ordering::SeqCst), 1, "the completed tool call is not re-run");
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        1,
+        "the completed tool call is not re-run"
+    );
     assert_eq!(retries.len(), 5, "{retries:?}");
     assert_eq!(retries[1].0, 1, "retry count restarts per turn");
     assert!(retries[1].1 >= 1000, "Retry-After honoured: {retries:?}");
@@ -190,13 +292,64 @@ async fn retries_throttling_and_transient_faults_without_rerunning_completed_too
 
 #[tokio::test]
 async fn retries_are_bounded_and_fatal_errors_are_not_retried() {
-    let fault = || Turn::fault(Fault::Status { code: 500, retry_after: None, message: "down".into() });
-    let s = setup(vec![fault(), fault(), Turn::fault(Fault::Status { code: 400, retry_after: None, message: "bad request: temperature".into() })]).await;
-    let agent = s.builder().retry(agent_core::retry::RetryPolicy { max_attempts: 2, ..fast_retry() }).build().expect("agent");
-    let err = agent.session("bounded").invoke("hi").await.expect_err("gives up");
-    assert!(matches!(err, AgentError::Model { attempts: 2, error: ModelError::Transient { .. } }), "{err:?}");
-    let err = agent.session("bounded").invoke("hi").await.expect_err("fatal");
-    assert!(matches!(err, AgentError::Model { attempts: 1, error: ModelError::Fatal { status: Some(400), .. } }), "{err:?}");
+    let fault = || {
+        Turn::fault(Fault::Status {
+            code: 500,
+            retry_after: None,
+            message: "down".into(),
+        })
+    };
+    let s = setup(vec![
+        fault(),
+        fault(),
+        Turn::fault(Fault::Status {
+            code: 400,
+            retry_after: None,
+            message: "bad request: temperature".into(),
+        }),
+    ])
+    .await;
+    let agent = s
+        .builder()
+        .retry(agent_core::retry::RetryPolicy {
+            max_attempts: 2,
+            ..fast_retry()
+        })
+        .build()
+        .expect("agent");
+    let err = agent
+        .session("bounded")
+        .invoke("hi")
+        .await
+        .expect_err("gives up");
+    assert!(
+        matches!(
+            err,
+            AgentError::Model {
+                attempts: 2,
+                error: ModelError::Transient { .. }
+            }
+        ),
+        "{err:?}"
+    );
+    let err = agent
+        .session("bounded")
+        .invoke("hi")
+        .await
+        .expect_err("fatal");
+    assert!(
+        matches!(
+            err,
+            AgentError::Model {
+                attempts: 1,
+                error: ModelError::Fatal {
+                    status: Some(400),
+                    ..
+                }
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(s.server.received().len(), 3);
     // The failed invocations left valid history (two prompts, nothing else).
     let stored = s.stored("bounded").await;
@@ -217,22 +370,42 @@ async fn context_overflow_reduces_history_and_retries() {
     let agent = s.builder().build().expect("agent");
     let session = agent.session("long");
     for i in 0..6 {
-        session.invoke(format!("question {i}")).await.expect("invoke");
+        session
+            .invoke(format!("question {i}"))
+            .await
+            .expect("invoke");
     }
-    let result = session.invoke("question 6").await.expect("reduced and retried");
+    let result = session
+        .invoke("question 6")
+        .await
+        .expect("reduced and retried");
     assert_eq!(result.text(), "fits now");
     let received = s.server.received();
-    let sizes: Vec<usize> = received[6..].iter().map(|r| r.body["messages"].as_array().map_or(0, Vec::len)).collect();
-    assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "each retry sends less: {sizes:?}");
+    let sizes: Vec<usize> = received[6..]
+        .iter()
+        .map(|r| r.body["messages"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert!(
+        sizes[0] > sizes[1] && sizes[1] > sizes[2],
+        "each retry sends less: {sizes:?}"
+    );
     for r in &received[6..] {
-        assert_eq!(r.body["messages"][1]["role"], "user", "the visible history starts with a user prompt");
+        assert_eq!(
+            r.body["messages"][1]["role"], "user",
+            "the visible history starts with a user prompt"
+        );
     }
     // Nothing was deleted from the session.
     assert_eq!(s.stored("long").await.len(), 14);
 
     // A history that cannot shrink gives a typed error.
-    s.server.push([Turn::fault(Fault::ContextOverflow { legacy: false })]);
-    let err = agent.session("fresh").invoke("huge prompt").await.expect_err("cannot reduce");
+    s.server
+        .push([Turn::fault(Fault::ContextOverflow { legacy: false })]);
+    let err = agent
+        .session("fresh")
+        .invoke("huge prompt")
+        .await
+        .expect_err("cannot reduce");
     assert!(matches!(err, AgentError::ContextOverflow { .. }), "{err:?}");
 }
 
@@ -240,40 +413,81 @@ async fn context_overflow_reduces_history_and_retries() {
 async fn turn_and_token_limits_end_the_run_gracefully() {
     let looping = || Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_usage(500, 100);
     let s = setup(vec![looping(), looping(), looping(), looping(), looping()]).await;
-    let agent = s.builder().limits(Limits::default().max_turns(2)).build().expect("agent");
-    let r = agent.session("limits").invoke("loop").await.expect("invoke");
+    let agent = s
+        .builder()
+        .limits(Limits::default().max_turns(2))
+        .build()
+        .expect("agent");
+    let r = agent
+        .session("limits")
+        .invoke("loop")
+        .await
+        .expect("invoke");
     assert_eq!(r.stop_reason, StopReason::LimitTurns);
     assert_eq!(r.turns.len(), 2);
-    assert_eq!(s.calls.load(Ordering::SeqCst), 2, "every tool use got its result before stopping");
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        2,
+        "every tool use got its result before stopping"
+    );
     assert!(History::restore(s.stored("limits").await).is_ok());
 
-    let agent = s.builder().limits(Limits::default().max_total_tokens(1000)).build().expect("agent");
-    let r = agent.session("tokens").invoke("loop").await.expect("invoke");
+    let agent = s
+        .builder()
+        .limits(Limits::default().max_total_tokens(1000))
+        .build()
+        .expect("agent");
+    let r = agent
+        .session("tokens")
+        .invoke("loop")
+        .await
+        .expect("invoke");
     assert_eq!(r.stop_reason, StopReason::LimitTokens);
     assert_eq!(r.usage.total_tokens, 1200);
 }
 
 #[tokio::test]
 async fn wall_clock_limit_stops_a_stalled_model_promptly() {
-    let s = setup(vec![Turn::text("late").with_fault(Fault::SlowFirstByte(Duration::from_secs(10)))]).await;
+    let s = setup(vec![
+        Turn::text("late").with_fault(Fault::SlowFirstByte(Duration::from_secs(10))),
+    ])
+    .await;
     let agent = s
         .builder()
-        .model(provider_builder(&s.server).read_timeout(Duration::from_secs(30)).build().expect("model"))
+        .model(
+            provider_builder(&s.server)
+                .read_timeout(Duration::from_secs(30))
+                .build()
+                .expect("model"),
+        )
         .limits(Limits::default().timeout(Duration::from_millis(300)))
         .build()
         .expect("agent");
     let started = Instant::now();
     let r = agent.session("slow").invoke("hello").await.expect("invoke");
     assert_eq!(r.stop_reason, StopReason::Timeout);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn slow_first_byte_beyond_the_read_timeout_is_retried() {
-    let s = setup(vec![Turn::text("late").with_fault(Fault::SlowFirstByte(Duration::from_secs(3))), Turn::text("on time")]).await;
+    let s = setup(vec![
+        Turn::text("late").with_fault(Fault::SlowFirstByte(Duration::from_secs(3))),
+        Turn::text("on time"),
+    ])
+    .await;
     let agent = s
         .builder()
-        .model(provider_builder(&s.server).read_timeout(Duration::from_millis(300)).build().expect("model"))
+        .model(
+            provider_builder(&s.server)
+                .read_timeout(Duration::from_millis(300))
+                .build()
+                .expect("model"),
+        )
         .build()
         .expect("agent");
     let r = agent.session("slow").invoke("hello").await.expect("invoke");
@@ -291,7 +505,12 @@ async fn cancellation_stops_the_model_stream_and_running_tools() {
     .await;
     let agent = s
         .builder()
-        .model(provider_builder(&s.server).read_timeout(Duration::from_secs(30)).build().expect("model"))
+        .model(
+            provider_builder(&s.server)
+                .read_timeout(Duration::from_secs(30))
+                .build()
+                .expect("model"),
+        )
         .tool(slow_tool())
         .build()
         .expect("agent");
@@ -303,23 +522,43 @@ async fn cancellation_stops_the_model_stream_and_running_tools() {
             t2.cancel();
         });
         let started = Instant::now();
-        let r = agent.session("cancel").cancel_token(token).invoke("go").await.expect("invoke");
+        let r = agent
+            .session("cancel")
+            .cancel_token(token)
+            .invoke("go")
+            .await
+            .expect("invoke");
         assert_eq!(r.stop_reason, StopReason::Cancelled);
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
     let stored = s.stored("cancel").await;
     // prompt; prompt, assistant tool use, cancelled result
     assert_eq!(stored.len(), 4);
     let last = stored.last().expect("last");
-    assert_eq!(last.tool_results().next().map(|r| r.text()), Some(agent_core::tool::executor::CANCELLED_TEXT.to_owned()));
+    assert_eq!(
+        last.tool_results().next().map(|r| r.text()),
+        Some(agent_core::tool::executor::CANCELLED_TEXT.to_owned())
+    );
     // The session stays usable.
-    let r = agent.session("cancel").invoke("again").await.expect("invoke");
+    let r = agent
+        .session("cancel")
+        .invoke("again")
+        .await
+        .expect("invoke");
     assert_eq!(r.text(), "after");
 }
 
 #[tokio::test]
 async fn dropping_the_stream_cancels_the_run() {
-    let s = setup(vec![Turn::tool_call("wait", json!({})), Turn::text("never")]).await;
+    let s = setup(vec![
+        Turn::tool_call("wait", json!({})),
+        Turn::text("never"),
+    ])
+    .await;
     let agent = s.builder().tool(slow_tool()).build().expect("agent");
     let mut stream = agent.session("drop").stream("go");
     while let Some(e) = stream.next().await {
@@ -339,24 +578,43 @@ async fn dropping_the_stream_cancels_the_run() {
 #[tokio::test]
 async fn bad_tool_input_becomes_a_result_the_model_reads() {
     let s = setup(vec![
-        Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_args(ArgsEncoding::Truncated),
+        Turn::tool_call("get_weather", json!({"city": "Lisbon"}))
+            .with_args(ArgsEncoding::Truncated),
         Turn::tool_call("get_weather", json!({"city": 42})),
         Turn::tool_call("teleport", json!({})),
         Turn::text("ok"),
     ])
     .await;
     let agent = s.builder().build().expect("agent");
-    let r = agent.session("bad-input").invoke("go").await.expect("invoke");
+    let r = agent
+        .session("bad-input")
+        .invoke("go")
+        .await
+        .expect("invoke");
     assert_eq!(r.text(), "ok");
-    assert_eq!(s.calls.load(Ordering::SeqCst), 0, "invalid input never reaches the tool");
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        0,
+        "invalid input never reaches the tool"
+    );
     let received = s.server.received();
     let tool_text = |i: usize| {
-        let msgs = received[i].body["messages"].as_array().expect("messages").clone();
-        msgs.last().expect("last")["content"].as_str().expect("text").to_owned()
+        let msgs = received[i].body["messages"]
+            .as_array()
+            .expect("messages")
+            .clone();
+        msgs.last().expect("last")["content"]
+            .as_str()
+            .expect("text")
+            .to_owned()
     };
     assert!(tool_text(1).contains("not valid JSON"), "{}", tool_text(1));
     assert!(tool_text(2).contains("/city"), "{}", tool_text(2));
-    assert!(tool_text(3).contains("unknown tool `teleport`"), "{}", tool_text(3));
+    assert!(
+        tool_text(3).contains("unknown tool `teleport`"),
+        "{}",
+        tool_text(3)
+    );
 }
 
 #[tokio::test]
@@ -365,11 +623,22 @@ async fn pending_tool_uses_from_an_interrupted_run_are_answered() {
     let key = SessionKey::new("interrupted", "default").expect("key");
     let pending = Message::new(
         Role::Assistant,
-        vec![ContentBlock::ToolUse(ToolUse { tool_use_id: "chatcmpl-tool-old".into(), name: "get_weather".into(), input: json!({"city": "Faro"}) })],
+        vec![ContentBlock::ToolUse(ToolUse {
+            tool_use_id: "chatcmpl-tool-old".into(),
+            name: "get_weather".into(),
+            input: json!({"city": "Faro"}),
+        })],
     );
-    s.store.append(&key, 0, &[Message::user("Faro?"), pending]).await.expect("seed");
+    s.store
+        .append(&key, 0, &[Message::user("Faro?"), pending])
+        .await
+        .expect("seed");
     let agent = s.builder().build().expect("agent");
-    let r = agent.session("interrupted").invoke("Still there?").await.expect("invoke");
+    let r = agent
+        .session("interrupted")
+        .invoke("Still there?")
+        .await
+        .expect("invoke");
     assert_eq!(r.text(), "Recovered.");
     let msgs = &s.server.received()[0].body["messages"];
     assert_eq!(msgs[3]["role"], "tool");
@@ -393,7 +662,12 @@ async fn one_agent_serves_many_sessions_and_never_interleaves_one_session() {
     for i in 0..40 {
         // 20 sessions, two concurrent invocations each.
         let agent = agent.clone();
-        tasks.push(tokio::spawn(async move { agent.session(format!("user-{}", i % 20)).invoke("Weather?").await }));
+        tasks.push(tokio::spawn(async move {
+            agent
+                .session(format!("user-{}", i % 20))
+                .invoke("Weather?")
+                .await
+        }));
     }
     for t in tasks {
         let r = t.await.expect("join").expect("invoke");
@@ -403,10 +677,27 @@ async fn one_agent_serves_many_sessions_and_never_interleaves_one_session() {
     assert_eq!(calls.load(Ordering::SeqCst), 40);
     for i in 0..20 {
         let key = SessionKey::new(&format!("user-{i}"), "default").expect("key");
-        let messages = store.load(&key).await.expect("load").expect("exists").messages;
+        let messages = store
+            .load(&key)
+            .await
+            .expect("load")
+            .expect("exists")
+            .messages;
         assert_eq!(messages.len(), 8);
         let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
-        assert_eq!(roles, [Role::User, Role::Assistant, Role::User, Role::Assistant, Role::User, Role::Assistant, Role::User, Role::Assistant]);
+        assert_eq!(
+            roles,
+            [
+                Role::User,
+                Role::Assistant,
+                Role::User,
+                Role::Assistant,
+                Role::User,
+                Role::Assistant,
+                Role::User,
+                Role::Assistant
+            ]
+        );
         History::restore(messages).expect("invocations of one session never interleave");
     }
 }
@@ -419,9 +710,18 @@ async fn invalid_ids_and_empty_prompts_are_typed_errors() {
         let err = agent.session(bad).invoke("hi").await.expect_err("refused");
         assert!(matches!(err, AgentError::InvalidId(_)), "{bad:?}: {err:?}");
     }
-    let err = agent.session("ok").actor("bob/../alice").invoke("hi").await.expect_err("refused");
+    let err = agent
+        .session("ok")
+        .actor("bob/../alice")
+        .invoke("hi")
+        .await
+        .expect_err("refused");
     assert!(matches!(err, AgentError::InvalidId(_)));
-    let err = agent.session("ok").invoke(Vec::<ContentBlock>::new()).await.expect_err("refused");
+    let err = agent
+        .session("ok")
+        .invoke(Vec::<ContentBlock>::new())
+        .await
+        .expect_err("refused");
     assert_eq!(err, AgentError::EmptyPrompt);
     assert!(s.server.received().is_empty());
     let dup = s.builder().tool(weather_tool(s.calls.clone())).build();
@@ -430,9 +730,26 @@ async fn invalid_ids_and_empty_prompts_are_typed_errors() {
 
 #[tokio::test]
 async fn non_streaming_provider_runs_the_same_loop() {
-    let s = setup(vec![Turn::tool_call("get_weather", json!({"city": "Lisbon"})), Turn::text("Sunny.")]).await;
-    let agent = s.builder().model(provider_builder(&s.server).streaming(false).build().expect("model")).build().expect("agent");
-    let r = agent.session("plain").invoke("Lisbon?").await.expect("invoke");
+    let s = setup(vec![
+        Turn::tool_call("get_weather", json!({"city": "Lisbon"})),
+        Turn::text("Sunny."),
+    ])
+    .await;
+    let agent = s
+        .builder()
+        .model(
+            provider_builder(&s.server)
+                .streaming(false)
+                .build()
+                .expect("model"),
+        )
+        .build()
+        .expect("agent");
+    let r = agent
+        .session("plain")
+        .invoke("Lisbon?")
+        .await
+        .expect("invoke");
     assert_eq!(r.text(), "Sunny.");
     assert_eq!(s.calls.load(Ordering::SeqCst), 1);
 }

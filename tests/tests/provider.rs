@@ -1,10 +1,14 @@
 //! The OpenAI-compatible provider against the vLLM-format server: wire format, deltas,
 //! arguments, reasoning, usage, error classification, non-streaming mode.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use agent_core::message::{ContentBlock, Message, ReasoningContent, ToolUse};
-use agent_core::model::{Model, ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, ToolChoice};
+use agent_core::model::{
+    Model, ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, ToolChoice,
+};
 use agent_core::tool::ToolSpec;
 use agent_tests::{ArgsEncoding, Fault, MockVllm, Turn, provider, provider_builder};
 use futures::StreamExt;
@@ -18,10 +22,18 @@ fn weather_spec() -> ToolSpec {
     }
 }
 
-async fn call(model: &impl Model, choice: &ToolChoice) -> (Vec<ModelEvent>, Result<ModelResponse, ModelError>) {
+async fn call(
+    model: &impl Model,
+    choice: &ToolChoice,
+) -> (Vec<ModelEvent>, Result<ModelResponse, ModelError>) {
     let prompt = Message::user("Weather in Lisbon?");
     let specs = [weather_spec()];
-    let request = ModelRequest { messages: vec![&prompt], system_prompt: Some("You plan trips."), tools: &specs, tool_choice: choice };
+    let request = ModelRequest {
+        messages: vec![&prompt],
+        system_prompt: Some("You plan trips."),
+        tools: &specs,
+        tool_choice: choice,
+    };
     let mut stream = model.stream(&request);
     let mut events = Vec::new();
     while let Some(item) = stream.next().await {
@@ -31,37 +43,88 @@ async fn call(model: &impl Model, choice: &ToolChoice) -> (Vec<ModelEvent>, Resu
             Err(e) => return (events, Err(e)),
         }
     }
-    (events, Err(ModelError::Transient { message: "no completion".into() }))
+    (
+        events,
+        Err(ModelError::Transient {
+            message: "no completion".into(),
+        }),
+    )
 }
 
 fn tool_uses(r: &ModelResponse) -> Vec<ToolUse> {
-    r.content.iter().filter_map(|b| match b { ContentBlock::ToolUse(u) => Some(u.clone()), _ => None }).collect()
+    r.content
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::ToolUse(u) => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn streams_text_with_usage_and_sends_the_vllm_request_shape() {
-    let server = MockVllm::start([Turn::text("Sunny and mild in Lisbon.").with_usage(312, 41)]).await.expect("server");
-    let model = provider_builder(&server).header("x-tenant", "acme").max_tokens(256).param("top_k", json!(20)).build().expect("model");
+    let server = MockVllm::start([Turn::text("Sunny and mild in Lisbon.").with_usage(312, 41)])
+        .await
+        .expect("server");
+    let model = provider_builder(&server)
+        .header("x-tenant", "acme")
+        .max_tokens(256)
+        .param("top_k", json!(20))
+        .build()
+        .expect("model");
     let (events, response) = call(&model, &ToolChoice::Auto).await;
     let response = response.expect("response");
-    let deltas: String = events.iter().filter_map(|e| match e { ModelEvent::TextDelta(t) => Some(t.as_str()), _ => None }).collect();
+    let deltas: String = events
+        .iter()
+        .filter_map(|e| match e {
+            ModelEvent::TextDelta(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
     assert_eq!(deltas, "Sunny and mild in Lisbon.");
-    assert!(events.len() >= 5, "text should stream in pieces: {events:?}");
-    assert_eq!(response.content, vec![ContentBlock::Text("Sunny and mild in Lisbon.".into())]);
+    assert!(
+        events.len() >= 5,
+        "text should stream in pieces: {events:?}"
+    );
+    assert_eq!(
+        response.content,
+        vec![ContentBlock::Text("Sunny and mild in Lisbon.".into())]
+    );
     assert_eq!(response.stop_reason, ModelStopReason::EndTurn);
-    assert_eq!((response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens), (312, 41, 353));
-    assert!(response.response_id.as_deref().is_some_and(|id| id.starts_with("chatcmpl-")));
+    assert_eq!(
+        (
+            response.usage.input_tokens,
+            response.usage.output_tokens,
+            response.usage.total_tokens
+        ),
+        (312, 41, 353)
+    );
+    assert!(
+        response
+            .response_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("chatcmpl-"))
+    );
 
     let req = &server.received()[0];
     let body = &req.body;
     assert_eq!(body["model"], "qwen3-8b");
     assert_eq!(body["stream"], true);
     assert_eq!(body["stream_options"], json!({"include_usage": true}));
-    assert_eq!(body["messages"][0], json!({"role": "system", "content": "You plan trips."}));
-    assert_eq!(body["messages"][1], json!({"role": "user", "content": "Weather in Lisbon?"}));
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "You plan trips."})
+    );
+    assert_eq!(
+        body["messages"][1],
+        json!({"role": "user", "content": "Weather in Lisbon?"})
+    );
     assert_eq!(body["tools"][0]["type"], "function");
     assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
-    assert_eq!(body["tools"][0]["function"]["parameters"]["required"], json!(["city"]));
+    assert_eq!(
+        body["tools"][0]["function"]["parameters"]["required"],
+        json!(["city"])
+    );
     assert_eq!(body["tool_choice"], "auto");
     assert_eq!(body["max_tokens"], 256);
     assert_eq!(body["top_k"], 20);
@@ -71,8 +134,11 @@ async fn streams_text_with_usage_and_sends_the_vllm_request_shape() {
 
 #[tokio::test]
 async fn accumulates_streamed_tool_calls_by_index() {
-    let server = MockVllm::start([Turn::tool_call("get_weather", json!({"city": "Lisbon", "days": [1, 2]}))
-        .and_tool_call("get_weather", json!({"city": "Porto"}))])
+    let server = MockVllm::start([Turn::tool_call(
+        "get_weather",
+        json!({"city": "Lisbon", "days": [1, 2]}),
+    )
+    .and_tool_call("get_weather", json!({"city": "Porto"}))])
     .await
     .expect("server");
     let (events, response) = call(&provider(&server), &ToolChoice::Auto).await;
@@ -84,23 +150,43 @@ async fn accumulates_streamed_tool_calls_by_index() {
     assert_ne!(uses[0].tool_use_id, uses[1].tool_use_id);
     assert_eq!(uses[0].input, json!({"city": "Lisbon", "days": [1, 2]}));
     assert_eq!(uses[1].input, json!({"city": "Porto"}));
-    let starts = events.iter().filter(|e| matches!(e, ModelEvent::ToolUseStart { .. })).count();
+    let starts = events
+        .iter()
+        .filter(|e| matches!(e, ModelEvent::ToolUseStart { .. }))
+        .count();
     assert_eq!(starts, 2);
     let fragments: String = events
         .iter()
-        .filter_map(|e| match e { ModelEvent::ToolInputDelta { tool_use_id, delta } if *tool_use_id == uses[0].tool_use_id => Some(delta.as_str()), _ => None })
+        .filter_map(|e| match e {
+            ModelEvent::ToolInputDelta { tool_use_id, delta }
+                if *tool_use_id == uses[0].tool_use_id =>
+            {
+                Some(delta.as_str())
+            }
+            _ => None,
+        })
         .collect();
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&fragments).expect("json"), uses[0].input);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&fragments).expect("json"),
+        uses[0].input
+    );
 }
 
 #[tokio::test]
 async fn named_tool_choice_finishing_with_stop_still_yields_tool_use() {
-    let server = MockVllm::start([Turn::tool_call("get_weather", json!({"city": "Faro"})).with_finish_reason("stop")]).await.expect("server");
+    let server = MockVllm::start([
+        Turn::tool_call("get_weather", json!({"city": "Faro"})).with_finish_reason("stop")
+    ])
+    .await
+    .expect("server");
     let (_, response) = call(&provider(&server), &ToolChoice::Tool("get_weather".into())).await;
     let response = response.expect("response");
     assert_eq!(response.stop_reason, ModelStopReason::ToolUse);
     assert_eq!(response.finish_reason.as_deref(), Some("stop"));
-    assert_eq!(server.received()[0].body["tool_choice"], json!({"type": "function", "function": {"name": "get_weather"}}));
+    assert_eq!(
+        server.received()[0].body["tool_choice"],
+        json!({"type": "function", "function": {"name": "get_weather"}})
+    );
 }
 
 #[tokio::test]
@@ -121,23 +207,38 @@ async fn accepts_object_doubly_encoded_and_idless_arguments_and_keeps_unparseabl
     }
     let (_, response) = call(&model, &ToolChoice::Auto).await;
     let uses = tool_uses(&response.expect("a truncated call is not a crash"));
-    assert_eq!(uses[0].input, json!("{\"city\":"), "raw text kept for the executor to answer");
+    assert_eq!(
+        uses[0].input,
+        json!("{\"city\":"),
+        "raw text kept for the executor to answer"
+    );
 }
 
 #[tokio::test]
 async fn reads_reasoning_from_reasoning_content_and_reasoning() {
     let mut second = Turn::text("Pack an umbrella.").with_reasoning("It rains in November.");
     second.reasoning_field = true;
-    let server = MockVllm::start([Turn::text("Pack light.").with_reasoning("Dry season."), second]).await.expect("server");
+    let server = MockVllm::start([
+        Turn::text("Pack light.").with_reasoning("Dry season."),
+        second,
+    ])
+    .await
+    .expect("server");
     let model = provider(&server);
     for expected in ["Dry season.", "It rains in November."] {
         let (events, response) = call(&model, &ToolChoice::Auto).await;
         let response = response.expect("response");
         match &response.content[0] {
-            ContentBlock::ReasoningContent(ReasoningContent::ReasoningText(r)) => assert_eq!(r.text, expected),
+            ContentBlock::ReasoningContent(ReasoningContent::ReasoningText(r)) => {
+                assert_eq!(r.text, expected)
+            }
             other => panic!("expected reasoning first, got {other:?}"),
         }
-        assert!(events.iter().any(|e| matches!(e, ModelEvent::ReasoningDelta { .. })));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ModelEvent::ReasoningDelta { .. }))
+        );
     }
 }
 
@@ -146,10 +247,26 @@ async fn classifies_every_error_shape() {
     let server = MockVllm::start([
         Turn::fault(Fault::ContextOverflow { legacy: false }),
         Turn::fault(Fault::ContextOverflow { legacy: true }),
-        Turn::fault(Fault::Status { code: 429, retry_after: Some("2".into()), message: "queue full".into() }),
-        Turn::fault(Fault::Status { code: 503, retry_after: None, message: "overloaded".into() }),
-        Turn::fault(Fault::Status { code: 500, retry_after: None, message: "engine dead".into() }),
-        Turn::fault(Fault::Status { code: 401, retry_after: None, message: "bad key".into() }),
+        Turn::fault(Fault::Status {
+            code: 429,
+            retry_after: Some("2".into()),
+            message: "queue full".into(),
+        }),
+        Turn::fault(Fault::Status {
+            code: 503,
+            retry_after: None,
+            message: "overloaded".into(),
+        }),
+        Turn::fault(Fault::Status {
+            code: 500,
+            retry_after: None,
+            message: "engine dead".into(),
+        }),
+        Turn::fault(Fault::Status {
+            code: 401,
+            retry_after: None,
+            message: "bad key".into(),
+        }),
         Turn::text("a b c d e").with_fault(Fault::MidStreamError { code: 500 }),
         Turn::text("a b c d e").with_fault(Fault::MalformedChunk),
         Turn::text("a b c d e f g h").with_fault(Fault::DropMidStream { after_chunks: 3 }),
@@ -157,31 +274,87 @@ async fn classifies_every_error_shape() {
     ])
     .await
     .expect("server");
-    let model = provider_builder(&server).read_timeout(Duration::from_millis(500)).build().expect("model");
+    let model = provider_builder(&server)
+        .read_timeout(Duration::from_millis(500))
+        .build()
+        .expect("model");
     let mut errors = Vec::new();
     for _ in 0..10 {
         let (_, r) = call(&model, &ToolChoice::Auto).await;
         errors.push(r.expect_err("each turn is a fault"));
     }
-    assert!(matches!(&errors[0], ModelError::ContextOverflow { message } if message.contains("maximum context length")));
-    assert!(matches!(&errors[1], ModelError::ContextOverflow { .. }), "legacy flat body: {:?}", errors[1]);
-    assert_eq!(errors[2], ModelError::Throttled { status: 429, message: "queue full".into(), retry_after: Some(Duration::from_secs(2)) });
-    assert!(matches!(&errors[3], ModelError::Throttled { status: 503, retry_after: None, .. }));
-    assert!(matches!(&errors[4], ModelError::Transient { message } if message.contains("engine dead")));
-    assert_eq!(errors[5], ModelError::Fatal { status: Some(401), message: "bad key".into() });
-    assert!(matches!(&errors[6], ModelError::Transient { message } if message.contains("injected engine failure")), "{:?}", errors[6]);
-    assert!(matches!(&errors[7], ModelError::Transient { message } if message.contains("malformed")), "{:?}", errors[7]);
-    assert!(matches!(&errors[8], ModelError::Transient { .. }), "{:?}", errors[8]);
-    assert!(matches!(&errors[9], ModelError::Transient { message } if message.contains("timed out")), "{:?}", errors[9]);
-    assert!(errors.iter().all(|e| !e.to_string().contains("test-key")), "secrets never in errors");
+    assert!(
+        matches!(&errors[0], ModelError::ContextOverflow { message } if message.contains("maximum context length"))
+    );
+    assert!(
+        matches!(&errors[1], ModelError::ContextOverflow { .. }),
+        "legacy flat body: {:?}",
+        errors[1]
+    );
+    assert_eq!(
+        errors[2],
+        ModelError::Throttled {
+            status: 429,
+            message: "queue full".into(),
+            retry_after: Some(Duration::from_secs(2))
+        }
+    );
+    assert!(matches!(
+        &errors[3],
+        ModelError::Throttled {
+            status: 503,
+            retry_after: None,
+            ..
+        }
+    ));
+    assert!(
+        matches!(&errors[4], ModelError::Transient { message } if message.contains("engine dead"))
+    );
+    assert_eq!(
+        errors[5],
+        ModelError::Fatal {
+            status: Some(401),
+            message: "bad key".into()
+        }
+    );
+    assert!(
+        matches!(&errors[6], ModelError::Transient { message } if message.contains("injected engine failure")),
+        "{:?}",
+        errors[6]
+    );
+    assert!(
+        matches!(&errors[7], ModelError::Transient { message } if message.contains("malformed")),
+        "{:?}",
+        errors[7]
+    );
+    assert!(
+        matches!(&errors[8], ModelError::Transient { .. }),
+        "{:?}",
+        errors[8]
+    );
+    assert!(
+        matches!(&errors[9], ModelError::Transient { message } if message.contains("timed out")),
+        "{:?}",
+        errors[9]
+    );
+    assert!(
+        errors.iter().all(|e| !e.to_string().contains("test-key")),
+        "secrets never in errors"
+    );
 }
 
 #[tokio::test]
 async fn model_not_found_is_fatal_with_the_servers_message() {
     let server = MockVllm::start([Turn::text("x")]).await.expect("server");
-    let model = provider_builder(&server).model("nope").build().expect("model");
+    let model = provider_builder(&server)
+        .model("nope")
+        .build()
+        .expect("model");
     let (_, r) = call(&model, &ToolChoice::Auto).await;
-    assert!(matches!(r, Err(ModelError::Fatal { status: Some(404), ref message }) if message.contains("does not exist")), "{r:?}");
+    assert!(
+        matches!(r, Err(ModelError::Fatal { status: Some(404), ref message }) if message.contains("does not exist")),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
@@ -192,7 +365,10 @@ async fn non_streaming_mode() {
     ])
     .await
     .expect("server");
-    let model = provider_builder(&server).streaming(false).build().expect("model");
+    let model = provider_builder(&server)
+        .streaming(false)
+        .build()
+        .expect("model");
     let (_, r) = call(&model, &ToolChoice::Any).await;
     let r = r.expect("response");
     assert_eq!(r.stop_reason, ModelStopReason::ToolUse);
@@ -204,18 +380,35 @@ async fn non_streaming_mode() {
     assert!(events.contains(&ModelEvent::TextDelta("Sunny.".into())));
     let body = &server.received()[0].body;
     assert_eq!(body["stream"], false);
-    assert!(body.get("stream_options").is_none(), "vLLM rejects stream_options without stream");
+    assert!(
+        body.get("stream_options").is_none(),
+        "vLLM rejects stream_options without stream"
+    );
     assert_eq!(body["tool_choice"], "required");
 }
 
 #[tokio::test]
 async fn configuration_errors_are_typed() {
-    let r = agent_core::model::openai::OpenAiCompatible::builder().base_url("not a url").model("m").build();
-    assert!(matches!(r, Err(ModelError::Config(ref m)) if m.contains("invalid base URL")), "{r:?}");
-    let r = agent_core::model::openai::OpenAiCompatible::builder().base_url("http://127.0.0.1:1/v1").model("m").header("bad header", "x").build();
+    let r = agent_core::model::openai::OpenAiCompatible::builder()
+        .base_url("not a url")
+        .model("m")
+        .build();
+    assert!(
+        matches!(r, Err(ModelError::Config(ref m)) if m.contains("invalid base URL")),
+        "{r:?}"
+    );
+    let r = agent_core::model::openai::OpenAiCompatible::builder()
+        .base_url("http://127.0.0.1:1/v1")
+        .model("m")
+        .header("bad header", "x")
+        .build();
     assert!(matches!(r, Err(ModelError::Config(_))));
     // Nothing listens on port 1: a connection failure is transient (retried by the loop).
-    let model = agent_core::model::openai::OpenAiCompatible::builder().base_url("http://127.0.0.1:1/v1").model("m").build().expect("model");
+    let model = agent_core::model::openai::OpenAiCompatible::builder()
+        .base_url("http://127.0.0.1:1/v1")
+        .model("m")
+        .build()
+        .expect("model");
     let (_, r) = call(&model, &ToolChoice::Auto).await;
     assert!(matches!(r, Err(ModelError::Transient { .. })), "{r:?}");
 }

@@ -60,14 +60,22 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_turns: Some(50), max_total_tokens: None, timeout: Some(Duration::from_secs(600)) }
+        Self {
+            max_turns: Some(50),
+            max_total_tokens: None,
+            timeout: Some(Duration::from_secs(600)),
+        }
     }
 }
 
 impl Limits {
     /// No limits at all (not recommended for services).
     pub fn unlimited() -> Self {
-        Self { max_turns: None, max_total_tokens: None, timeout: None }
+        Self {
+            max_turns: None,
+            max_total_tokens: None,
+            timeout: None,
+        }
     }
 
     /// Sets the turn limit.
@@ -207,7 +215,12 @@ impl Agent {
 
     /// A handle on one session. Nothing is loaded until an invocation runs.
     pub fn session(&self, session_id: impl Into<String>) -> Session {
-        Session { agent: self.clone(), session_id: session_id.into(), actor_id: None, cancel: None }
+        Session {
+            agent: self.clone(),
+            session_id: session_id.into(),
+            actor_id: None,
+            cancel: None,
+        }
     }
 }
 
@@ -348,10 +361,14 @@ impl AgentBuilder {
         let model = self.model.ok_or(BuildError::MissingModel)?;
         validate_id("agent", &self.id)?;
         if self.executor.max_concurrency == 0 {
-            return Err(BuildError::Invalid("max_tool_concurrency must be at least 1".into()));
+            return Err(BuildError::Invalid(
+                "max_tool_concurrency must be at least 1".into(),
+            ));
         }
         if self.retry.max_attempts == 0 {
-            return Err(BuildError::Invalid("retry.max_attempts must be at least 1".into()));
+            return Err(BuildError::Invalid(
+                "retry.max_attempts must be at least 1".into(),
+            ));
         }
         let mut tools = ToolRegistry::new();
         for t in self.tools {
@@ -403,7 +420,15 @@ impl Session {
     /// Runs an invocation to its end.
     pub async fn invoke(&self, prompt: impl Into<Prompt>) -> Result<AgentResult, AgentError> {
         let cancel = self.cancel.clone().unwrap_or_default();
-        run::run(&self.agent.inner, &self.session_id, self.actor_id.as_deref(), prompt.into(), cancel, None).await
+        run::run(
+            &self.agent.inner,
+            &self.session_id,
+            self.actor_id.as_deref(),
+            prompt.into(),
+            cancel,
+            None,
+        )
+        .await
     }
 
     /// Runs an invocation in a task and streams its events; the last item is
@@ -418,8 +443,15 @@ impl Session {
         let actor_id = self.actor_id.clone();
         let prompt = prompt.into();
         tokio::spawn(async move {
-            let outcome =
-                run::run(&agent.inner, &session_id, actor_id.as_deref(), prompt, cancel, Some(tx.clone())).await;
+            let outcome = run::run(
+                &agent.inner,
+                &session_id,
+                actor_id.as_deref(),
+                prompt,
+                cancel,
+                Some(tx.clone()),
+            )
+            .await;
             let last = outcome.map(AgentEvent::Stop);
             // The receiver may be gone; then nobody is waiting for the outcome.
             let _ = tx.send(last).await;
@@ -458,12 +490,18 @@ pub(crate) struct SessionLockGuard<'a> {
 
 impl Drop for SessionLockGuard<'_> {
     fn drop(&mut self) {
-        let Some(guard) = self.guard.take() else { return };
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
         let mutex = tokio::sync::OwnedMutexGuard::mutex(&guard).clone();
         drop(guard);
         // Acquirers upgrade the weak entry under the map lock, so a strong count of one (ours)
         // checked under that lock means nobody holds or waits for this session.
-        let mut map = self.locks.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .locks
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if Arc::strong_count(&mutex) == 1 {
             map.remove(&self.key);
         }
@@ -478,7 +516,10 @@ impl SessionLocks {
     ) -> Option<SessionLockGuard<'_>> {
         let key: Arc<str> = key.into();
         let mutex = {
-            let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut map = self
+                .map
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match map.get(&key).and_then(Weak::upgrade) {
                 Some(m) => m,
                 None => {
@@ -493,11 +534,49 @@ impl SessionLocks {
             Some(d) => tokio::time::timeout_at(d, lock).await.ok()?,
             None => lock.await,
         };
-        Some(SessionLockGuard { locks: self, key, guard: Some(guard) })
+        Some(SessionLockGuard {
+            locks: self,
+            key,
+            guard: Some(guard),
+        })
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn session_locks_serialise_and_clean_up() {
+        let locks = SessionLocks::default();
+        let first = locks.acquire("s", None).await.expect("free");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(
+            locks.acquire("s", Some(deadline)).await.is_none(),
+            "busy session waits are bounded"
+        );
+        let other = locks
+            .acquire("t", None)
+            .await
+            .expect("other sessions are independent");
+        assert_eq!(locks.len(), 2);
+        drop(first);
+        drop(other);
+        assert_eq!(locks.len(), 0, "entries go when nobody holds them");
+        let again = locks
+            .acquire(
+                "s",
+                Some(tokio::time::Instant::now() + Duration::from_millis(50)),
+            )
+            .await;
+        assert!(again.is_some());
     }
 }

@@ -23,7 +23,8 @@ use crate::tool::executor::{CallScope, execute_stream};
 /// Text of the results that answer tool uses left pending by an interrupted run.
 pub const INTERRUPTED_TEXT: &str = "Tool was interrupted.";
 /// Text of the results of calls stopped by the invocation's time limit.
-pub const TIME_LIMIT_TEXT: &str = "Tool execution stopped: the invocation's time limit was reached.";
+pub const TIME_LIMIT_TEXT: &str =
+    "Tool execution stopped: the invocation's time limit was reached.";
 
 type Sender = mpsc::Sender<Result<AgentEvent, AgentError>>;
 
@@ -90,11 +91,16 @@ pub(super) async fn run(
         .locks
         .acquire(session_id, deadline)
         .await
-        .ok_or_else(|| AgentError::SessionBusy { session_id: session_id.to_owned() })?;
+        .ok_or_else(|| AgentError::SessionBusy {
+            session_id: session_id.to_owned(),
+        })?;
 
     let stored = agent.store.load(&key).await?.unwrap_or_default();
     let history = History::restore(stored.messages)?;
-    let SessionState { agent_state, window } = stored.state;
+    let SessionState {
+        agent_state,
+        window,
+    } = stored.state;
     let mut run = Run {
         agent,
         key,
@@ -126,10 +132,16 @@ pub(super) async fn run(
         if run.cancel.is_cancelled() {
             break StopReason::Cancelled;
         }
-        if limits.max_turns.is_some_and(|max| turns.len() as u64 >= u64::from(max)) {
+        if limits
+            .max_turns
+            .is_some_and(|max| turns.len() as u64 >= u64::from(max))
+        {
             break StopReason::LimitTurns;
         }
-        if limits.max_total_tokens.is_some_and(|max| usage.total_tokens >= max) {
+        if limits
+            .max_total_tokens
+            .is_some_and(|max| usage.total_tokens >= max)
+        {
             break StopReason::LimitTokens;
         }
         if run.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -142,13 +154,19 @@ pub(super) async fn run(
         };
         usage.add(&response.usage);
         if run.emitter.active() {
-            run.emitter.send(AgentEvent::Usage { usage: response.usage }).await;
+            run.emitter
+                .send(AgentEvent::Usage {
+                    usage: response.usage,
+                })
+                .await;
         }
         let mut content = response.content;
         if content.is_empty() {
             content.push(ContentBlock::Text(String::new()));
         }
-        let has_tools = content.iter().any(|b| matches!(b, ContentBlock::ToolUse(_)));
+        let has_tools = content
+            .iter()
+            .any(|b| matches!(b, ContentBlock::ToolUse(_)));
         run.append(Message::new(Role::Assistant, content)).await?;
         if has_tools {
             let started = Instant::now();
@@ -170,15 +188,26 @@ pub(super) async fn run(
     };
 
     if run.state.take_dirty() || run.window != initial_window {
-        let state = SessionState { agent_state: run.state.to_map(), window: run.window };
-        agent.store.save_state(&run.key, &state, stored.state_version).await?;
+        let state = SessionState {
+            agent_state: run.state.to_map(),
+            window: run.window,
+        };
+        agent
+            .store
+            .save_state(&run.key, &state, stored.state_version)
+            .await?;
     }
     let message = run.history.messages()[first_new..]
         .iter()
         .rev()
         .find(|m| m.role == Role::Assistant)
         .cloned();
-    Ok(AgentResult { stop_reason, message, usage, turns })
+    Ok(AgentResult {
+        stop_reason,
+        message,
+        usage,
+        turns,
+    })
 }
 
 impl Run<'_> {
@@ -188,7 +217,11 @@ impl Run<'_> {
         let stored = &self.history.messages()[expected..];
         self.agent.store.append(&self.key, expected, stored).await?;
         if self.emitter.active() {
-            self.emitter.send(AgentEvent::MessageAdded { message: stored[0].clone() }).await;
+            self.emitter
+                .send(AgentEvent::MessageAdded {
+                    message: stored[0].clone(),
+                })
+                .await;
         }
         Ok(())
     }
@@ -220,7 +253,9 @@ impl Run<'_> {
                 };
                 match next {
                     None => {
-                        break Err(ModelError::Transient { message: "model stream ended without a response".into() });
+                        break Err(ModelError::Transient {
+                            message: "model stream ended without a response".into(),
+                        });
                     }
                     Some(Err(e)) => break Err(e),
                     Some(Ok(event)) => {
@@ -254,7 +289,8 @@ impl Run<'_> {
                     {
                         reductions += 1;
                         tracing::warn!(session = %self.key.session_id, reductions, "context overflow: history reduced, retrying");
-                        self.retry_event(reductions, Duration::ZERO, "context_overflow", &message).await;
+                        self.retry_event(reductions, Duration::ZERO, "context_overflow", &message)
+                            .await;
                         continue;
                     }
                     return Err(AgentError::ContextOverflow { message });
@@ -267,7 +303,8 @@ impl Run<'_> {
                         return Ok(TurnOutcome::Stopped(StopReason::Timeout));
                     }
                     tracing::warn!(error = %e, retry = failures, delay_ms = millis(delay), "model call failed, retrying");
-                    self.retry_event(failures, delay, e.kind(), &e.to_string()).await;
+                    self.retry_event(failures, delay, e.kind(), &e.to_string())
+                        .await;
                     tokio::select! {
                         biased;
                         () = self.cancel.cancelled() => return Ok(TurnOutcome::Stopped(StopReason::Cancelled)),
@@ -298,9 +335,15 @@ impl Run<'_> {
         }
         let event = match event {
             ModelEvent::TextDelta(text) => AgentEvent::TextDelta { text },
-            ModelEvent::ReasoningDelta { text, signature } => AgentEvent::ReasoningDelta { text, signature },
-            ModelEvent::ToolUseStart { tool_use_id, name } => AgentEvent::ToolUseStart { tool_use_id, name },
-            ModelEvent::ToolInputDelta { tool_use_id, delta } => AgentEvent::ToolInputDelta { tool_use_id, delta },
+            ModelEvent::ReasoningDelta { text, signature } => {
+                AgentEvent::ReasoningDelta { text, signature }
+            }
+            ModelEvent::ToolUseStart { tool_use_id, name } => {
+                AgentEvent::ToolUseStart { tool_use_id, name }
+            }
+            ModelEvent::ToolInputDelta { tool_use_id, delta } => {
+                AgentEvent::ToolInputDelta { tool_use_id, delta }
+            }
             _ => return,
         };
         self.emitter.send(event).await;
@@ -319,9 +362,20 @@ impl Run<'_> {
         let mut timed_out = false;
         let mut results: Vec<(ToolResult, bool)> = Vec::new();
         {
-            let uses: Vec<&ToolUse> = self.history.messages().last().map(|m| m.tool_uses().collect()).unwrap_or_default();
+            let uses: Vec<&ToolUse> = self
+                .history
+                .messages()
+                .last()
+                .map(|m| m.tool_uses().collect())
+                .unwrap_or_default();
             results.reserve(uses.len());
-            let mut stream = std::pin::pin!(execute_stream(&agent.tools, &agent.executor, &uses, &scope, &tools_cancel));
+            let mut stream = std::pin::pin!(execute_stream(
+                &agent.tools,
+                &agent.executor,
+                &uses,
+                &scope,
+                &tools_cancel
+            ));
             loop {
                 tokio::select! {
                     biased;

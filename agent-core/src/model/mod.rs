@@ -230,7 +230,9 @@ pub trait Model: Send + Sync + 'static {
                     return Ok(response);
                 }
             }
-            Err(ModelError::Transient { message: "model stream ended without a response".into() })
+            Err(ModelError::Transient {
+                message: "model stream ended without a response".into(),
+            })
         })
     }
 }

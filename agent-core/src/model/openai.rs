@@ -32,7 +32,9 @@ use super::{
     Model, ModelDescriptor, ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason,
     ModelStream, ToolChoice, Usage,
 };
-use crate::message::{ContentBlock, Message, ReasoningContent, ReasoningText, Role, ToolResultContent, ToolUse};
+use crate::message::{
+    ContentBlock, Message, ReasoningContent, ReasoningText, Role, ToolResultContent, ToolUse,
+};
 use crate::tool::ToolSpec;
 
 /// Sampling and length parameters sent with every request.
@@ -177,18 +179,22 @@ impl OpenAiCompatibleBuilder {
             Some(m) => m,
             None => std::env::var("OPENAI_MODEL").map_err(|_| {
                 ModelError::Config(
-                    "no model name: set OPENAI_MODEL (vLLM's --served-model-name) or call model()".into(),
+                    "no model name: set OPENAI_MODEL (vLLM's --served-model-name) or call model()"
+                        .into(),
                 )
             })?,
         };
-        let api_key = self.api_key.or_else(|| std::env::var("OPENAI_API_KEY").ok());
+        let api_key = self
+            .api_key
+            .or_else(|| std::env::var("OPENAI_API_KEY").ok());
         let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
         let parsed = reqwest::Url::parse(&url)
             .map_err(|e| ModelError::Config(format!("invalid base URL `{base_url}`: {e}")))?;
         let mut headers = HeaderMap::new();
         if let Some(key) = api_key.filter(|k| !k.is_empty()) {
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| ModelError::Config("the API key is not a valid header value".into()))?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                ModelError::Config("the API key is not a valid header value".into())
+            })?;
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
@@ -400,17 +406,24 @@ fn build_body(inner: &Inner, request: &ModelRequest<'_>) -> Result<Vec<u8>, Mode
         push_wire_messages(&mut messages, m);
     }
     let tools: Vec<WireTool<'_>> = request.tools.iter().map(wire_tool).collect();
-    let tool_choice = if tools.is_empty() { None } else { Some(tool_choice_json(request.tool_choice)) };
+    let tool_choice = if tools.is_empty() {
+        None
+    } else {
+        Some(tool_choice_json(request.tool_choice))
+    };
     let body = ChatRequest {
         model: &inner.model,
         messages,
         stream: inner.streaming,
-        stream_options: inner.streaming.then_some(StreamOptions { include_usage: true }),
+        stream_options: inner.streaming.then_some(StreamOptions {
+            include_usage: true,
+        }),
         tools,
         tool_choice,
         params: &inner.params,
     };
-    serde_json::to_vec(&body).map_err(|e| ModelError::Config(format!("cannot encode the request: {e}")))
+    serde_json::to_vec(&body)
+        .map_err(|e| ModelError::Config(format!("cannot encode the request: {e}")))
 }
 
 fn wire_tool(spec: &ToolSpec) -> WireTool<'_> {
@@ -429,7 +442,9 @@ fn tool_choice_json(choice: &ToolChoice) -> Value {
         ToolChoice::Auto => Value::from("auto"),
         ToolChoice::Any => Value::from("required"),
         ToolChoice::None => Value::from("none"),
-        ToolChoice::Tool(name) => serde_json::json!({"type": "function", "function": {"name": name}}),
+        ToolChoice::Tool(name) => {
+            serde_json::json!({"type": "function", "function": {"name": name}})
+        }
     }
 }
 
@@ -444,13 +459,19 @@ fn push_wire_messages<'a>(out: &mut Vec<WireMessage<'a>>, m: &'a Message) {
                     ContentBlock::ToolUse(u) => tool_calls.push(WireToolCall {
                         id: &u.tool_use_id,
                         r#type: "function",
-                        function: WireFunctionCall { name: &u.name, arguments: arguments_text(&u.input) },
+                        function: WireFunctionCall {
+                            name: &u.name,
+                            arguments: arguments_text(&u.input),
+                        },
                     }),
                     // Reasoning is not fed back (vLLM's guidance); media cannot be sent by the assistant.
                     _ => {}
                 }
             }
-            out.push(WireMessage::Assistant { content: text, tool_calls });
+            out.push(WireMessage::Assistant {
+                content: text,
+                tool_calls,
+            });
         }
         Role::User => {
             let mut parts: Vec<UserPart<'a>> = Vec::new();
@@ -460,26 +481,37 @@ fn push_wire_messages<'a>(out: &mut Vec<WireMessage<'a>>, m: &'a Message) {
                         tool_call_id: &r.tool_use_id,
                         content: tool_result_text(&r.content),
                     }),
-                    ContentBlock::Text(t) => parts.push(UserPart::Text { text: t.as_str().into() }),
+                    ContentBlock::Text(t) => parts.push(UserPart::Text {
+                        text: t.as_str().into(),
+                    }),
                     ContentBlock::Image(img) => parts.push(UserPart::ImageUrl {
                         image_url: ImageUrl {
                             url: format!(
                                 "data:{};base64,{}",
                                 img.format.mime_type(),
-                                base64::engine::general_purpose::STANDARD.encode(&img.source.bytes.0)
+                                base64::engine::general_purpose::STANDARD
+                                    .encode(&img.source.bytes.0)
                             ),
                         },
                     }),
-                    ContentBlock::Document(d) => parts.push(UserPart::Text { text: document_text(d).into() }),
+                    ContentBlock::Document(d) => parts.push(UserPart::Text {
+                        text: document_text(d).into(),
+                    }),
                     _ => {}
                 }
             }
             match parts.as_slice() {
                 [] => {}
-                [UserPart::Text { text: std::borrow::Cow::Borrowed(t) }] => {
-                    out.push(WireMessage::User { content: UserContent::Text(t) })
-                }
-                _ => out.push(WireMessage::User { content: UserContent::Parts(parts) }),
+                [
+                    UserPart::Text {
+                        text: std::borrow::Cow::Borrowed(t),
+                    },
+                ] => out.push(WireMessage::User {
+                    content: UserContent::Text(t),
+                }),
+                _ => out.push(WireMessage::User {
+                    content: UserContent::Parts(parts),
+                }),
             }
         }
     }
@@ -520,7 +552,11 @@ fn document_text(d: &crate::message::Document) -> String {
             Ok(text) => format!("[document: {}]\n{text}", d.name),
             Err(_) => format!("[document: {} ({}), not valid UTF-8]", d.name, d.format),
         },
-        other => format!("[document: {} ({other}, {} bytes)]", d.name, d.source.bytes.0.len()),
+        other => format!(
+            "[document: {} ({other}, {} bytes)]",
+            d.name,
+            d.source.bytes.0.len()
+        ),
     }
 }
 
@@ -623,7 +659,14 @@ struct PartialCall {
 impl Assembler {
     fn feed(&mut self, chunk: Chunk) -> Result<(), ModelError> {
         if let Some(err) = chunk.error {
-            return Err(classify(err.code.as_ref().and_then(Value::as_u64).map_or(500, |c| c as u16), &err, None));
+            return Err(classify(
+                err.code
+                    .as_ref()
+                    .and_then(Value::as_u64)
+                    .map_or(500, |c| c as u16),
+                &err,
+                None,
+            ));
         }
         if self.id.is_none() {
             self.id = chunk.id;
@@ -635,7 +678,9 @@ impl Assembler {
             self.usage = Some(Usage {
                 input_tokens: u.prompt_tokens,
                 output_tokens: u.completion_tokens,
-                total_tokens: u.total_tokens.unwrap_or(u.prompt_tokens + u.completion_tokens),
+                total_tokens: u
+                    .total_tokens
+                    .unwrap_or(u.prompt_tokens + u.completion_tokens),
             });
         }
         for choice in chunk.choices {
@@ -650,10 +695,16 @@ impl Assembler {
     }
 
     fn feed_delta(&mut self, delta: Delta) {
-        for reasoning in [delta.reasoning_content, delta.reasoning].into_iter().flatten() {
+        for reasoning in [delta.reasoning_content, delta.reasoning]
+            .into_iter()
+            .flatten()
+        {
             if !reasoning.is_empty() {
                 self.reasoning.push_str(&reasoning);
-                self.pending.push_back(ModelEvent::ReasoningDelta { text: reasoning, signature: None });
+                self.pending.push_back(ModelEvent::ReasoningDelta {
+                    text: reasoning,
+                    signature: None,
+                });
             }
         }
         if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
@@ -685,16 +736,24 @@ impl Assembler {
                     .filter(|id| !id.is_empty())
                     .unwrap_or_else(|| format!("call_{index}_{:08x}", fastrand::u32(..)));
                 let name = name.clone().unwrap_or_default();
-                self.pending.push_back(ModelEvent::ToolUseStart { tool_use_id: id.clone(), name: name.clone() });
-                self.calls.push(PartialCall { index, id, name, arguments: String::new() });
+                self.pending.push_back(ModelEvent::ToolUseStart {
+                    tool_use_id: id.clone(),
+                    name: name.clone(),
+                });
+                self.calls.push(PartialCall {
+                    index,
+                    id,
+                    name,
+                    arguments: String::new(),
+                });
                 self.calls.len() - 1
             }
         };
         let entry = &mut self.calls[slot];
-        if entry.name.is_empty() {
-            if let Some(n) = name {
-                entry.name = n;
-            }
+        if entry.name.is_empty()
+            && let Some(n) = name
+        {
+            entry.name = n;
         }
         let fragment = match arguments {
             Some(Value::String(s)) => s,
@@ -703,17 +762,22 @@ impl Assembler {
         };
         if !fragment.is_empty() {
             entry.arguments.push_str(&fragment);
-            self.pending.push_back(ModelEvent::ToolInputDelta { tool_use_id: entry.id.clone(), delta: fragment });
+            self.pending.push_back(ModelEvent::ToolInputDelta {
+                tool_use_id: entry.id.clone(),
+                delta: fragment,
+            });
         }
     }
 
     fn finish(&mut self) -> ModelResponse {
         let mut content = Vec::with_capacity(2 + self.calls.len());
         if !self.reasoning.is_empty() {
-            content.push(ContentBlock::ReasoningContent(ReasoningContent::ReasoningText(ReasoningText {
-                text: std::mem::take(&mut self.reasoning),
-                signature: None,
-            })));
+            content.push(ContentBlock::ReasoningContent(
+                ReasoningContent::ReasoningText(ReasoningText {
+                    text: std::mem::take(&mut self.reasoning),
+                    signature: None,
+                }),
+            ));
         }
         if !self.text.is_empty() {
             content.push(ContentBlock::Text(std::mem::take(&mut self.text)));
@@ -764,71 +828,100 @@ fn parse_arguments(raw: String) -> Value {
     }
 }
 
-fn sse_events(response: reqwest::Response) -> impl Stream<Item = Result<ModelEvent, ModelError>> + Send {
+fn sse_events(
+    response: reqwest::Response,
+) -> impl Stream<Item = Result<ModelEvent, ModelError>> + Send {
     struct State<S> {
         source: S,
         assembler: Assembler,
         done: bool,
     }
     let source = response.bytes_stream().eventsource();
-    futures::stream::unfold(State { source, assembler: Assembler::default(), done: false }, |mut st| async move {
-        loop {
-            if let Some(ev) = st.assembler.pending.pop_front() {
-                return Some((Ok(ev), st));
-            }
-            if st.done {
-                return None;
-            }
-            match st.source.next().await {
-                Some(Ok(event)) => {
-                    let data = event.data.trim();
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if data == "[DONE]" {
-                        st.done = true;
-                        let response = st.assembler.finish();
-                        st.assembler.pending.push_back(ModelEvent::Completed(response));
-                        continue;
-                    }
-                    let chunk: Chunk = match serde_json::from_str(data) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            st.done = true;
-                            return Some((Err(ModelError::Transient { message: format!("malformed stream chunk: {e}") }), st));
+    futures::stream::unfold(
+        State {
+            source,
+            assembler: Assembler::default(),
+            done: false,
+        },
+        |mut st| async move {
+            loop {
+                if let Some(ev) = st.assembler.pending.pop_front() {
+                    return Some((Ok(ev), st));
+                }
+                if st.done {
+                    return None;
+                }
+                match st.source.next().await {
+                    Some(Ok(event)) => {
+                        let data = event.data.trim();
+                        if data.is_empty() {
+                            continue;
                         }
-                    };
-                    if let Err(e) = st.assembler.feed(chunk) {
+                        if data == "[DONE]" {
+                            st.done = true;
+                            let response = st.assembler.finish();
+                            st.assembler
+                                .pending
+                                .push_back(ModelEvent::Completed(response));
+                            continue;
+                        }
+                        let chunk: Chunk = match serde_json::from_str(data) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                st.done = true;
+                                return Some((
+                                    Err(ModelError::Transient {
+                                        message: format!("malformed stream chunk: {e}"),
+                                    }),
+                                    st,
+                                ));
+                            }
+                        };
+                        if let Err(e) = st.assembler.feed(chunk) {
+                            st.done = true;
+                            return Some((Err(e), st));
+                        }
+                    }
+                    Some(Err(e)) => {
                         st.done = true;
-                        return Some((Err(e), st));
+                        return Some((
+                            Err(ModelError::Transient {
+                                message: format!("stream interrupted: {e}"),
+                            }),
+                            st,
+                        ));
                     }
-                }
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(ModelError::Transient { message: format!("stream interrupted: {e}") }), st));
-                }
-                None => {
-                    st.done = true;
-                    // Some servers end without `[DONE]`; a finish reason says the response is whole.
-                    if st.assembler.finish_reason.is_some() {
-                        let response = st.assembler.finish();
-                        st.assembler.pending.push_back(ModelEvent::Completed(response));
-                        continue;
+                    None => {
+                        st.done = true;
+                        // Some servers end without `[DONE]`; a finish reason says the response is whole.
+                        if st.assembler.finish_reason.is_some() {
+                            let response = st.assembler.finish();
+                            st.assembler
+                                .pending
+                                .push_back(ModelEvent::Completed(response));
+                            continue;
+                        }
+                        return Some((
+                            Err(ModelError::Transient {
+                                message: "stream ended before the response was complete".into(),
+                            }),
+                            st,
+                        ));
                     }
-                    return Some((
-                        Err(ModelError::Transient { message: "stream ended before the response was complete".into() }),
-                        st,
-                    ));
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 fn non_streaming_events(bytes: &[u8]) -> Vec<Result<ModelEvent, ModelError>> {
     let chunk: Chunk = match serde_json::from_slice(bytes) {
         Ok(c) => c,
-        Err(e) => return vec![Err(ModelError::Transient { message: format!("malformed response body: {e}") })],
+        Err(e) => {
+            return vec![Err(ModelError::Transient {
+                message: format!("malformed response body: {e}"),
+            })];
+        }
     };
     let mut assembler = Assembler::default();
     if let Err(e) = assembler.feed(chunk) {
@@ -850,7 +943,9 @@ fn transport_error(e: reqwest::Error) -> ModelError {
     } else {
         "request failed"
     };
-    ModelError::Transient { message: format!("{what}: {e}") }
+    ModelError::Transient {
+        message: format!("{what}: {e}"),
+    }
 }
 
 async fn error_from_response(response: reqwest::Response) -> ModelError {
@@ -862,7 +957,11 @@ async fn error_from_response(response: reqwest::Response) -> ModelError {
         .and_then(parse_retry_after);
     let body = match response.bytes().await {
         Ok(b) => b,
-        Err(e) => return ModelError::Transient { message: format!("HTTP {status}, body unreadable: {e}") },
+        Err(e) => {
+            return ModelError::Transient {
+                message: format!("HTTP {status}, body unreadable: {e}"),
+            };
+        }
     };
     #[derive(Deserialize)]
     struct Envelope {
@@ -871,11 +970,23 @@ async fn error_from_response(response: reqwest::Response) -> ModelError {
     let err = serde_json::from_slice::<Envelope>(&body)
         .map(|e| e.error)
         .or_else(|_| serde_json::from_slice::<WireError>(&body))
-        .unwrap_or(WireError { message: None, param: None, code: None, kind: None });
+        .unwrap_or(WireError {
+            message: None,
+            param: None,
+            code: None,
+            kind: None,
+        });
     let err = if err.message.is_none() {
         let text = String::from_utf8_lossy(&body);
         let text: String = text.chars().take(500).collect();
-        WireError { message: Some(if text.is_empty() { format!("HTTP {status}") } else { text }), ..err }
+        WireError {
+            message: Some(if text.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                text
+            }),
+            ..err
+        }
     } else {
         err
     };
@@ -883,7 +994,10 @@ async fn error_from_response(response: reqwest::Response) -> ModelError {
 }
 
 fn classify(status: u16, err: &WireError, retry_after: Option<Duration>) -> ModelError {
-    let message = err.message.clone().unwrap_or_else(|| format!("HTTP {status}"));
+    let message = err
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("HTTP {status}"));
     let lower = message.to_ascii_lowercase();
     let overflow = lower.contains("maximum context length")
         || lower.contains("context length")
@@ -893,16 +1007,26 @@ fn classify(status: u16, err: &WireError, retry_after: Option<Duration>) -> Mode
         || err.kind.as_deref() == Some("exceed_context_size_error");
     match status {
         400 | 413 if overflow => ModelError::ContextOverflow { message },
-        429 | 503 => ModelError::Throttled { status, message, retry_after },
-        408 | 500..=599 => ModelError::Transient { message: format!("HTTP {status}: {message}") },
-        _ => ModelError::Fatal { status: Some(status), message },
+        429 | 503 => ModelError::Throttled {
+            status,
+            message,
+            retry_after,
+        },
+        408 | 500..=599 => ModelError::Transient {
+            message: format!("HTTP {status}: {message}"),
+        },
+        _ => ModelError::Fatal {
+            status: Some(status),
+            message,
+        },
     }
 }
 
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)));
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(3600.0)));
     }
     None
 }
@@ -925,7 +1049,14 @@ mod tests {
         a.feed(chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":{"x":1}}},{"index":0,"function":{"arguments":"\"lisbon\"}"}}]},"finish_reason":"tool_calls"}]}))).expect("ok");
         let r = a.finish();
         assert_eq!(r.stop_reason, ModelStopReason::ToolUse);
-        let uses: Vec<_> = r.content.iter().filter_map(|b| match b { ContentBlock::ToolUse(u) => Some(u), _ => None }).collect();
+        let uses: Vec<_> = r
+            .content
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::ToolUse(u) => Some(u),
+                _ => None,
+            })
+            .collect();
         assert_eq!(uses.len(), 2);
         assert_eq!(uses[0].tool_use_id, "chatcmpl-tool-1");
         assert_eq!(uses[0].input, json!({"q": "lisbon"}));
@@ -939,7 +1070,10 @@ mod tests {
         a.feed(chunk(json!({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}]}))).expect("ok");
         assert_eq!(a.finish().stop_reason, ModelStopReason::ToolUse);
         let mut b = Assembler::default();
-        b.feed(chunk(json!({"choices":[{"delta":{"content":"hi"},"finish_reason":"tool_calls"}]}))).expect("ok");
+        b.feed(chunk(
+            json!({"choices":[{"delta":{"content":"hi"},"finish_reason":"tool_calls"}]}),
+        ))
+        .expect("ok");
         assert_eq!(b.finish().stop_reason, ModelStopReason::EndTurn);
     }
 
@@ -953,11 +1087,38 @@ mod tests {
 
     #[test]
     fn classifies_errors() {
-        let e = |m: &str| WireError { message: Some(m.into()), param: None, code: Some(json!(400)), kind: None };
-        assert!(matches!(classify(400, &e("This model's maximum context length is 32768 tokens."), None), ModelError::ContextOverflow { .. }));
-        assert!(matches!(classify(400, &e("bad"), None), ModelError::Fatal { status: Some(400), .. }));
-        assert!(matches!(classify(429, &e("slow"), Some(Duration::from_secs(2))), ModelError::Throttled { retry_after: Some(_), .. }));
-        assert!(matches!(classify(502, &e("gw"), None), ModelError::Transient { .. }));
+        let e = |m: &str| WireError {
+            message: Some(m.into()),
+            param: None,
+            code: Some(json!(400)),
+            kind: None,
+        };
+        assert!(matches!(
+            classify(
+                400,
+                &e("This model's maximum context length is 32768 tokens."),
+                None
+            ),
+            ModelError::ContextOverflow { .. }
+        ));
+        assert!(matches!(
+            classify(400, &e("bad"), None),
+            ModelError::Fatal {
+                status: Some(400),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(429, &e("slow"), Some(Duration::from_secs(2))),
+            ModelError::Throttled {
+                retry_after: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(502, &e("gw"), None),
+            ModelError::Transient { .. }
+        ));
         assert_eq!(parse_retry_after("1.5"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_retry_after("soon"), None);
     }
@@ -965,9 +1126,21 @@ mod tests {
     #[test]
     fn reasoning_from_either_field() {
         let mut a = Assembler::default();
-        a.feed(chunk(json!({"choices":[{"delta":{"reasoning_content":"think "}}]}))).expect("ok");
-        a.feed(chunk(json!({"choices":[{"delta":{"reasoning":"more"}}]}))).expect("ok");
+        a.feed(chunk(
+            json!({"choices":[{"delta":{"reasoning_content":"think "}}]}),
+        ))
+        .expect("ok");
+        a.feed(chunk(json!({"choices":[{"delta":{"reasoning":"more"}}]})))
+            .expect("ok");
         let r = a.finish();
-        assert_eq!(r.content, vec![ContentBlock::ReasoningContent(ReasoningContent::ReasoningText(ReasoningText { text: "think more".into(), signature: None }))]);
+        assert_eq!(
+            r.content,
+            vec![ContentBlock::ReasoningContent(
+                ReasoningContent::ReasoningText(ReasoningText {
+                    text: "think more".into(),
+                    signature: None
+                })
+            )]
+        );
     }
 }

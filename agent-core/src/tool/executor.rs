@@ -28,7 +28,10 @@ pub struct ExecutorConfig {
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        Self { max_concurrency: 8, timeout: Duration::from_secs(60) }
+        Self {
+            max_concurrency: 8,
+            timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -81,7 +84,9 @@ pub fn execute_stream<'a>(
     scope: &'a CallScope,
     cancel: &'a CancellationToken,
 ) -> impl futures::Stream<Item = (ToolResult, bool)> + Send + 'a {
-    let calls = uses.iter().map(move |u| run_one(registry, config, u, scope, cancel));
+    let calls = uses
+        .iter()
+        .map(move |u| run_one(registry, config, u, scope, cancel));
     futures::stream::iter(calls).buffered(config.max_concurrency.max(1))
 }
 
@@ -102,7 +107,10 @@ async fn run_one(
         return (
             ToolResult::error(
                 id,
-                format!("Error: unknown tool `{name}`. Available tools: {}.", available.join(", ")),
+                format!(
+                    "Error: unknown tool `{name}`. Available tools: {}.",
+                    available.join(", ")
+                ),
             ),
             false,
         );
@@ -125,7 +133,9 @@ async fn run_one(
             return (
                 ToolResult::error(
                     id,
-                    format!("Error: the arguments for tool `{name}` must be a JSON object, got {other}."),
+                    format!(
+                        "Error: the arguments for tool `{name}` must be a JSON object, got {other}."
+                    ),
                 ),
                 false,
             );
@@ -137,12 +147,22 @@ async fn run_one(
         .take(5)
         .map(|e| {
             let path = e.instance_path().to_string();
-            if path.is_empty() { e.to_string() } else { format!("at `{path}`: {e}") }
+            if path.is_empty() {
+                e.to_string()
+            } else {
+                format!("at `{path}`: {e}")
+            }
         })
         .collect();
     if !problems.is_empty() {
         return (
-            ToolResult::error(id, format!("Error: invalid input for tool `{name}`: {}", problems.join("; "))),
+            ToolResult::error(
+                id,
+                format!(
+                    "Error: invalid input for tool `{name}`: {}",
+                    problems.join("; ")
+                ),
+            ),
             false,
         );
     }
@@ -166,7 +186,13 @@ async fn run_one(
     let result = match outcome {
         Err(_) => {
             call_cancel.cancel();
-            ToolResult::error(id, format!("Error: tool `{name}` timed out after {} ms.", timeout.as_millis()))
+            ToolResult::error(
+                id,
+                format!(
+                    "Error: tool `{name}` timed out after {} ms.",
+                    timeout.as_millis()
+                ),
+            )
         }
         Ok(Err(panic)) => {
             let what = panic
@@ -175,10 +201,17 @@ async fn run_one(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
             tracing::error!(tool = %name, panic = %what, "tool panicked");
-            ToolResult::error(id, format!("Error: tool `{name}` failed unexpectedly: {what}"))
+            ToolResult::error(
+                id,
+                format!("Error: tool `{name}` failed unexpectedly: {what}"),
+            )
         }
         Ok(Ok(Err(e))) => ToolResult::error(id, format!("Error: {e}")),
-        Ok(Ok(Ok(out))) => ToolResult { tool_use_id: id.clone(), status: out.status, content: out.content },
+        Ok(Ok(Ok(out))) => ToolResult {
+            tool_use_id: id.clone(),
+            status: out.status,
+            content: out.content,
+        },
     };
     (result, false)
 }
@@ -192,11 +225,19 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn scope() -> CallScope {
-        CallScope { session_id: "s".into(), actor_id: None, state: AgentState::default() }
+        CallScope {
+            session_id: "s".into(),
+            actor_id: None,
+            state: AgentState::default(),
+        }
     }
 
     fn use_(id: &str, name: &str, input: Value) -> ToolUse {
-        ToolUse { tool_use_id: id.into(), name: name.into(), input }
+        ToolUse {
+            tool_use_id: id.into(),
+            name: name.into(),
+            input,
+        }
     }
 
     fn registry() -> (ToolRegistry, Arc<AtomicUsize>) {
@@ -220,16 +261,24 @@ mod tests {
             },
         )))
         .expect("register");
-        r.register(Arc::new(FnTool::new("fail", "fails", json!({"type": "object"}), |_, _| async {
-            Err(ToolError::new("no such city"))
-        })))
+        r.register(Arc::new(FnTool::new(
+            "fail",
+            "fails",
+            json!({"type": "object"}),
+            |_, _| async { Err(ToolError::new("no such city")) },
+        )))
         .expect("register");
-        r.register(Arc::new(FnTool::new("boom", "panics", json!({"type": "object"}), |_, _| async {
-            if true {
-                panic!("kaboom");
-            }
-            Ok(ToolOutput::text("unreachable"))
-        })))
+        r.register(Arc::new(FnTool::new(
+            "boom",
+            "panics",
+            json!({"type": "object"}),
+            |_, _| async {
+                if true {
+                    panic!("kaboom");
+                }
+                Ok(ToolOutput::text("unreachable"))
+            },
+        )))
         .expect("register");
         (r, peak)
     }
@@ -244,11 +293,19 @@ mod tests {
             use_("4", "sleep", json!({"ms": 10})),
         ];
         let refs: Vec<&ToolUse> = uses.iter().collect();
-        let config = ExecutorConfig { max_concurrency: 2, timeout: Duration::from_secs(5) };
+        let config = ExecutorConfig {
+            max_concurrency: 2,
+            timeout: Duration::from_secs(5),
+        };
         let mut seen = Vec::new();
-        let out = execute_batch(&r, &config, &refs, &scope(), &CancellationToken::new(), |res| {
-            seen.push(res.tool_use_id.clone())
-        })
+        let out = execute_batch(
+            &r,
+            &config,
+            &refs,
+            &scope(),
+            &CancellationToken::new(),
+            |res| seen.push(res.tool_use_id.clone()),
+        )
         .await;
         let ids: Vec<_> = out.results.iter().map(|r| r.tool_use_id.as_str()).collect();
         assert_eq!(ids, ["1", "2", "3", "4"]);
@@ -269,11 +326,30 @@ mod tests {
             use_("f", "sleep", json!({"ms": 10_000})),
         ];
         let refs: Vec<&ToolUse> = uses.iter().collect();
-        let config = ExecutorConfig { max_concurrency: 8, timeout: Duration::from_millis(500) };
-        let out = execute_batch(&r, &config, &refs, &scope(), &CancellationToken::new(), |_| {}).await;
-        assert!(out.results.iter().all(|r| r.status == ToolResultStatus::Error));
+        let config = ExecutorConfig {
+            max_concurrency: 8,
+            timeout: Duration::from_millis(500),
+        };
+        let out = execute_batch(
+            &r,
+            &config,
+            &refs,
+            &scope(),
+            &CancellationToken::new(),
+            |_| {},
+        )
+        .await;
+        assert!(
+            out.results
+                .iter()
+                .all(|r| r.status == ToolResultStatus::Error)
+        );
         let texts: Vec<String> = out.results.iter().map(|r| r.text()).collect();
-        assert!(texts[0].contains("unknown tool `nope`") && texts[0].contains("sleep"), "{}", texts[0]);
+        assert!(
+            texts[0].contains("unknown tool `nope`") && texts[0].contains("sleep"),
+            "{}",
+            texts[0]
+        );
         assert!(texts[1].contains("at `/ms`"), "{}", texts[1]);
         assert!(texts[2].contains("not valid JSON"), "{}", texts[2]);
         assert_eq!(texts[3], "Error: no such city");
@@ -293,7 +369,15 @@ mod tests {
             c2.cancel();
         });
         let started = tokio::time::Instant::now();
-        let out = execute_batch(&r, &ExecutorConfig::default(), &refs, &scope(), &cancel, |_| {}).await;
+        let out = execute_batch(
+            &r,
+            &ExecutorConfig::default(),
+            &refs,
+            &scope(),
+            &cancel,
+            |_| {},
+        )
+        .await;
         assert!(out.cancelled);
         assert_eq!(out.results[0].text(), CANCELLED_TEXT);
         assert!(started.elapsed() < Duration::from_secs(1));

@@ -60,13 +60,20 @@ struct StateInner {
 impl AgentState {
     /// State holding these values.
     pub fn from_map(values: Map<String, Value>) -> Self {
-        Self { inner: Arc::new(Mutex::new(StateInner { values, dirty: false })) }
+        Self {
+            inner: Arc::new(Mutex::new(StateInner {
+                values,
+                dirty: false,
+            })),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, StateInner> {
         // A panic while holding the lock cannot leave the map half-written: every operation
         // below is a single map call. Recover the guard instead of propagating the poison.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A value.
@@ -112,17 +119,26 @@ pub struct ToolOutput {
 impl ToolOutput {
     /// A text result.
     pub fn text(text: impl Into<String>) -> Self {
-        Self { status: ToolResultStatus::Success, content: vec![ToolResultContent::Text(text.into())] }
+        Self {
+            status: ToolResultStatus::Success,
+            content: vec![ToolResultContent::Text(text.into())],
+        }
     }
 
     /// A JSON result.
     pub fn json(value: Value) -> Self {
-        Self { status: ToolResultStatus::Success, content: vec![ToolResultContent::Json(value)] }
+        Self {
+            status: ToolResultStatus::Success,
+            content: vec![ToolResultContent::Json(value)],
+        }
     }
 
     /// An error result the model can read.
     pub fn error(text: impl Into<String>) -> Self {
-        Self { status: ToolResultStatus::Error, content: vec![ToolResultContent::Text(text.into())] }
+        Self {
+            status: ToolResultStatus::Error,
+            content: vec![ToolResultContent::Text(text.into())],
+        }
     }
 }
 
@@ -153,7 +169,9 @@ pub struct ToolError {
 impl ToolError {
     /// An error with this message.
     pub fn new(message: impl fmt::Display) -> Self {
-        Self { message: message.to_string() }
+        Self {
+            message: message.to_string(),
+        }
     }
 
     /// The message.
@@ -207,7 +225,8 @@ pub trait Tool: Send + Sync + 'static {
     }
 }
 
-type ToolFn = dyn Fn(Value, ToolContext) -> BoxFuture<'static, Result<ToolOutput, ToolError>> + Send + Sync;
+type ToolFn =
+    dyn Fn(Value, ToolContext) -> BoxFuture<'static, Result<ToolOutput, ToolError>> + Send + Sync;
 
 /// A tool made from a closure.
 ///
@@ -233,13 +252,22 @@ pub struct FnTool {
 
 impl FnTool {
     /// A tool named `name` that runs `f`.
-    pub fn new<F, Fut>(name: impl Into<String>, description: impl Into<String>, input_schema: Value, f: F) -> Self
+    pub fn new<F, Fut>(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        input_schema: Value,
+        f: F,
+    ) -> Self
     where
         F: Fn(Value, ToolContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<ToolOutput, ToolError>> + Send + 'static,
     {
         Self {
-            spec: ToolSpec { name: name.into(), description: description.into(), input_schema },
+            spec: ToolSpec {
+                name: name.into(),
+                description: description.into(),
+                input_schema,
+            },
             timeout: None,
             f: Box::new(move |input, ctx| Box::pin(f(input, ctx))),
         }
@@ -254,7 +282,9 @@ impl FnTool {
 
 impl fmt::Debug for FnTool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FnTool").field("spec", &self.spec).finish_non_exhaustive()
+        f.debug_struct("FnTool")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
     }
 }
 

@@ -46,13 +46,19 @@ pub struct ToolRegistry {
 
 impl std::fmt::Debug for ToolRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ToolRegistry").field("tools", &self.by_name.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("ToolRegistry")
+            .field("tools", &self.by_name.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
 /// Whether `name` is a valid tool name for every provider: `^[a-zA-Z0-9_-]{1,64}$`.
 pub fn is_valid_tool_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl ToolRegistry {
@@ -69,7 +75,10 @@ impl ToolRegistry {
         }
         let key = spec.name.replace('-', "_");
         if let Some(&i) = self.normalised.get(&key) {
-            return Err(RegistryError::Duplicate { name: spec.name, existing: self.specs[i].name.clone() });
+            return Err(RegistryError::Duplicate {
+                name: spec.name,
+                existing: self.specs[i].name.clone(),
+            });
         }
         if spec.input_schema.get("type").and_then(Value::as_str) != Some("object") {
             return Err(RegistryError::InvalidSchema {
@@ -77,8 +86,12 @@ impl ToolRegistry {
                 reason: "the input schema must have \"type\": \"object\"".into(),
             });
         }
-        let validator = jsonschema::validator_for(&spec.input_schema)
-            .map_err(|e| RegistryError::InvalidSchema { name: spec.name.clone(), reason: e.to_string() })?;
+        let validator = jsonschema::validator_for(&spec.input_schema).map_err(|e| {
+            RegistryError::InvalidSchema {
+                name: spec.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let index = self.tools.len();
         self.by_name.insert(spec.name.clone(), index);
         self.normalised.insert(key, index);
@@ -119,7 +132,9 @@ mod tests {
     use serde_json::json;
 
     fn tool(name: &str, schema: Value) -> Arc<dyn Tool> {
-        Arc::new(FnTool::new(name, "d", schema, |_, _| async { Ok(ToolOutput::text("x")) }))
+        Arc::new(FnTool::new(name, "d", schema, |_, _| async {
+            Ok(ToolOutput::text("x"))
+        }))
     }
 
     #[test]
@@ -129,17 +144,32 @@ mod tests {
         r.register(tool("get_weather", obj.clone())).expect("valid");
         assert_eq!(
             r.register(tool("get-weather", obj.clone())),
-            Err(RegistryError::Duplicate { name: "get-weather".into(), existing: "get_weather".into() })
+            Err(RegistryError::Duplicate {
+                name: "get-weather".into(),
+                existing: "get_weather".into()
+            })
         );
-        assert!(matches!(r.register(tool("bad name", obj.clone())), Err(RegistryError::InvalidName(_))));
-        assert!(matches!(r.register(tool("", obj.clone())), Err(RegistryError::InvalidName(_))));
-        assert!(matches!(r.register(tool(&"a".repeat(65), obj)), Err(RegistryError::InvalidName(_))));
+        assert!(matches!(
+            r.register(tool("bad name", obj.clone())),
+            Err(RegistryError::InvalidName(_))
+        ));
+        assert!(matches!(
+            r.register(tool("", obj.clone())),
+            Err(RegistryError::InvalidName(_))
+        ));
+        assert!(matches!(
+            r.register(tool(&"a".repeat(65), obj)),
+            Err(RegistryError::InvalidName(_))
+        ));
         assert!(matches!(
             r.register(tool("s", json!({"type": "string"}))),
             Err(RegistryError::InvalidSchema { .. })
         ));
         assert!(matches!(
-            r.register(tool("t", json!({"type": "object", "properties": {"a": {"type": 5}}}))),
+            r.register(tool(
+                "t",
+                json!({"type": "object", "properties": {"a": {"type": 5}}})
+            )),
             Err(RegistryError::InvalidSchema { .. })
         ));
         assert_eq!(r.len(), 1);

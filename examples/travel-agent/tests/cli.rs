@@ -1,0 +1,51 @@
+//! The travel-agent binary end to end against the vLLM-format server.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::process::Command;
+
+use agent_tests::MockVllm;
+
+#[tokio::test]
+async fn answers_with_a_tool_result_against_a_vllm_endpoint() {
+    let server = MockVllm::start_bench("127.0.0.1:0").await.expect("server");
+    let base_url = server.base_url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_travel-agent"))
+            .arg("Weather in Lisbon?")
+            .env("OPENAI_BASE_URL", base_url)
+            .env_remove("OPENAI_MODEL")
+            .env_remove("OPENAI_API_KEY")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("model `qwen3-8b`"),
+        "model discovered from /v1/models: {stderr}"
+    );
+    assert!(stderr.contains("[tool] calling get_weather"), "{stderr}");
+    assert!(
+        stderr.contains("\"conditions\":\"sunny\""),
+        "the built-in dataset answered: {stderr}"
+    );
+    assert!(stdout.starts_with("w0 w1 w2"), "{stdout}");
+}
+
+#[test]
+fn without_an_endpoint_it_says_how_to_configure_one() {
+    let output = Command::new(env!("CARGO_BIN_EXE_travel-agent"))
+        .env_remove("OPENAI_BASE_URL")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("OPENAI_BASE_URL"), "{stderr}");
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: unit tests, integration tests against real local
+# servers, doc tests (README code included).
+#
+# The model endpoint the tests use is the vLLM-format server in tests/src/lib.rs, started by
+# each test on 127.0.0.1 (random port) and stopped when the test ends. Servers that later
+# issues add (DynamoDB, S3, MCP, OTLP) are installed and started here, and stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is not on PATH: install Rust 1.95 or newer (https://rustup.rs)" >&2
+  exit 1
+fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite, summed over every test binary and doc-test run.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
