@@ -753,3 +753,93 @@ async fn non_streaming_provider_runs_the_same_loop() {
     assert_eq!(r.text(), "Sunny.");
     assert_eq!(s.calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn parallel_tool_calls_run_concurrently_up_to_the_limit_and_answer_in_request_order() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r2, p2) = (running.clone(), peak.clone());
+    let sleeper = FnTool::new(
+        "nap",
+        "Sleeps for `ms` milliseconds.",
+        json!({"type": "object", "properties": {"ms": {"type": "integer"}}, "required": ["ms"]}),
+        move |input, _| {
+            let (running, peak) = (r2.clone(), p2.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(input["ms"].as_u64().unwrap_or(0))).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(ToolOutput::text(format!("napped {}", input["ms"])))
+            }
+        },
+    );
+    let boom = FnTool::new("boom", "Panics.", json!({"type": "object"}), |_, _| async {
+        if true {
+            panic!("tool bug");
+        }
+        Ok(ToolOutput::text("unreachable"))
+    });
+    let s = setup(vec![
+        Turn::tool_call("nap", json!({"ms": 300}))
+            .and_tool_call("nap", json!({"ms": 50}))
+            .and_tool_call("boom", json!({}))
+            .and_tool_call("nap", json!({"ms": 5000}))
+            .and_tool_call("nap", json!({"ms": 100})),
+        Turn::text("rested"),
+    ])
+    .await;
+    let agent = s
+        .builder()
+        .tool(sleeper.with_timeout(Duration::from_millis(600)))
+        .tool(boom)
+        .max_tool_concurrency(2)
+        .build()
+        .expect("agent");
+    let started = Instant::now();
+    let r = agent
+        .session("parallel")
+        .invoke("rest")
+        .await
+        .expect("invoke");
+    assert_eq!(r.text(), "rested");
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "at most two calls at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the slow call timed out: {:?}",
+        started.elapsed()
+    );
+    let msgs = s.server.received()[1].body["messages"]
+        .as_array()
+        .expect("messages")
+        .clone();
+    let ids: Vec<&str> = msgs[2]["tool_calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id"))
+        .collect();
+    let answers: Vec<(&str, &str)> = msgs[3..8]
+        .iter()
+        .map(|m| {
+            (
+                m["tool_call_id"].as_str().expect("id"),
+                m["content"].as_str().expect("content"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answers.iter().map(|a| a.0).collect::<Vec<_>>(),
+        ids,
+        "results in request order"
+    );
+    assert_eq!(answers[0].1, "napped 300");
+    assert_eq!(answers[1].1, "napped 50");
+    assert!(answers[2].1.contains("tool bug"), "{}", answers[2].1);
+    assert!(
+        answers[3].1.contains("timed out after 600 ms"),
+        "{}",
+        answers[3].1
+    );
+    assert_eq!(answers[4].1, "napped 100");
+}

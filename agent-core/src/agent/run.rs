@@ -28,17 +28,32 @@ pub const TIME_LIMIT_TEXT: &str =
 
 type Sender = mpsc::Sender<Result<AgentEvent, AgentError>>;
 
-struct Emitter(Option<Sender>);
+/// Sends events to a stream consumer, if there is one.
+struct Emitter {
+    tx: Option<Sender>,
+    deadline: Option<Instant>,
+}
 
 impl Emitter {
     fn active(&self) -> bool {
-        self.0.is_some()
+        self.tx.is_some()
     }
 
+    /// Waits for room in the channel (back-pressure), but never past the invocation's
+    /// deadline: a consumer that stops reading cannot hold the run forever.
     async fn send(&self, event: AgentEvent) {
-        if let Some(tx) = &self.0 {
-            // A closed channel means the consumer dropped the stream, which cancels the run.
-            let _ = tx.send(Ok(event)).await;
+        let Some(tx) = &self.tx else { return };
+        // A closed channel means the consumer dropped the stream, which cancels the run.
+        let send = tx.send(Ok(event));
+        match self.deadline {
+            Some(d) => {
+                if tokio::time::timeout_at(d, send).await.is_err() {
+                    tracing::warn!("stream consumer not reading; event dropped at the time limit");
+                }
+            }
+            None => {
+                let _ = send.await;
+            }
         }
     }
 }
@@ -108,7 +123,7 @@ pub(super) async fn run(
         history,
         window,
         state: AgentState::from_map(agent_state),
-        emitter: Emitter(tx),
+        emitter: Emitter { tx, deadline },
         cancel,
         deadline,
     };
