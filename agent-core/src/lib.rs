@@ -28,6 +28,8 @@
 //! # Ok(()) }
 //! ```
 
+extern crate self as agent_core;
+
 pub mod agent;
 pub mod conversation;
 pub mod error;
@@ -50,6 +52,12 @@ pub use error::{AgentError, BuildError};
 pub use event::AgentEvent;
 pub use tokio_util::sync::CancellationToken;
 
+#[doc = include_str!("tool_macro.md")]
+pub use agent_tools::tool;
+
+/// `schemars`, for `#[derive(JsonSchema)]` on tool parameter types.
+pub use schemars;
+
 /// The names most programs need.
 pub mod prelude {
     pub use crate::agent::{Agent, AgentResult, Limits, StopReason};
@@ -62,5 +70,6 @@ pub mod prelude {
     pub use crate::model::{Model, ToolChoice};
     pub use crate::retry::RetryPolicy;
     pub use crate::tool::{FnTool, Tool, ToolContext, ToolError, ToolOutput};
+    pub use agent_tools::tool;
     pub use tokio_util::sync::CancellationToken;
 }

@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::message::{ToolResultContent, ToolResultStatus};
 
+#[doc(hidden)]
+#[path = "macro_support.rs"]
+pub mod __macro;
 pub mod executor;
 mod registry;
 

@@ -60,8 +60,8 @@ async fn run(base_url: &str, prompt: &str) -> Result<(), Box<dyn std::error::Err
         .name("travel-agent")
         .model(model)
         .system_prompt(SYSTEM_PROMPT)
-        .tool(weather_tool())
-        .tool(flights_tool())
+        .tool(get_weather)
+        .tool(search_flights)
         .limits(Limits::default().max_turns(8))
         .build()?;
     eprintln!("[travel-agent] model `{model_name}` at {base_url}");
@@ -115,51 +115,29 @@ async fn discover_model(base_url: &str) -> Result<String, Box<dyn std::error::Er
         .ok_or_else(|| format!("{url} lists no model; set OPENAI_MODEL").into())
 }
 
-fn weather_tool() -> FnTool {
-    FnTool::new(
-        "get_weather",
-        "Current weather and a short forecast for a city.",
-        json!({
-            "type": "object",
-            "properties": {"city": {"type": "string", "description": "City name, e.g. \"Lisbon\"."}},
-            "required": ["city"],
-            "additionalProperties": false
-        }),
-        |input, _ctx| async move {
-            let city = input["city"].as_str().unwrap_or_default();
-            data::weather(city).map(ToolOutput::json).ok_or_else(|| {
-                ToolError::new(format!(
-                    "no weather data for `{city}`; known cities: {}",
-                    data::CITIES.join(", ")
-                ))
-            })
-        },
-    )
+/// Current weather and a short forecast for a city.
+#[tool]
+fn get_weather(
+    /// City name, e.g. "Lisbon".
+    city: String,
+) -> Result<serde_json::Value, String> {
+    data::weather(&city).ok_or_else(|| {
+        format!(
+            "no weather data for `{city}`; known cities: {}",
+            data::CITIES.join(", ")
+        )
+    })
 }
 
-fn flights_tool() -> FnTool {
-    FnTool::new(
-        "search_flights",
-        "Direct flights between two cities on a date.",
-        json!({
-            "type": "object",
-            "properties": {
-                "origin": {"type": "string", "description": "Departure city."},
-                "destination": {"type": "string", "description": "Arrival city."},
-                "date": {"type": "string", "description": "Date, YYYY-MM-DD."}
-            },
-            "required": ["origin", "destination", "date"],
-            "additionalProperties": false
-        }),
-        |input, _ctx| async move {
-            let (o, d, date) = (
-                input["origin"].as_str().unwrap_or_default(),
-                input["destination"].as_str().unwrap_or_default(),
-                input["date"].as_str().unwrap_or_default(),
-            );
-            Ok(ToolOutput::json(
-                json!({"flights": data::flights(o, d, date)}),
-            ))
-        },
-    )
+/// Direct flights between two cities on a date.
+#[tool]
+fn search_flights(
+    /// Departure city.
+    origin: String,
+    /// Arrival city.
+    destination: String,
+    /// Date, YYYY-MM-DD.
+    date: String,
+) -> serde_json::Value {
+    json!({"flights": data::flights(&origin, &destination, &date)})
 }

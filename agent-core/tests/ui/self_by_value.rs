@@ -1,0 +1,14 @@
+use agent_core::tool;
+
+struct Store;
+
+#[tool]
+impl Store {
+    /// Consumes the store.
+    #[tool]
+    fn consume(self) -> String {
+        String::new()
+    }
+}
+
+fn main() {}
