@@ -2,9 +2,9 @@
 # The whole test suite, from a fresh clone: unit tests, integration tests against real local
 # servers, doc tests (README code included).
 #
-# The model endpoint the tests use is the vLLM-format server in tests/src/lib.rs, started by
-# each test on 127.0.0.1 (random port) and stopped when the test ends. Servers that later
-# issues add (DynamoDB, S3, MCP, OTLP) are installed and started here, and stopped on exit.
+# The model endpoint most tests use is the vLLM-format server in tests/src/lib.rs, started by
+# each test on 127.0.0.1 (random port) and stopped when the test ends. A real local model
+# (scripts/local-model.sh) is installed and started here for the smoke test, and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,12 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'scripts/local-model.sh stop; rm -f "$log"' EXIT
+
+# The real-model smoke test's endpoint: llama.cpp + Qwen2.5-Coder-1.5B on 127.0.0.1. The first
+# run on a machine builds and downloads it (about 12 minutes on 2 cores); it is cached after.
+AGENT_LOCAL_MODEL_URL=$(scripts/local-model.sh start)
+export AGENT_LOCAL_MODEL_URL
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite, summed over every test binary and doc-test run.

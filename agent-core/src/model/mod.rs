@@ -10,6 +10,8 @@ use crate::message::{ContentBlock, Message};
 use crate::tool::ToolSpec;
 
 #[cfg(feature = "openai")]
+mod constrained;
+#[cfg(feature = "openai")]
 pub mod openai;
 
 /// What the model is asked: the visible history, the system prompt, the tools and the tool choice.
@@ -160,6 +162,13 @@ pub enum ModelError {
         /// The server's message.
         message: String,
     },
+    /// The reply does not follow the constrained tool-calling protocol (for example a reply cut
+    /// off by the token limit). Retried like a transient error, within the retry budget.
+    #[error("invalid model reply: {message}")]
+    InvalidReply {
+        /// What is wrong.
+        message: String,
+    },
     /// The provider is misconfigured.
     #[error("model configuration error: {0}")]
     Config(String),
@@ -168,7 +177,10 @@ pub enum ModelError {
 impl ModelError {
     /// Whether the loop should retry the call after a backoff.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Throttled { .. } | Self::Transient { .. })
+        matches!(
+            self,
+            Self::Throttled { .. } | Self::Transient { .. } | Self::InvalidReply { .. }
+        )
     }
 
     /// The server's requested delay, if any.
@@ -186,6 +198,7 @@ impl ModelError {
             Self::Throttled { .. } => "throttled",
             Self::Transient { .. } => "transient",
             Self::Fatal { .. } => "fatal",
+            Self::InvalidReply { .. } => "invalid_reply",
             Self::Config(_) => "config",
         }
     }

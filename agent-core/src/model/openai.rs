@@ -17,7 +17,8 @@
 //! 429 and 503 -> throttled with `Retry-After`; connection failures, timeouts, 408 and other
 //! 5xx, cut or malformed streams -> transient; anything else -> fatal with the server's message.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_A
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::constrained::{self, AnswerStreamer};
 use super::{
     Model, ModelDescriptor, ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason,
     ModelStream, ToolChoice, Usage,
@@ -69,9 +71,45 @@ pub struct OpenAiCompatibleBuilder {
     headers: Vec<(String, String)>,
     params: RequestParams,
     streaming: bool,
+    tool_calling: Option<ToolCalling>,
     connect_timeout: Duration,
     read_timeout: Duration,
     client: Option<reqwest::Client>,
+}
+
+/// How tools are offered to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ToolCalling {
+    /// The API's `tools` and `tool_choice` (the default): for OpenAI, and for vLLM started with
+    /// `--enable-auto-tool-choice --tool-call-parser <parser>`.
+    #[default]
+    Native,
+    /// The tools and a final-answer branch as one JSON Schema sent as `response_format`, which
+    /// the server enforces as a grammar (vLLM structured outputs, llama.cpp): for vLLM without a
+    /// tool parser and for small local models that ignore their tool-call format. Replies map
+    /// back to ordinary tool uses and text, so nothing else in the runtime sees a difference.
+    Constrained {
+        /// Allow several tool calls in one reply.
+        parallel: bool,
+    },
+}
+
+impl ToolCalling {
+    /// Reads `OPENAI_TOOL_CALLING` (`native`, `constrained` or `constrained-parallel`).
+    fn from_env() -> Result<Option<Self>, ModelError> {
+        match std::env::var("OPENAI_TOOL_CALLING") {
+            Err(_) => Ok(None),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "" | "native" => Ok(Some(Self::Native)),
+                "constrained" => Ok(Some(Self::Constrained { parallel: false })),
+                "constrained-parallel" => Ok(Some(Self::Constrained { parallel: true })),
+                other => Err(ModelError::Config(format!(
+                    "OPENAI_TOOL_CALLING=`{other}`: use native, constrained or constrained-parallel"
+                ))),
+            },
+        }
+    }
 }
 
 impl Default for OpenAiCompatibleBuilder {
@@ -83,6 +121,7 @@ impl Default for OpenAiCompatibleBuilder {
             headers: Vec::new(),
             params: RequestParams::default(),
             streaming: true,
+            tool_calling: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(120),
             client: None,
@@ -146,6 +185,12 @@ impl OpenAiCompatibleBuilder {
         self
     }
 
+    /// How tools are offered (default [`ToolCalling::Native`], or `OPENAI_TOOL_CALLING`).
+    pub fn tool_calling(mut self, mode: ToolCalling) -> Self {
+        self.tool_calling = Some(mode);
+        self
+    }
+
     /// Bound on establishing a connection (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -187,6 +232,10 @@ impl OpenAiCompatibleBuilder {
         let api_key = self
             .api_key
             .or_else(|| std::env::var("OPENAI_API_KEY").ok());
+        let tool_calling = match self.tool_calling {
+            Some(mode) => mode,
+            None => ToolCalling::from_env()?.unwrap_or_default(),
+        };
         let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
         let parsed = reqwest::Url::parse(&url)
             .map_err(|e| ModelError::Config(format!("invalid base URL `{base_url}`: {e}")))?;
@@ -229,6 +278,7 @@ impl OpenAiCompatibleBuilder {
                 headers,
                 params: self.params,
                 streaming: self.streaming,
+                tool_calling,
                 descriptor,
             }),
         })
@@ -250,6 +300,7 @@ struct Inner {
     headers: HeaderMap,
     params: RequestParams,
     streaming: bool,
+    tool_calling: ToolCalling,
     descriptor: ModelDescriptor,
 }
 
@@ -273,6 +324,7 @@ impl OpenAiCompatible {
 impl Model for OpenAiCompatible {
     fn stream(&self, request: &ModelRequest<'_>) -> ModelStream {
         let inner = &self.inner;
+        let constrained = constrained_schema(inner, request).is_some();
         let body = match build_body(inner, request) {
             Ok(b) => b,
             Err(e) => return Box::pin(futures::stream::once(async move { Err(e) })),
@@ -292,10 +344,10 @@ impl Model for OpenAiCompatible {
                 return Err(error_from_response(response).await);
             }
             if streaming {
-                Ok(sse_events(response).boxed())
+                Ok(sse_events(response, constrained).boxed())
             } else {
                 let bytes = response.bytes().await.map_err(transport_error)?;
-                Ok(futures::stream::iter(non_streaming_events(&bytes)).boxed())
+                Ok(futures::stream::iter(non_streaming_events(&bytes, constrained)).boxed())
             }
         })
         .flat_map(|r| match r {
@@ -323,6 +375,8 @@ struct ChatRequest<'a> {
     tools: Vec<WireTool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
     #[serde(flatten)]
     params: &'a RequestParams,
 }
@@ -336,7 +390,7 @@ struct StreamOptions {
 #[serde(tag = "role", rename_all = "lowercase")]
 enum WireMessage<'a> {
     System {
-        content: &'a str,
+        content: Cow<'a, str>,
     },
     User {
         content: UserContent<'a>,
@@ -355,14 +409,14 @@ enum WireMessage<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum UserContent<'a> {
-    Text(&'a str),
+    Text(Cow<'a, str>),
     Parts(Vec<UserPart<'a>>),
 }
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum UserPart<'a> {
-    Text { text: std::borrow::Cow<'a, str> },
+    Text { text: Cow<'a, str> },
     ImageUrl { image_url: ImageUrl },
 }
 
@@ -397,19 +451,51 @@ struct WireFunction<'a> {
     parameters: &'a Value,
 }
 
+/// The reply schema when this request uses constrained tool calling.
+fn constrained_schema(inner: &Inner, request: &ModelRequest<'_>) -> Option<(Value, bool)> {
+    match inner.tool_calling {
+        ToolCalling::Constrained { parallel } => {
+            constrained::reply_schema(request.tools, request.tool_choice, parallel)
+                .map(|s| (s, parallel))
+        }
+        ToolCalling::Native => None,
+    }
+}
+
 fn build_body(inner: &Inner, request: &ModelRequest<'_>) -> Result<Vec<u8>, ModelError> {
+    let constrained = constrained_schema(inner, request);
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
-    if let Some(system) = request.system_prompt {
-        messages.push(WireMessage::System { content: system });
+    let system: Option<Cow<'_, str>> = match (&constrained, request.system_prompt) {
+        (Some((_, parallel)), prompt) => {
+            let protocol =
+                constrained::protocol_prompt(request.tools, request.tool_choice, *parallel);
+            Some(Cow::Owned(match prompt {
+                Some(p) => format!("{p}\n\n{protocol}"),
+                None => protocol,
+            }))
+        }
+        (None, prompt) => prompt.map(Cow::Borrowed),
+    };
+    if let Some(content) = system {
+        messages.push(WireMessage::System { content });
     }
-    for m in &request.messages {
-        push_wire_messages(&mut messages, m);
-    }
-    let tools: Vec<WireTool<'_>> = request.tools.iter().map(wire_tool).collect();
-    let tool_choice = if tools.is_empty() {
-        None
-    } else {
-        Some(tool_choice_json(request.tool_choice))
+    let (tools, tool_choice, response_format) = match constrained {
+        Some((schema, _)) => {
+            let mut names = HashMap::new();
+            for m in &request.messages {
+                push_protocol_messages(&mut messages, m, &mut names);
+            }
+            let format = serde_json::json!({"type": "json_schema", "json_schema": {"name": "agent_step", "schema": schema}});
+            (Vec::new(), None, Some(format))
+        }
+        None => {
+            for m in &request.messages {
+                push_wire_messages(&mut messages, m);
+            }
+            let tools: Vec<WireTool<'_>> = request.tools.iter().map(wire_tool).collect();
+            let choice = (!tools.is_empty()).then(|| tool_choice_json(request.tool_choice));
+            (tools, choice, None)
+        }
     };
     let body = ChatRequest {
         model: &inner.model,
@@ -420,10 +506,88 @@ fn build_body(inner: &Inner, request: &ModelRequest<'_>) -> Result<Vec<u8>, Mode
         }),
         tools,
         tool_choice,
+        response_format,
         params: &inner.params,
     };
     serde_json::to_vec(&body)
         .map_err(|e| ModelError::Config(format!("cannot encode the request: {e}")))
+}
+
+/// A message in the constrained protocol: assistant turns as the JSON the model writes, tool
+/// results as `{"tool_result": ...}` text in user turns.
+fn push_protocol_messages<'a>(
+    out: &mut Vec<WireMessage<'a>>,
+    m: &'a Message,
+    names: &mut HashMap<&'a str, &'a str>,
+) {
+    match m.role {
+        Role::Assistant => {
+            for u in m.tool_uses() {
+                names.insert(&u.tool_use_id, &u.name);
+            }
+            out.push(WireMessage::Assistant {
+                content: Some(constrained::render_assistant(&m.content)),
+                tool_calls: Vec::new(),
+            });
+        }
+        Role::User => {
+            let mut parts: Vec<UserPart<'a>> = Vec::new();
+            for block in &m.content {
+                match block {
+                    ContentBlock::ToolResult(r) => {
+                        let name = names
+                            .get(r.tool_use_id.as_str())
+                            .copied()
+                            .unwrap_or("unknown");
+                        let text =
+                            constrained::render_result(name, r, tool_result_text(&r.content));
+                        parts.push(UserPart::Text {
+                            text: Cow::Owned(text),
+                        });
+                    }
+                    ContentBlock::Text(t) => parts.push(UserPart::Text {
+                        text: Cow::Borrowed(t),
+                    }),
+                    ContentBlock::Document(d) => parts.push(UserPart::Text {
+                        text: Cow::Owned(document_text(d)),
+                    }),
+                    ContentBlock::Image(img) => parts.push(image_part(img)),
+                    _ => {}
+                }
+            }
+            if parts.is_empty() {
+                return;
+            }
+            if parts.iter().all(|p| matches!(p, UserPart::Text { .. })) {
+                let joined: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        UserPart::Text { text } => Some(text.as_ref()),
+                        UserPart::ImageUrl { .. } => None,
+                    })
+                    .collect();
+                out.push(WireMessage::User {
+                    content: UserContent::Text(Cow::Owned(joined.join("\n"))),
+                });
+            } else {
+                out.push(WireMessage::User {
+                    content: UserContent::Parts(parts),
+                });
+            }
+        }
+    }
+}
+
+fn image_part<'a>(img: &crate::message::Image) -> UserPart<'a> {
+    UserPart::ImageUrl {
+        image_url: ImageUrl {
+            url: format!(
+                "data:{};base64,{}",
+                img.format.mime_type(),
+                base64::engine::general_purpose::STANDARD.encode(&img.source.bytes.0)
+            ),
+        },
+    }
 }
 
 fn wire_tool(spec: &ToolSpec) -> WireTool<'_> {
@@ -484,19 +648,7 @@ fn push_wire_messages<'a>(out: &mut Vec<WireMessage<'a>>, m: &'a Message) {
                     ContentBlock::Text(t) => parts.push(UserPart::Text {
                         text: t.as_str().into(),
                     }),
-                    ContentBlock::Image(img) => parts.push(UserPart::ImageUrl {
-                        image_url: ImageUrl {
-                            url: format!(
-                                "data:{};base64,{}",
-                                img.format.mime_type(),
-                                base64::engine::general_purpose::STANDARD
-                                    .encode(&img.source.bytes.0)
-                            ),
-                        },
-                    }),
-                    ContentBlock::Document(d) => parts.push(UserPart::Text {
-                        text: document_text(d).into(),
-                    }),
+                    ContentBlock::Image(img) => parts.push(image_part(img)),
                     _ => {}
                 }
             }
@@ -504,10 +656,10 @@ fn push_wire_messages<'a>(out: &mut Vec<WireMessage<'a>>, m: &'a Message) {
                 [] => {}
                 [
                     UserPart::Text {
-                        text: std::borrow::Cow::Borrowed(t),
+                        text: Cow::Borrowed(t),
                     },
                 ] => out.push(WireMessage::User {
-                    content: UserContent::Text(t),
+                    content: UserContent::Text(Cow::Borrowed(t)),
                 }),
                 _ => out.push(WireMessage::User {
                     content: UserContent::Parts(parts),
@@ -647,6 +799,8 @@ struct Assembler {
     id: Option<String>,
     model: Option<String>,
     pending: VecDeque<ModelEvent>,
+    /// Set in constrained tool calling: the reply is protocol JSON, parsed at the end.
+    constrained: Option<AnswerStreamer>,
 }
 
 struct PartialCall {
@@ -708,8 +862,14 @@ impl Assembler {
             }
         }
         if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
-            self.text.push_str(&text);
-            self.pending.push_back(ModelEvent::TextDelta(text));
+            if let Some(streamer) = &mut self.constrained {
+                if let Some(answer) = streamer.push(&text) {
+                    self.pending.push_back(ModelEvent::TextDelta(answer));
+                }
+            } else {
+                self.text.push_str(&text);
+                self.pending.push_back(ModelEvent::TextDelta(text));
+            }
         }
         for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
             self.feed_tool_call(position, call);
@@ -769,7 +929,53 @@ impl Assembler {
         }
     }
 
-    fn finish(&mut self) -> ModelResponse {
+    /// Finishes the response and queues it as the last event.
+    fn complete(&mut self) -> Result<(), ModelError> {
+        let response = self.finish()?;
+        self.pending.push_back(ModelEvent::Completed(response));
+        Ok(())
+    }
+
+    fn new(constrained: bool) -> Self {
+        Self {
+            constrained: constrained.then(AnswerStreamer::default),
+            ..Self::default()
+        }
+    }
+
+    fn finish(&mut self) -> Result<ModelResponse, ModelError> {
+        if let Some(streamer) = self.constrained.take() {
+            let mut counter = 0u32;
+            let prefix = fastrand::u32(..);
+            let mut next_id = || {
+                counter += 1;
+                format!("call_{prefix:08x}_{counter}")
+            };
+            let blocks = constrained::parse_reply(streamer.raw(), &mut next_id)
+                .map_err(|e| ModelError::InvalidReply { message: e.0 })?;
+            for block in blocks {
+                match block {
+                    ContentBlock::ToolUse(u) => {
+                        self.pending.push_back(ModelEvent::ToolUseStart {
+                            tool_use_id: u.tool_use_id.clone(),
+                            name: u.name.clone(),
+                        });
+                        self.pending.push_back(ModelEvent::ToolInputDelta {
+                            tool_use_id: u.tool_use_id.clone(),
+                            delta: u.input.to_string(),
+                        });
+                        self.calls.push(PartialCall {
+                            index: self.calls.len(),
+                            id: u.tool_use_id,
+                            name: u.name,
+                            arguments: u.input.to_string(),
+                        });
+                    }
+                    ContentBlock::Text(t) => self.text = t,
+                    _ => {}
+                }
+            }
+        }
         let mut content = Vec::with_capacity(2 + self.calls.len());
         if !self.reasoning.is_empty() {
             content.push(ContentBlock::ReasoningContent(
@@ -799,14 +1005,14 @@ impl Assembler {
                 _ => ModelStopReason::EndTurn,
             }
         };
-        ModelResponse {
+        Ok(ModelResponse {
             content,
             stop_reason,
             finish_reason: self.finish_reason.take(),
             usage: self.usage.unwrap_or_default(),
             response_id: self.id.take(),
             response_model: self.model.take(),
-        }
+        })
     }
 }
 
@@ -830,6 +1036,7 @@ fn parse_arguments(raw: String) -> Value {
 
 fn sse_events(
     response: reqwest::Response,
+    constrained: bool,
 ) -> impl Stream<Item = Result<ModelEvent, ModelError>> + Send {
     struct State<S> {
         source: S,
@@ -840,7 +1047,7 @@ fn sse_events(
     futures::stream::unfold(
         State {
             source,
-            assembler: Assembler::default(),
+            assembler: Assembler::new(constrained),
             done: false,
         },
         |mut st| async move {
@@ -859,10 +1066,9 @@ fn sse_events(
                         }
                         if data == "[DONE]" {
                             st.done = true;
-                            let response = st.assembler.finish();
-                            st.assembler
-                                .pending
-                                .push_back(ModelEvent::Completed(response));
+                            if let Err(e) = st.assembler.complete() {
+                                return Some((Err(e), st));
+                            }
                             continue;
                         }
                         let chunk: Chunk = match serde_json::from_str(data) {
@@ -895,10 +1101,9 @@ fn sse_events(
                         st.done = true;
                         // Some servers end without `[DONE]`; a finish reason says the response is whole.
                         if st.assembler.finish_reason.is_some() {
-                            let response = st.assembler.finish();
-                            st.assembler
-                                .pending
-                                .push_back(ModelEvent::Completed(response));
+                            if let Err(e) = st.assembler.complete() {
+                                return Some((Err(e), st));
+                            }
                             continue;
                         }
                         return Some((
@@ -914,7 +1119,7 @@ fn sse_events(
     )
 }
 
-fn non_streaming_events(bytes: &[u8]) -> Vec<Result<ModelEvent, ModelError>> {
+fn non_streaming_events(bytes: &[u8], constrained: bool) -> Vec<Result<ModelEvent, ModelError>> {
     let chunk: Chunk = match serde_json::from_slice(bytes) {
         Ok(c) => c,
         Err(e) => {
@@ -923,14 +1128,11 @@ fn non_streaming_events(bytes: &[u8]) -> Vec<Result<ModelEvent, ModelError>> {
             })];
         }
     };
-    let mut assembler = Assembler::default();
-    if let Err(e) = assembler.feed(chunk) {
+    let mut assembler = Assembler::new(constrained);
+    if let Err(e) = assembler.feed(chunk).and_then(|()| assembler.complete()) {
         return vec![Err(e)];
     }
-    let response = assembler.finish();
-    let mut events: Vec<_> = assembler.pending.drain(..).map(Ok).collect();
-    events.push(Ok(ModelEvent::Completed(response)));
-    events
+    assembler.pending.drain(..).map(Ok).collect()
 }
 
 // ---------------------------------------------------------------- errors
@@ -1047,7 +1249,7 @@ mod tests {
         a.feed(chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"chatcmpl-tool-2","function":{"name":"other","arguments":""}}]}}]}))).expect("ok");
         a.feed(chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"q\": "}}]}}]}))).expect("ok");
         a.feed(chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":{"x":1}}},{"index":0,"function":{"arguments":"\"lisbon\"}"}}]},"finish_reason":"tool_calls"}]}))).expect("ok");
-        let r = a.finish();
+        let r = a.finish().expect("response");
         assert_eq!(r.stop_reason, ModelStopReason::ToolUse);
         let uses: Vec<_> = r
             .content
@@ -1068,13 +1270,19 @@ mod tests {
     fn decides_tool_use_by_presence_not_finish_reason() {
         let mut a = Assembler::default();
         a.feed(chunk(json!({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}]}))).expect("ok");
-        assert_eq!(a.finish().stop_reason, ModelStopReason::ToolUse);
+        assert_eq!(
+            a.finish().expect("response").stop_reason,
+            ModelStopReason::ToolUse
+        );
         let mut b = Assembler::default();
         b.feed(chunk(
             json!({"choices":[{"delta":{"content":"hi"},"finish_reason":"tool_calls"}]}),
         ))
         .expect("ok");
-        assert_eq!(b.finish().stop_reason, ModelStopReason::EndTurn);
+        assert_eq!(
+            b.finish().expect("response").stop_reason,
+            ModelStopReason::EndTurn
+        );
     }
 
     #[test]
@@ -1132,7 +1340,7 @@ mod tests {
         .expect("ok");
         a.feed(chunk(json!({"choices":[{"delta":{"reasoning":"more"}}]})))
             .expect("ok");
-        let r = a.finish();
+        let r = a.finish().expect("response");
         assert_eq!(
             r.content,
             vec![ContentBlock::ReasoningContent(

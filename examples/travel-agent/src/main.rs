@@ -6,11 +6,17 @@
 //! ```
 //!
 //! `OPENAI_MODEL` names the model; when unset, the first model the server lists at `/v1/models`
-//! is used. `OPENAI_API_KEY` is sent as a bearer token when set.
+//! is used. `OPENAI_API_KEY` is sent as a bearer token when set; `OPENAI_TOOL_CALLING=constrained`
+//! suits a vLLM server started without `--enable-auto-tool-choice`.
+//!
+//! Without `OPENAI_BASE_URL` it starts a local model with `scripts/local-model.sh` (llama.cpp and
+//! Qwen2.5-Coder-1.5B on the CPU; the first run builds and downloads for about 12 minutes) and
+//! uses constrained tool calling.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use agent_core::model::openai::ToolCalling;
 use agent_core::prelude::*;
 use futures::StreamExt;
 use serde_json::json;
@@ -29,16 +35,19 @@ async fn main() -> ExitCode {
     } else {
         prompt.join(" ")
     };
-    let Ok(base_url) = std::env::var("OPENAI_BASE_URL") else {
-        eprintln!(
-            "No model endpoint is configured.\n\
-             Set OPENAI_BASE_URL to an OpenAI-compatible server, for example a vLLM server:\n\
-             \n    OPENAI_BASE_URL=http://localhost:8000/v1 cargo run -p travel-agent -- \"A weekend in Lisbon?\"\n\
-             \nOptional: OPENAI_MODEL (default: the first model the server lists), OPENAI_API_KEY."
-        );
-        return ExitCode::from(2);
+    let (base_url, local) = match std::env::var("OPENAI_BASE_URL") {
+        Ok(url) => (url, None),
+        Err(_) => match LocalModel::start() {
+            Ok(local) => (local.base_url.clone(), Some(local)),
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::from(2);
+            }
+        },
     };
-    match run(&base_url, &prompt).await {
+    let outcome = run(&base_url, &prompt, local.is_some()).await;
+    drop(local);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -47,15 +56,85 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(base_url: &str, prompt: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// The zero-configuration endpoint: `scripts/local-model.sh` (llama.cpp + Qwen2.5-Coder-1.5B on
+/// the CPU), stopped again when the run ends unless `AGENT_KEEP_LOCAL_MODEL=1`.
+struct LocalModel {
+    base_url: String,
+    script: std::path::PathBuf,
+}
+
+impl LocalModel {
+    fn start() -> Result<Self, String> {
+        let script = match std::env::var_os("AGENT_LOCAL_MODEL_SCRIPT") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../scripts/local-model.sh"),
+        };
+        if !script.exists() {
+            return Err(format!(
+                "No model endpoint is configured and the local-model script is not at {}.\n\
+                 Set OPENAI_BASE_URL to an OpenAI-compatible server, for example a vLLM server:\n\
+                 \n    OPENAI_BASE_URL=http://localhost:8000/v1 cargo run -p travel-agent -- \"A weekend in Lisbon?\"\n\
+                 \nOptional: OPENAI_MODEL (default: the first model the server lists), OPENAI_API_KEY,\n\
+                 OPENAI_TOOL_CALLING=constrained for a vLLM server started without --enable-auto-tool-choice.",
+                script.display()
+            ));
+        }
+        eprintln!(
+            "[travel-agent] OPENAI_BASE_URL is not set: starting a local model instead (llama.cpp's \
+             llama-server with Qwen2.5-Coder-1.5B-Instruct on the CPU, constrained tool calling).\n\
+             [travel-agent] The first run builds llama.cpp and downloads the 1.1 GB model: about 12 minutes \
+             on 2 cores. Later runs start in seconds. Set OPENAI_BASE_URL to use your own endpoint."
+        );
+        let output = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "the local model did not start ({}); see the messages above",
+                output.status
+            ));
+        }
+        let base_url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        Ok(Self { base_url, script })
+    }
+}
+
+impl Drop for LocalModel {
+    fn drop(&mut self) {
+        if std::env::var("AGENT_KEEP_LOCAL_MODEL").is_ok_and(|v| v == "1") {
+            eprintln!(
+                "[travel-agent] the local model keeps running at {} (stop: scripts/local-model.sh stop)",
+                self.base_url
+            );
+            return;
+        }
+        // Best effort: the script stops only the server it started, by its PID.
+        let _ = std::process::Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .status();
+    }
+}
+
+async fn run(base_url: &str, prompt: &str, local: bool) -> Result<(), Box<dyn std::error::Error>> {
     let model_name = match std::env::var("OPENAI_MODEL") {
         Ok(m) => m,
         Err(_) => discover_model(base_url).await?,
     };
-    let model = OpenAiCompatible::builder()
+    let mut model = OpenAiCompatible::builder()
         .base_url(base_url)
-        .model(&model_name)
-        .build()?;
+        .model(&model_name);
+    if local {
+        // Small local models only call tools reliably when a grammar constrains their replies.
+        model = model
+            .tool_calling(ToolCalling::Constrained { parallel: false })
+            .temperature(0.0);
+    }
+    let model = model.build()?;
     let agent = Agent::builder()
         .name("travel-agent")
         .model(model)

@@ -40,9 +40,10 @@ async fn answers_with_a_tool_result_against_a_vllm_endpoint() {
 }
 
 #[test]
-fn without_an_endpoint_it_says_how_to_configure_one() {
+fn without_an_endpoint_or_local_model_it_says_how_to_configure_one() {
     let output = Command::new(env!("CARGO_BIN_EXE_travel-agent"))
         .env_remove("OPENAI_BASE_URL")
+        .env("AGENT_LOCAL_MODEL_SCRIPT", "/nonexistent/local-model.sh")
         .output()
         .expect("runs");
     assert_eq!(output.status.code(), Some(2));

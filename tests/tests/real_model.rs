@@ -1,0 +1,71 @@
+//! A real model (llama.cpp's llama-server with Qwen2.5-Coder-1.5B, started by
+//! `scripts/local-model.sh`, found through `AGENT_LOCAL_MODEL_URL`) calls a `#[tool]` through
+//! constrained tool calling and answers with the tool's result.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use agent_core::model::openai::{OpenAiCompatible, ToolCalling};
+use agent_core::prelude::*;
+use serde_json::{Value, json};
+
+static CITIES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Current weather for a city.
+#[tool]
+fn get_weather(
+    /// City name, e.g. "Lisbon".
+    city: String,
+) -> Value {
+    CITIES.lock().unwrap().push(city.clone());
+    json!({"city": city, "conditions": "light rain", "temperature_c": 12})
+}
+
+#[tokio::test]
+async fn a_real_local_model_calls_a_tool_and_uses_its_result() {
+    let base_url = std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
+        panic!(
+            "AGENT_LOCAL_MODEL_URL is not set. This test needs the local model endpoint: run the whole suite with \
+             scripts/test.sh, or run `scripts/local-model.sh start` and export AGENT_LOCAL_MODEL_URL=<the URL it prints>"
+        )
+    });
+    let model = OpenAiCompatible::builder()
+        .base_url(base_url)
+        .model("local")
+        .tool_calling(ToolCalling::Constrained { parallel: false })
+        .temperature(0.0)
+        .max_tokens(200)
+        .read_timeout(Duration::from_secs(120))
+        .build()
+        .expect("model");
+    let agent = Agent::builder()
+        .model(model)
+        .system_prompt("You are a weather assistant. Always look up the weather with the tool before answering.")
+        .tool(get_weather)
+        .limits(Limits::default().max_turns(4).timeout(Duration::from_secs(300)))
+        .build()
+        .expect("agent");
+    let result = agent
+        .session("real-model")
+        .invoke("What is the weather in Paris right now?")
+        .await
+        .expect("invoke");
+    let cities = CITIES.lock().unwrap().clone();
+    assert!(
+        !cities.is_empty(),
+        "the model called no tool; answer: {}",
+        result.text()
+    );
+    assert!(
+        cities.iter().any(|c| c.to_lowercase().contains("paris")),
+        "called with {cities:?}"
+    );
+    assert_eq!(result.stop_reason, StopReason::EndTurn, "{result:?}");
+    let answer = result.text().to_lowercase();
+    assert!(
+        answer.contains("rain") || answer.contains("12"),
+        "the answer does not use the tool's result: {answer}"
+    );
+}
