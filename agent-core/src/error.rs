@@ -45,6 +45,22 @@ pub enum AgentError {
     EmptyPrompt,
 }
 
+impl AgentError {
+    /// A short, stable name of the error class (used as `error.type` in telemetry).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Model { error, .. } => error.kind(),
+            Self::ContextOverflow { .. } => "context_length_exceeded",
+            Self::History(_) => "invalid_history",
+            Self::Store(StoreError::Conflict { .. }) => "store_conflict",
+            Self::Store(_) => "store_error",
+            Self::InvalidId(_) => "invalid_id",
+            Self::SessionBusy { .. } => "session_busy",
+            Self::EmptyPrompt => "empty_prompt",
+        }
+    }
+}
+
 /// Why an agent cannot be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]

@@ -39,6 +39,7 @@ pub mod message;
 pub mod model;
 pub mod retry;
 pub mod session;
+pub mod telemetry;
 pub mod tool;
 
 #[cfg(doctest)]

@@ -324,11 +324,7 @@ async fn through_the_executor_bad_input_names_the_field_and_panics_are_results()
         },
     ];
     let refs: Vec<&ToolUse> = uses.iter().collect();
-    let scope = CallScope {
-        session_id: "s".into(),
-        actor_id: None,
-        state: AgentState::default(),
-    };
+    let scope = CallScope::new("s", None, AgentState::default());
     let out = execute_batch(
         &registry,
         &ExecutorConfig::default(),

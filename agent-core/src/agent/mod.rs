@@ -16,9 +16,10 @@ use crate::conversation::{ConversationManager, SlidingWindow};
 use crate::error::{AgentError, BuildError};
 use crate::event::AgentEvent;
 use crate::message::{ContentBlock, Message};
-use crate::model::{Model, ToolChoice, Usage};
+use crate::model::{Model, ModelDescriptor, ToolChoice, Usage};
 use crate::retry::RetryPolicy;
 use crate::session::{InMemorySessionStore, SessionStore, validate_id};
+use crate::telemetry::Telemetry;
 use crate::tool::executor::ExecutorConfig;
 use crate::tool::{Tool, ToolRegistry};
 
@@ -45,6 +46,21 @@ pub enum StopReason {
     LimitTokens,
     /// The wall-clock limit was reached.
     Timeout,
+}
+
+impl StopReason {
+    /// The snake-case name, as in the JSON form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EndTurn => "end_turn",
+            Self::MaxTokens => "max_tokens",
+            Self::ContentFiltered => "content_filtered",
+            Self::Cancelled => "cancelled",
+            Self::LimitTurns => "limit_turns",
+            Self::LimitTokens => "limit_tokens",
+            Self::Timeout => "timeout",
+        }
+    }
 }
 
 /// Bounds of one invocation. Limits end a run gracefully, with their own [`StopReason`].
@@ -178,6 +194,8 @@ pub(crate) struct AgentInner {
     pub(crate) conversation: Arc<dyn ConversationManager>,
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) locks: SessionLocks,
+    pub(crate) telemetry: Telemetry,
+    pub(crate) descriptor: ModelDescriptor,
 }
 
 impl std::fmt::Debug for Agent {
@@ -238,6 +256,7 @@ pub struct AgentBuilder {
     max_context_reductions: u32,
     conversation: Arc<dyn ConversationManager>,
     store: Arc<dyn SessionStore>,
+    telemetry: Option<Telemetry>,
 }
 
 impl Default for AgentBuilder {
@@ -255,6 +274,7 @@ impl Default for AgentBuilder {
             max_context_reductions: 3,
             conversation: Arc::new(SlidingWindow::default()),
             store: Arc::new(InMemorySessionStore::new()),
+            telemetry: None,
         }
     }
 }
@@ -356,6 +376,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Telemetry (default: [`Telemetry::default_for_agents`]: the global providers once
+    /// `telemetry::otlp::init_from_env` configured them, otherwise disabled).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
     /// Builds the agent.
     pub fn build(self) -> Result<Agent, BuildError> {
         let model = self.model.ok_or(BuildError::MissingModel)?;
@@ -370,6 +397,8 @@ impl AgentBuilder {
                 "retry.max_attempts must be at least 1".into(),
             ));
         }
+        let descriptor = model.descriptor();
+        let telemetry = self.telemetry.unwrap_or_else(Telemetry::default_for_agents);
         let mut tools = ToolRegistry::new();
         for t in self.tools {
             tools.register(t)?;
@@ -389,6 +418,8 @@ impl AgentBuilder {
                 conversation: self.conversation,
                 store: self.store,
                 locks: SessionLocks::default(),
+                telemetry,
+                descriptor,
             }),
         })
     }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use opentelemetry::Context;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +65,8 @@ enum TurnOutcome {
 }
 
 struct Run<'a> {
+    /// The `invoke_agent` span's context, when telemetry is on.
+    trace: Option<Context>,
     agent: &'a AgentInner,
     key: SessionKey,
     actor_id: Option<std::sync::Arc<str>>,
@@ -93,6 +96,41 @@ pub(super) async fn run(
     prompt: Prompt,
     cancel: CancellationToken,
     tx: Option<Sender>,
+) -> Result<AgentResult, AgentError> {
+    let trace = agent
+        .telemetry
+        .start_invoke(&agent.name, &agent.id, session_id, &agent.descriptor);
+    let outcome = run_traced(
+        agent,
+        session_id,
+        actor_id,
+        prompt,
+        cancel,
+        tx,
+        trace.clone(),
+    )
+    .await;
+    if let Some(cx) = &trace {
+        match &outcome {
+            Ok(r) => {
+                agent
+                    .telemetry
+                    .end_invoke(cx, Some(&r.usage), Some(r.stop_reason.as_str()), None)
+            }
+            Err(e) => agent.telemetry.end_invoke(cx, None, None, Some(e.kind())),
+        }
+    }
+    outcome
+}
+
+async fn run_traced(
+    agent: &AgentInner,
+    session_id: &str,
+    actor_id: Option<&str>,
+    prompt: Prompt,
+    cancel: CancellationToken,
+    tx: Option<Sender>,
+    trace: Option<Context>,
 ) -> Result<AgentResult, AgentError> {
     if prompt.0.is_empty() {
         return Err(AgentError::EmptyPrompt);
@@ -126,6 +164,7 @@ pub(super) async fn run(
         emitter: Emitter { tx, deadline },
         cancel,
         deadline,
+        trace,
     };
     let initial_window = run.window;
     let first_new = run.history.len();
@@ -250,20 +289,34 @@ impl Run<'_> {
             attempts += 1;
             let started = Instant::now();
             let mut first_event = None;
-            let mut stream = {
+            let (mut stream, mut chat) = {
                 let request = ModelRequest {
                     messages: self.window.visible(&self.history),
                     system_prompt: agent.system_prompt.as_deref(),
                     tools: agent.tools.specs(),
                     tool_choice: &agent.tool_choice,
                 };
-                agent.model.stream(&request)
+                let chat = self.trace.as_ref().and_then(|cx| {
+                    agent.telemetry.start_chat(
+                        cx,
+                        &agent.descriptor,
+                        &self.key.session_id,
+                        &request,
+                    )
+                });
+                (agent.model.stream(&request), chat)
             };
             let outcome: Result<ModelResponse, ModelError> = loop {
                 let next = tokio::select! {
                     biased;
-                    () = self.cancel.cancelled() => return Ok(TurnOutcome::Stopped(StopReason::Cancelled)),
-                    () = sleep_until_opt(self.deadline) => return Ok(TurnOutcome::Stopped(StopReason::Timeout)),
+                    () = self.cancel.cancelled() => {
+                        if let Some(c) = chat { c.end_interrupted("cancelled") }
+                        return Ok(TurnOutcome::Stopped(StopReason::Cancelled));
+                    }
+                    () = sleep_until_opt(self.deadline) => {
+                        if let Some(c) = chat { c.end_interrupted("timeout") }
+                        return Ok(TurnOutcome::Stopped(StopReason::Timeout));
+                    }
                     next = stream.next() => next,
                 };
                 match next {
@@ -275,6 +328,9 @@ impl Run<'_> {
                     Some(Err(e)) => break Err(e),
                     Some(Ok(event)) => {
                         first_event.get_or_insert_with(|| started.elapsed());
+                        if let Some(c) = &mut chat {
+                            c.first_chunk();
+                        }
                         match event {
                             ModelEvent::Completed(response) => break Ok(response),
                             other => self.forward(other).await,
@@ -283,6 +339,12 @@ impl Run<'_> {
                 }
             };
             drop(stream);
+            if let Some(c) = chat {
+                match &outcome {
+                    Ok(response) => c.end_ok(response),
+                    Err(e) => c.end_err(e),
+                }
+            }
             let error = match outcome {
                 Ok(response) => {
                     let metrics = TurnMetrics {
@@ -372,6 +434,7 @@ impl Run<'_> {
             session_id: self.key.session_id.clone(),
             actor_id: self.actor_id.clone(),
             state: self.state.clone(),
+            trace: self.trace.clone().map(|cx| (agent.telemetry.clone(), cx)),
         };
         let tools_cancel = self.cancel.child_token();
         let mut timed_out = false;

@@ -207,17 +207,39 @@ impl ModelError {
 /// A stream of model events.
 pub type ModelStream = Pin<Box<dyn Stream<Item = Result<ModelEvent, ModelError>> + Send>>;
 
-/// Who a model is, for telemetry and errors.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a model is and how it is called, for telemetry and errors.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct ModelDescriptor {
-    /// The provider's name in the GenAI conventions (`openai`, `aws.bedrock`, ...).
-    pub provider: &'static str,
+    /// The provider's name in the GenAI conventions (`openai`, `vllm`, `aws.bedrock`, ...).
+    pub provider: String,
     /// The requested model name.
     pub model: String,
     /// Host of the endpoint, when there is one.
     pub server_address: Option<String>,
     /// Port of the endpoint, when there is one.
     pub server_port: Option<u16>,
+    /// Whether responses are streamed.
+    pub streaming: bool,
+    /// `max_tokens` sent with requests.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature sent with requests.
+    pub temperature: Option<f64>,
+    /// `top_p` sent with requests.
+    pub top_p: Option<f64>,
+    /// Sampling seed sent with requests.
+    pub seed: Option<u64>,
+}
+
+impl ModelDescriptor {
+    /// A descriptor with a provider and model name; the other fields default to unknown.
+    pub fn new(provider: impl Into<String>, model: impl Into<String>) -> Self {
+        Self {
+            provider: provider.into(),
+            model: model.into(),
+            ..Self::default()
+        }
+    }
 }
 
 /// A chat model. Implement [`Model::stream`]; [`Model::complete`] is derived from it.

@@ -72,6 +72,7 @@ pub struct OpenAiCompatibleBuilder {
     params: RequestParams,
     streaming: bool,
     tool_calling: Option<ToolCalling>,
+    provider_name: String,
     connect_timeout: Duration,
     read_timeout: Duration,
     client: Option<reqwest::Client>,
@@ -122,6 +123,7 @@ impl Default for OpenAiCompatibleBuilder {
             params: RequestParams::default(),
             streaming: true,
             tool_calling: None,
+            provider_name: "openai".into(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(120),
             client: None,
@@ -188,6 +190,13 @@ impl OpenAiCompatibleBuilder {
     /// How tools are offered (default [`ToolCalling::Native`], or `OPENAI_TOOL_CALLING`).
     pub fn tool_calling(mut self, mode: ToolCalling) -> Self {
         self.tool_calling = Some(mode);
+        self
+    }
+
+    /// The provider name telemetry reports as `gen_ai.provider.name` (default `openai`, the
+    /// wire protocol; set `vllm` for a vLLM server).
+    pub fn provider_name(mut self, name: impl Into<String>) -> Self {
+        self.provider_name = name.into();
         self
     }
 
@@ -265,10 +274,15 @@ impl OpenAiCompatibleBuilder {
                 .map_err(|e| ModelError::Config(format!("cannot build the HTTP client: {e}")))?,
         };
         let descriptor = ModelDescriptor {
-            provider: "openai",
+            provider: self.provider_name.clone(),
             model: model.clone(),
             server_address: parsed.host_str().map(str::to_owned),
             server_port: parsed.port_or_known_default(),
+            streaming: self.streaming,
+            max_tokens: self.params.max_tokens,
+            temperature: self.params.temperature.map(f64::from),
+            top_p: self.params.top_p.map(f64::from),
+            seed: self.params.seed,
         };
         Ok(OpenAiCompatible {
             inner: Arc::new(Inner {

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AgentState, ToolContext, ToolRegistry};
 use crate::message::{ToolResult, ToolUse};
+use crate::telemetry::Telemetry;
+use opentelemetry::context::FutureExt as _;
 
 /// Text of the result given to a call cut short by cancellation.
 pub const CANCELLED_TEXT: &str = "Tool execution cancelled";
@@ -35,7 +37,7 @@ impl Default for ExecutorConfig {
     }
 }
 
-/// Who the calls run for.
+/// Who the calls run for, and the trace they belong to.
 #[derive(Debug, Clone)]
 pub struct CallScope {
     /// The session id.
@@ -44,6 +46,24 @@ pub struct CallScope {
     pub actor_id: Option<Arc<str>>,
     /// The session's state.
     pub state: AgentState,
+    /// Telemetry and the parent span context of `execute_tool` spans.
+    pub trace: Option<(Telemetry, opentelemetry::Context)>,
+}
+
+impl CallScope {
+    /// A scope without tracing.
+    pub fn new(
+        session_id: impl Into<Arc<str>>,
+        actor_id: Option<Arc<str>>,
+        state: AgentState,
+    ) -> Self {
+        Self {
+            session_id: session_id.into(),
+            actor_id,
+            state,
+            trace: None,
+        }
+    }
 }
 
 /// The results of a batch.
@@ -91,6 +111,29 @@ pub fn execute_stream<'a>(
 }
 
 async fn run_one(
+    registry: &ToolRegistry,
+    config: &ExecutorConfig,
+    tool_use: &ToolUse,
+    scope: &CallScope,
+    cancel: &CancellationToken,
+) -> (ToolResult, bool) {
+    let span = scope.trace.as_ref().and_then(|(telemetry, parent)| {
+        let description = registry
+            .spec(&tool_use.name)
+            .map(|s| s.description.as_str());
+        telemetry.start_tool(parent, tool_use, description)
+    });
+    let Some(span) = span else {
+        return run_call(registry, config, tool_use, scope, cancel).await;
+    };
+    let out = run_call(registry, config, tool_use, scope, cancel)
+        .with_context(span.cx.clone())
+        .await;
+    span.end(&out.0);
+    out
+}
+
+async fn run_call(
     registry: &ToolRegistry,
     config: &ExecutorConfig,
     tool_use: &ToolUse,
@@ -225,11 +268,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn scope() -> CallScope {
-        CallScope {
-            session_id: "s".into(),
-            actor_id: None,
-            state: AgentState::default(),
-        }
+        CallScope::new("s", None, AgentState::default())
     }
 
     fn use_(id: &str, name: &str, input: Value) -> ToolUse {

@@ -115,6 +115,11 @@ impl ToolRegistry {
         self.tools.is_empty()
     }
 
+    /// A tool's spec by name.
+    pub fn spec(&self, name: &str) -> Option<&ToolSpec> {
+        self.by_name.get(name).map(|&i| &self.specs[i])
+    }
+
     /// A tool by name.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Tool>> {
         self.entry(name).map(|e| &e.tool)

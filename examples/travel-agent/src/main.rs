@@ -45,7 +45,17 @@ async fn main() -> ExitCode {
             }
         },
     };
+    // OTLP export of traces and metrics when OTEL_EXPORTER_OTLP_ENDPOINT is set (Langfuse,
+    // Jaeger, X-Ray through a collector); a no-op otherwise. Flushed when dropped.
+    let telemetry = match agent_core::telemetry::otlp::init_from_env() {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("[travel-agent] telemetry disabled: {e}");
+            None
+        }
+    };
     let outcome = run(&base_url, &prompt, local.is_some()).await;
+    drop(telemetry);
     drop(local);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -176,6 +176,26 @@ impl Floor {
 // ------------------------------------------------------------------ the agent
 
 fn build_agent(base_url: &str, store: InMemorySessionStore) -> Agent {
+    build_agent_with(
+        base_url,
+        store,
+        agent_core::telemetry::Telemetry::disabled(),
+    )
+}
+
+/// Spans and metrics recorded by the SDK (sampled, attributes set), not exported: the
+/// instrumentation's own cost.
+fn recording_telemetry() -> agent_core::telemetry::Telemetry {
+    let tracer_provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let meter_provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+    agent_core::telemetry::Telemetry::new(&tracer_provider, &meter_provider)
+}
+
+fn build_agent_with(
+    base_url: &str,
+    store: InMemorySessionStore,
+    telemetry: agent_core::telemetry::Telemetry,
+) -> Agent {
     let model = OpenAiCompatible::builder()
         .base_url(base_url)
         .model(MODEL)
@@ -195,6 +215,7 @@ fn build_agent(base_url: &str, store: InMemorySessionStore) -> Agent {
             },
         ))
         .session_store(store)
+        .telemetry(telemetry)
         .build()
         .unwrap_or_else(|e| panic!("agent: {e}"))
 }
@@ -203,11 +224,13 @@ fn build_agent(base_url: &str, store: InMemorySessionStore) -> Agent {
 enum Who {
     Floor,
     Agent,
+    AgentTraced,
 }
 
 struct Subjects {
     floor: Floor,
     agent: Agent,
+    traced: Agent,
     next_session: AtomicUsize,
 }
 
@@ -222,6 +245,15 @@ impl Subjects {
                     .await
                     .unwrap_or_else(|e| panic!("floor: {e}"));
                 assert_eq!(conv.len(), 5);
+            }
+            Who::AgentTraced => {
+                let r = self
+                    .traced
+                    .session(format!("t{n}"))
+                    .invoke("Weather in Lisbon?")
+                    .await
+                    .unwrap_or_else(|e| panic!("agent: {e}"));
+                assert_eq!(r.stop_reason, StopReason::EndTurn);
             }
             Who::Agent => {
                 let r = self
@@ -332,24 +364,34 @@ fn main() {
                 tools: json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", "parameters": weather_schema()}}]),
             },
             agent: build_agent(&base_url, store.clone()),
+            traced: build_agent_with(&base_url, store.clone(), recording_telemetry()),
             next_session: AtomicUsize::new(0),
         });
         let cpu_n = if quick { 200 } else { 2000 };
         // Warm up both (connections, allocator, caches).
         cpu_per_invocation(&subjects, Who::Floor, 100).await;
         cpu_per_invocation(&subjects, Who::Agent, 100).await;
+        cpu_per_invocation(&subjects, Who::AgentTraced, 100).await;
         let mut floor_cpu = Duration::MAX;
         let mut agent_cpu = Duration::MAX;
+        let mut traced_cpu = Duration::MAX;
         for _ in 0..3 {
             floor_cpu = floor_cpu.min(cpu_per_invocation(&subjects, Who::Floor, cpu_n).await);
             agent_cpu = agent_cpu.min(cpu_per_invocation(&subjects, Who::Agent, cpu_n).await);
+            traced_cpu = traced_cpu.min(cpu_per_invocation(&subjects, Who::AgentTraced, cpu_n).await);
         }
         let mut rows = vec![(
-            "client CPU per invocation (us, lower is better)".to_owned(),
+            "client CPU per invocation, telemetry off (us)".to_owned(),
             floor_cpu.as_secs_f64() * 1e6,
             agent_cpu.as_secs_f64() * 1e6,
             "<= 1.5x",
         )];
+        rows.push((
+            "client CPU per invocation, telemetry recording (us)".to_owned(),
+            floor_cpu.as_secs_f64() * 1e6,
+            traced_cpu.as_secs_f64() * 1e6,
+            "",
+        ));
         for c in [1usize, 10, 100, 1000] {
             let total = if quick { (c * 2).max(200) } else { (c * 4).max(1000) };
             let f = throughput(&subjects, Who::Floor, c, total).await;
@@ -397,7 +439,7 @@ fn main() {
         }
         println!("{:<58} {:>12} {:>12.1} {:>8}  <= 8192", "idle session cost beyond its messages (bytes)", "", overhead, "");
         let cpu_ok = agent_cpu.as_secs_f64() <= 1.5 * floor_cpu.as_secs_f64();
-        let tp = &rows[4];
+        let tp = &rows[5];
         let tp_ok = tp.2 >= 0.7 * tp.1;
         let mem_ok = overhead <= 8192.0;
         println!("\ntargets: cpu {} / throughput@1000 {} / idle session {}", ok(cpu_ok), ok(tp_ok), ok(mem_ok));

@@ -1,0 +1,504 @@
+//! Spans and metrics of an agent run, on the SDK's in-memory exporters: every GenAI attribute,
+//! parentage, per-call usage, errors, content capture off by default and on when asked.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use agent_core::prelude::*;
+use agent_core::telemetry::{CaptureMode, Telemetry};
+use agent_tests::{Fault, MockVllm, Turn, fast_retry, provider_builder};
+use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use serde_json::{Value as Json, json};
+
+/// Current weather for a city.
+#[tool]
+fn get_weather(
+    /// City name.
+    city: String,
+) -> Result<Json, String> {
+    if city == "Atlantis" {
+        return Err("no such city".into());
+    }
+    Ok(json!({"city": city, "forecast": "sunny"}))
+}
+
+struct Recorder {
+    spans: InMemorySpanExporter,
+    metrics: InMemoryMetricExporter,
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        let spans = InMemorySpanExporter::default();
+        let metrics = InMemoryMetricExporter::default();
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics.clone()).build())
+            .build();
+        Self {
+            spans,
+            metrics,
+            tracer_provider,
+            meter_provider,
+        }
+    }
+
+    fn telemetry(&self, capture: CaptureMode) -> Telemetry {
+        Telemetry::new(&self.tracer_provider, &self.meter_provider).with_capture(capture)
+    }
+
+    fn spans(&self) -> Vec<SpanData> {
+        self.spans.get_finished_spans().unwrap()
+    }
+}
+
+fn attrs(span: &SpanData) -> HashMap<String, Value> {
+    span.attributes
+        .iter()
+        .map(|kv| (kv.key.to_string(), kv.value.clone()))
+        .collect()
+}
+
+fn s(v: &str) -> Value {
+    Value::from(v.to_owned())
+}
+
+fn array(v: &str) -> Value {
+    Value::Array(vec![opentelemetry::StringValue::from(v.to_owned())].into())
+}
+
+fn agent(server: &MockVllm, telemetry: Telemetry) -> Agent {
+    let model = provider_builder(server)
+        .provider_name("vllm")
+        .max_tokens(512)
+        .temperature(0.2)
+        .build()
+        .expect("model");
+    Agent::builder()
+        .name("travel")
+        .model(model)
+        .system_prompt("You plan trips.")
+        .tool(get_weather)
+        .retry(fast_retry())
+        .telemetry(telemetry)
+        .build()
+        .expect("agent")
+}
+
+#[tokio::test]
+async fn spans_follow_the_genai_conventions() {
+    let recorder = Recorder::new();
+    let server = MockVllm::start([
+        Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_usage(100, 20),
+        Turn::text("Sunny.").with_usage(150, 12),
+    ])
+    .await
+    .expect("server");
+    let r = agent(&server, recorder.telemetry(CaptureMode::NoContent))
+        .session("sess-42")
+        .invoke("Lisbon?")
+        .await
+        .expect("invoke");
+    assert_eq!(r.text(), "Sunny.");
+    let spans = recorder.spans();
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    let find = |name: &str| spans.iter().filter(|s| s.name == name).collect::<Vec<_>>();
+    let invoke = find("invoke_agent travel")[0];
+    let chats = find("chat qwen3-8b");
+    let tool = find("execute_tool get_weather")[0];
+    assert_eq!(chats.len(), 2);
+
+    assert_eq!(invoke.span_kind, SpanKind::Internal);
+    assert_eq!(tool.span_kind, SpanKind::Internal);
+    assert!(chats.iter().all(|c| c.span_kind == SpanKind::Client));
+    let trace_id = invoke.span_context.trace_id();
+    for child in chats.iter().copied().chain([tool]) {
+        assert_eq!(
+            child.parent_span_id,
+            invoke.span_context.span_id(),
+            "{} is a child of invoke_agent",
+            child.name
+        );
+        assert_eq!(child.span_context.trace_id(), trace_id);
+    }
+
+    let a = attrs(invoke);
+    assert_eq!(a["gen_ai.operation.name"], s("invoke_agent"));
+    assert_eq!(a["gen_ai.provider.name"], s("vllm"));
+    assert_eq!(a["gen_ai.agent.name"], s("travel"));
+    assert_eq!(a["gen_ai.agent.id"], s("default"));
+    assert_eq!(a["gen_ai.conversation.id"], s("sess-42"));
+    assert_eq!(a["gen_ai.request.model"], s("qwen3-8b"));
+    assert_eq!(
+        a["gen_ai.usage.input_tokens"],
+        Value::I64(250),
+        "usage of this invocation"
+    );
+    assert_eq!(a["gen_ai.usage.output_tokens"], Value::I64(32));
+    assert_eq!(a["gen_ai.response.finish_reasons"], array("end_turn"));
+    assert_eq!(invoke.status, Status::Unset);
+
+    let c0 = attrs(chats[0]);
+    let port = i64::from(server.addr().port());
+    assert_eq!(c0["gen_ai.operation.name"], s("chat"));
+    assert_eq!(c0["gen_ai.provider.name"], s("vllm"));
+    assert_eq!(c0["gen_ai.request.model"], s("qwen3-8b"));
+    assert_eq!(c0["server.address"], s("127.0.0.1"));
+    assert_eq!(c0["server.port"], Value::I64(port));
+    assert_eq!(c0["gen_ai.request.stream"], Value::Bool(true));
+    assert_eq!(c0["gen_ai.request.max_tokens"], Value::I64(512));
+    assert!(matches!(c0["gen_ai.request.temperature"], Value::F64(t) if (t - 0.2).abs() < 1e-6));
+    assert_eq!(c0["gen_ai.conversation.id"], s("sess-42"));
+    assert!(c0["gen_ai.response.id"].as_str().starts_with("chatcmpl-"));
+    assert_eq!(c0["gen_ai.response.model"], s("qwen3-8b"));
+    assert_eq!(c0["gen_ai.response.finish_reasons"], array("tool_calls"));
+    assert_eq!(
+        c0["gen_ai.usage.input_tokens"],
+        Value::I64(100),
+        "per call, not cumulative"
+    );
+    assert_eq!(c0["gen_ai.usage.output_tokens"], Value::I64(20));
+    assert!(
+        matches!(c0["gen_ai.response.time_to_first_chunk"], Value::F64(t) if t > 0.0 && t < 5.0)
+    );
+    let c1 = attrs(chats[1]);
+    assert_eq!(c1["gen_ai.response.finish_reasons"], array("stop"));
+    assert_eq!(c1["gen_ai.usage.input_tokens"], Value::I64(150));
+
+    let t = attrs(tool);
+    assert_eq!(t["gen_ai.operation.name"], s("execute_tool"));
+    assert_eq!(t["gen_ai.tool.name"], s("get_weather"));
+    assert!(
+        t["gen_ai.tool.call.id"]
+            .as_str()
+            .starts_with("chatcmpl-tool-")
+    );
+    assert_eq!(t["gen_ai.tool.type"], s("function"));
+    assert_eq!(
+        t["gen_ai.tool.description"],
+        s("Current weather for a city.")
+    );
+
+    // No content by default, and never a secret.
+    for span in &spans {
+        for kv in &span.attributes {
+            assert!(
+                !kv.key.as_str().contains("messages") && !kv.key.as_str().contains("arguments"),
+                "{}",
+                kv.key
+            );
+            assert!(
+                !kv.value.as_str().contains("test-key"),
+                "secret in {}",
+                kv.key
+            );
+        }
+        assert!(span.events.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn errors_set_status_and_error_type() {
+    let recorder = Recorder::new();
+    let server = MockVllm::start([
+        Turn::fault(Fault::Status {
+            code: 500,
+            retry_after: None,
+            message: "engine dead".into(),
+        }),
+        Turn::tool_call("get_weather", json!({"city": "Atlantis"})),
+        Turn::fault(Fault::Status {
+            code: 401,
+            retry_after: None,
+            message: "bad key".into(),
+        }),
+    ])
+    .await
+    .expect("server");
+    let err = agent(&server, recorder.telemetry(CaptureMode::NoContent))
+        .session("e")
+        .invoke("x")
+        .await
+        .expect_err("fatal");
+    assert!(matches!(err, AgentError::Model { .. }));
+    let spans = recorder.spans();
+    let chats: Vec<_> = spans.iter().filter(|s| s.name == "chat qwen3-8b").collect();
+    assert_eq!(chats.len(), 3);
+    assert!(matches!(chats[0].status, Status::Error { .. }));
+    assert_eq!(attrs(chats[0])["error.type"], s("transient"));
+    assert_eq!(chats[1].status, Status::Unset);
+    assert_eq!(attrs(chats[2])["error.type"], s("401"));
+    let tool = spans
+        .iter()
+        .find(|s| s.name == "execute_tool get_weather")
+        .expect("tool span");
+    assert!(
+        matches!(&tool.status, Status::Error { description } if description.contains("no such city"))
+    );
+    assert_eq!(attrs(tool)["error.type"], s("tool_error"));
+    let invoke = spans
+        .iter()
+        .find(|s| s.name == "invoke_agent travel")
+        .expect("invoke");
+    assert!(matches!(invoke.status, Status::Error { .. }));
+    assert_eq!(attrs(invoke)["error.type"], s("fatal"));
+}
+
+#[tokio::test]
+async fn content_is_captured_only_when_asked() {
+    for mode in [
+        CaptureMode::SpanOnly,
+        CaptureMode::EventOnly,
+        CaptureMode::SpanAndEvent,
+    ] {
+        let recorder = Recorder::new();
+        let server = MockVllm::start([
+            Turn::tool_call("get_weather", json!({"city": "Porto"})),
+            Turn::text("Sunny in Porto."),
+        ])
+        .await
+        .expect("server");
+        agent(&server, recorder.telemetry(mode))
+            .session("c")
+            .invoke("Porto?")
+            .await
+            .expect("invoke");
+        let spans = recorder.spans();
+        let chats: Vec<_> = spans.iter().filter(|s| s.name == "chat qwen3-8b").collect();
+        let tool = spans
+            .iter()
+            .find(|s| s.name == "execute_tool get_weather")
+            .expect("tool");
+        let on_span = matches!(mode, CaptureMode::SpanOnly | CaptureMode::SpanAndEvent);
+        let on_event = matches!(mode, CaptureMode::EventOnly | CaptureMode::SpanAndEvent);
+        let second = attrs(chats[1]);
+        assert_eq!(
+            second.contains_key("gen_ai.input.messages"),
+            on_span,
+            "{mode:?}"
+        );
+        assert_eq!(
+            attrs(tool).contains_key("gen_ai.tool.call.arguments"),
+            on_span
+        );
+        assert_eq!(chats[1].events.len(), usize::from(on_event));
+        let (input, output, system) = if on_span {
+            (
+                second["gen_ai.input.messages"].as_str().to_string(),
+                second["gen_ai.output.messages"].as_str().to_string(),
+                second["gen_ai.system_instructions"].as_str().to_string(),
+            )
+        } else {
+            let event = chats[1].events.iter().next().expect("event");
+            assert_eq!(event.name, "gen_ai.client.inference.operation.details");
+            let get = |k: &str| {
+                event
+                    .attributes
+                    .iter()
+                    .find(|kv: &&KeyValue| kv.key.as_str() == k)
+                    .expect(k)
+                    .value
+                    .as_str()
+                    .to_string()
+            };
+            (
+                get("gen_ai.input.messages"),
+                get("gen_ai.output.messages"),
+                get("gen_ai.system_instructions"),
+            )
+        };
+        let input: Json = serde_json::from_str(&input).expect("json");
+        assert_eq!(
+            input[0],
+            json!({"role": "user", "parts": [{"type": "text", "content": "Porto?"}]})
+        );
+        assert_eq!(input[1]["parts"][0]["type"], "tool_call");
+        assert_eq!(input[1]["parts"][0]["arguments"], json!({"city": "Porto"}));
+        assert_eq!(input[2]["role"], "tool");
+        assert_eq!(input[2]["parts"][0]["type"], "tool_call_response");
+        assert_eq!(
+            input[2]["parts"][0]["response"],
+            json!({"city": "Porto", "forecast": "sunny"})
+        );
+        let output: Json = serde_json::from_str(&output).expect("json");
+        assert_eq!(
+            output,
+            json!([{"role": "assistant", "parts": [{"type": "text", "content": "Sunny in Porto."}], "finish_reason": "stop"}])
+        );
+        let system: Json = serde_json::from_str(&system).expect("json");
+        assert_eq!(
+            system,
+            json!([{"type": "text", "content": "You plan trips."}])
+        );
+        if on_span {
+            let first_out: Json =
+                serde_json::from_str(&attrs(chats[0])["gen_ai.output.messages"].as_str())
+                    .expect("json");
+            assert_eq!(first_out[0]["finish_reason"], "tool_call");
+            assert_eq!(
+                attrs(tool)["gen_ai.tool.call.result"].as_str(),
+                "{\"city\":\"Porto\",\"forecast\":\"sunny\"}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_use_the_advised_buckets_and_bounded_attributes() {
+    let recorder = Recorder::new();
+    let server = MockVllm::start([
+        Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_usage(100, 20),
+        Turn::tool_call("made_up_tool", json!({})).with_usage(120, 10),
+        Turn::text("Sunny.").with_usage(150, 12),
+    ])
+    .await
+    .expect("server");
+    agent(&server, recorder.telemetry(CaptureMode::NoContent))
+        .session("m")
+        .invoke("Lisbon?")
+        .await
+        .expect("invoke");
+    recorder.meter_provider.force_flush().expect("flush");
+    let exported = recorder.metrics.get_finished_metrics().expect("metrics");
+    let last = exported.last().expect("a collection");
+    let mut seen = HashMap::new();
+    for scope in last.scope_metrics() {
+        for metric in scope.metrics() {
+            seen.insert(metric.name().to_owned(), ());
+            for kv in attributes_of(metric.data()) {
+                let key = kv.key.as_str();
+                assert!(
+                    !key.ends_with(".id"),
+                    "no id labels: {} on {}",
+                    key,
+                    metric.name()
+                );
+            }
+            match (metric.name(), metric.data()) {
+                ("gen_ai.client.token.usage", AggregatedMetrics::U64(MetricData::Histogram(h))) => {
+                    let mut by_type = HashMap::new();
+                    for dp in h.data_points() {
+                        let kind = dp
+                            .attributes()
+                            .find(|kv| kv.key.as_str() == "gen_ai.token.type")
+                            .expect("token type")
+                            .value
+                            .as_str()
+                            .to_string();
+                        assert!(
+                            dp.attributes()
+                                .any(|kv| kv.key.as_str() == "gen_ai.provider.name")
+                        );
+                        assert_eq!(dp.bounds().collect::<Vec<_>>()[..3], [1.0, 4.0, 16.0]);
+                        by_type.insert(kind, dp.sum());
+                    }
+                    assert_eq!(by_type["input"], 370);
+                    assert_eq!(by_type["output"], 42);
+                }
+                (
+                    "gen_ai.client.operation.duration",
+                    AggregatedMetrics::F64(MetricData::Histogram(h)),
+                ) => {
+                    let count: u64 = h.data_points().map(|dp| dp.count()).sum();
+                    assert_eq!(count, 3);
+                    let dp = h.data_points().next().expect("point");
+                    assert_eq!(
+                        dp.bounds().collect::<Vec<_>>(),
+                        [
+                            0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
+                            20.48, 40.96, 81.92
+                        ]
+                    );
+                    assert!(
+                        dp.attributes()
+                            .any(|kv| kv.key.as_str() == "gen_ai.operation.name"
+                                && kv.value.as_str() == "chat")
+                    );
+                }
+                ("agent.tool.calls", AggregatedMetrics::U64(MetricData::Sum(sum))) => {
+                    let mut by_tool = HashMap::new();
+                    for dp in sum.data_points() {
+                        let tool = dp
+                            .attributes()
+                            .find(|kv| kv.key.as_str() == "gen_ai.tool.name")
+                            .expect("tool")
+                            .value
+                            .as_str()
+                            .to_string();
+                        let outcome = dp
+                            .attributes()
+                            .find(|kv| kv.key.as_str() == "outcome")
+                            .expect("outcome")
+                            .value
+                            .as_str()
+                            .to_string();
+                        by_tool.insert((tool, outcome), dp.value());
+                    }
+                    assert_eq!(
+                        by_tool[&("get_weather".to_owned(), "success".to_owned())],
+                        1
+                    );
+                    assert_eq!(
+                        by_tool[&("_OTHER".to_owned(), "error".to_owned())],
+                        1,
+                        "invented names do not become labels"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    for name in [
+        "gen_ai.client.token.usage",
+        "gen_ai.client.operation.duration",
+        "gen_ai.client.operation.time_to_first_chunk",
+        "agent.tool.calls",
+        "agent.tool.duration",
+    ] {
+        assert!(seen.contains_key(name), "{name} missing: {:?}", seen.keys());
+    }
+}
+
+fn attributes_of(data: &AggregatedMetrics) -> Vec<KeyValue> {
+    let mut out = Vec::new();
+    match data {
+        AggregatedMetrics::U64(MetricData::Histogram(h)) => h
+            .data_points()
+            .for_each(|dp| out.extend(dp.attributes().cloned())),
+        AggregatedMetrics::F64(MetricData::Histogram(h)) => h
+            .data_points()
+            .for_each(|dp| out.extend(dp.attributes().cloned())),
+        AggregatedMetrics::U64(MetricData::Sum(sm)) => sm
+            .data_points()
+            .for_each(|dp| out.extend(dp.attributes().cloned())),
+        _ => {}
+    }
+    out
+}
+
+#[tokio::test]
+async fn disabled_telemetry_records_nothing() {
+    let recorder = Recorder::new();
+    let server = MockVllm::start([Turn::text("hi")]).await.expect("server");
+    agent(&server, Telemetry::disabled())
+        .session("d")
+        .invoke("x")
+        .await
+        .expect("invoke");
+    assert!(recorder.spans().is_empty());
+    assert_eq!(
+        CaptureMode::parse("span_and_event"),
+        CaptureMode::SpanAndEvent
+    );
+    assert_eq!(CaptureMode::parse("bogus"), CaptureMode::NoContent);
+}
