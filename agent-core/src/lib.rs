@@ -42,7 +42,7 @@ pub mod session;
 pub mod telemetry;
 pub mod tool;
 
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "otlp"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 

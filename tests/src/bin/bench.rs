@@ -364,7 +364,7 @@ fn main() {
                 tools: json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", "parameters": weather_schema()}}]),
             },
             agent: build_agent(&base_url, store.clone()),
-            traced: build_agent_with(&base_url, store.clone(), recording_telemetry()),
+            traced: build_agent_with(&base_url, InMemorySessionStore::new(), recording_telemetry()),
             next_session: AtomicUsize::new(0),
         });
         let cpu_n = if quick { 200 } else { 2000 };
