@@ -3,8 +3,9 @@
 # servers, doc tests (README code included).
 #
 # The model endpoint most tests use is the vLLM-format server in tests/src/lib.rs, started by
-# each test on 127.0.0.1 (random port) and stopped when the test ends. A real local model
-# (scripts/local-model.sh) is installed and started here for the smoke test, and stopped on exit.
+# each test on 127.0.0.1 (random port) and stopped when the test ends. A DynamoDB/S3 server
+# (scripts/aws-local.sh) and a real local model (scripts/local-model.sh) are installed and
+# started here, and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 log=$(mktemp)
-trap 'scripts/local-model.sh stop; rm -f "$log"' EXIT
+trap 'scripts/local-model.sh stop; scripts/aws-local.sh stop; rm -f "$log"' EXIT
+
+# DynamoDB and S3: ministack (PyPI) on 127.0.0.1, reached through the SDK's standard variables.
+AWS_ENDPOINT_URL=$(scripts/aws-local.sh start)
+export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 
 # The real-model smoke test's endpoint: llama.cpp + Qwen2.5-Coder-1.5B on 127.0.0.1. The first
 # run on a machine builds and downloads it (about 12 minutes on 2 cores); it is cached after.

@@ -89,6 +89,18 @@ pub struct SessionState {
     pub window: ContextWindow,
 }
 
+/// An opaque token of a stored state's version: a counter, an S3 ETag, ...; empty before the
+/// first save. A writer passes back the version it read; the store refuses a stale one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct StateVersion(pub Option<String>);
+
+impl StateVersion {
+    /// The version of a state that was never saved.
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
 /// A loaded session.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredSession {
@@ -96,8 +108,8 @@ pub struct StoredSession {
     pub messages: Vec<Message>,
     /// The state.
     pub state: SessionState,
-    /// The state's version; 0 when it was never saved.
-    pub state_version: u64,
+    /// The state's version.
+    pub state_version: StateVersion,
 }
 
 /// A storage failure.
@@ -123,6 +135,19 @@ pub enum StoreError {
         /// What is wrong.
         detail: String,
     },
+    /// A message too large for the backend; nothing was written, and the invocation fails
+    /// with this error instead of losing the message silently.
+    #[error(
+        "message of {bytes} bytes in session `{session_id}` exceeds the store's limit of {limit} bytes"
+    )]
+    TooLarge {
+        /// The session.
+        session_id: String,
+        /// Size of the serialised message.
+        bytes: usize,
+        /// The store's limit.
+        limit: usize,
+    },
     /// The backend failed (network, permissions, ...).
     #[error("session store error: {0}")]
     Backend(String),
@@ -144,14 +169,14 @@ pub trait SessionStore: Send + Sync + 'static {
         messages: &[Message],
     ) -> Result<(), StoreError>;
 
-    /// Saves the state, provided its stored version is `expected_version`; returns the new
-    /// version. A stale version fails with [`StoreError::Conflict`].
+    /// Saves the state, provided its stored version is `expected`; returns the new version. A
+    /// stale version fails with [`StoreError::Conflict`].
     async fn save_state(
         &self,
         key: &SessionKey,
         state: &SessionState,
-        expected_version: u64,
-    ) -> Result<u64, StoreError>;
+        expected: &StateVersion,
+    ) -> Result<StateVersion, StoreError>;
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +184,12 @@ struct Record {
     messages: Vec<Message>,
     state: SessionState,
     version: u64,
+}
+
+impl Record {
+    fn version_token(&self) -> StateVersion {
+        StateVersion((self.version > 0).then(|| self.version.to_string()))
+    }
 }
 
 /// Sessions in process memory: the embedded default, for tests and single-replica services.
@@ -197,7 +228,7 @@ impl SessionStore for InMemorySessionStore {
         Ok(self.lock().get(key).map(|r| StoredSession {
             messages: r.messages.clone(),
             state: r.state.clone(),
-            state_version: r.version,
+            state_version: r.version_token(),
         }))
     }
 
@@ -226,22 +257,23 @@ impl SessionStore for InMemorySessionStore {
         &self,
         key: &SessionKey,
         state: &SessionState,
-        expected_version: u64,
-    ) -> Result<u64, StoreError> {
+        expected: &StateVersion,
+    ) -> Result<StateVersion, StoreError> {
         let mut map = self.lock();
         let record = map.entry(key.clone()).or_default();
-        if record.version != expected_version {
+        let current = record.version_token();
+        if &current != expected {
             return Err(StoreError::Conflict {
                 session_id: key.session_id.to_string(),
                 detail: format!(
-                    "expected state version {expected_version}, found {}",
-                    record.version
+                    "expected state version {:?}, found {:?}",
+                    expected.0, current.0
                 ),
             });
         }
         record.state = state.clone();
         record.version += 1;
-        Ok(record.version)
+        Ok(record.version_token())
     }
 }
 
@@ -268,16 +300,18 @@ mod tests {
         let stale = store.append(&key, 0, &[Message::user("b")]).await;
         assert!(matches!(stale, Err(StoreError::Conflict { .. })));
         let v = store
-            .save_state(&key, &SessionState::default(), 0)
+            .save_state(&key, &SessionState::default(), &StateVersion::none())
             .await
             .expect("save");
-        assert_eq!(v, 1);
+        assert_eq!(v, StateVersion(Some("1".into())));
         assert!(matches!(
-            store.save_state(&key, &SessionState::default(), 0).await,
+            store
+                .save_state(&key, &SessionState::default(), &StateVersion::none())
+                .await,
             Err(StoreError::Conflict { .. })
         ));
         let loaded = store.load(&key).await.expect("load").expect("exists");
         assert_eq!(loaded.messages, vec![Message::user("a")]);
-        assert_eq!(loaded.state_version, 1);
+        assert_eq!(loaded.state_version, v);
     }
 }

@@ -1,8 +1,43 @@
-//! Durable session and memory stores for `agent-core`.
+//! Durable session stores for `agent-core`, safe for several replicas:
 //!
-//! This crate will hold the S3 session store (Strands-compatible layout, conditional writes), the
-//! DynamoDB short-term and long-term memory and the local file store. It is a documented skeleton
-//! until its issue lands; the `SessionStore` trait it implements lives in `agent_core::session`,
-//! together with the in-memory store that is the embedded default today.
+//! - [`S3SessionStore`]: Strands' S3 layout and JSON, conditional writes (`If-None-Match`,
+//!   `If-Match`), one request per appended message;
+//! - [`DynamoDbSessionStore`]: short-term memory (the conversation log) in one DynamoDB table with
+//!   condition expressions and a state version;
+//! - [`FileSessionStore`]: the same layout on a local disk, atomic and exclusive writes.
+//!
+//! All implement `agent_core::session::SessionStore`: a second writer of a session gets a typed
+//! `StoreError::Conflict` and nothing is overwritten.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use agent_memory::S3SessionStore;
+//! let config = aws_config::load_from_env().await;
+//! let s3 = aws_sdk_s3::Client::new(&config);
+//! let store = S3SessionStore::new(s3, "my-sessions-bucket").with_prefix("travel");
+//! # let _ = store; Ok(()) }
+//! ```
+
+mod dynamodb;
+mod file;
+mod s3;
+mod strands;
 
 pub use agent_core::session::{SessionStore, StoreError};
+pub use dynamodb::{DynamoDbSessionStore, MAX_MESSAGE_BYTES};
+pub use file::FileSessionStore;
+pub use s3::S3SessionStore;
+
+/// AWS clients for local servers and tests: the endpoint from `AWS_ENDPOINT_URL` (the SDK's own
+/// variable) and, for S3, path-style addressing, which local servers need and the SDK cannot
+/// take from the environment.
+pub async fn clients_from_env() -> (aws_sdk_s3::Client, aws_sdk_dynamodb::Client) {
+    let config = aws_config::load_from_env().await;
+    let s3_config = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(true)
+        .build();
+    (
+        aws_sdk_s3::Client::from_conf(s3_config),
+        aws_sdk_dynamodb::Client::new(&config),
+    )
+}

@@ -248,7 +248,7 @@ async fn run_traced(
         };
         agent
             .store
-            .save_state(&run.key, &state, stored.state_version)
+            .save_state(&run.key, &state, &stored.state_version)
             .await?;
     }
     let message = run.history.messages()[first_new..]

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Local DynamoDB- and S3-compatible server for the tests: ministack (PyPI, pinned), on 127.0.0.1,
+# in memory. See ../shared/reference/local-aws.md for why this server (conditional writes enforced
+# and atomic, DynamoDB validations like AWS's own DynamoDB Local).
+#
+#   scripts/aws-local.sh start    install once (cached), start, wait until healthy, print the endpoint
+#   scripts/aws-local.sh stop     stop the server this script started (by its PID)
+#
+# Cache: $AGENT_AWS_CACHE (default ~/.cache/agent-runtime/aws). Port: $AGENT_AWS_PORT (default 4566).
+set -euo pipefail
+
+CACHE="${AGENT_AWS_CACHE:-$HOME/.cache/agent-runtime/aws}"
+PORT="${AGENT_AWS_PORT:-4566}"
+VERSION="1.5.33"
+VENV="$CACHE/venv-$VERSION"
+PIDFILE="$CACHE/ministack.pid"
+LOG="$CACHE/ministack.log"
+
+say() { printf '[aws-local] %s\n' "$*" >&2; }
+
+install() {
+  [ -f "$VENV/.installed" ] && return 0
+  say "installing ministack $VERSION from PyPI (about 30 s, once)"
+  mkdir -p "$CACHE"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "ministack==$VERSION"
+  touch "$VENV/.installed"
+}
+
+healthy() {
+  python3 - "$PORT" <<'PY'
+import json, sys, urllib.request
+try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/_ministack/health", timeout=2) as r:
+        services = json.load(r).get("services", {})
+        sys.exit(0 if services.get("dynamodb") == "available" and services.get("s3") == "available" else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
+running_pid() {
+  [ -f "$PIDFILE" ] || return 1
+  local pid
+  pid=$(cat "$PIDFILE")
+  kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+start() {
+  install
+  if running_pid >/dev/null && healthy; then
+    echo "http://127.0.0.1:$PORT"
+    return 0
+  fi
+  say "starting ministack on 127.0.0.1:$PORT (log: $LOG)"
+  BIND_HOST=127.0.0.1 GATEWAY_PORT="$PORT" SERVICES=dynamodb,s3 nohup "$VENV/bin/ministack" >"$LOG" 2>&1 &
+  echo $! >"$PIDFILE"
+  for _ in $(seq 1 300); do
+    if healthy; then
+      echo "http://127.0.0.1:$PORT"
+      return 0
+    fi
+    if ! running_pid >/dev/null; then
+      say "ministack exited; last lines of $LOG:"
+      tail -n 20 "$LOG" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  say "ministack did not become healthy within 30 s"
+  stop
+  exit 1
+}
+
+stop() {
+  local pid
+  if pid=$(running_pid); then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    say "stopped ministack (pid $pid)"
+  fi
+  rm -f "$PIDFILE"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

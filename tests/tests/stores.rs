@@ -1,0 +1,442 @@
+//! Session stores against a real local S3/DynamoDB server (ministack, started by
+//! `scripts/test.sh` through `scripts/aws-local.sh`, found through `AWS_ENDPOINT_URL`), and the
+//! file store on a temporary directory: Strands interop, conditional writes, replicas racing.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agent_core::history::History;
+use agent_core::message::{Message, Role};
+use agent_core::prelude::*;
+use agent_core::session::{SessionKey, SessionState, SessionStore, StateVersion, StoreError};
+use agent_memory::{DynamoDbSessionStore, FileSessionStore, S3SessionStore};
+use agent_tests::{MockVllm, Turn, provider};
+use aws_sdk_s3::primitives::ByteStream;
+use serde_json::{Value, json};
+
+async fn clients() -> (aws_sdk_s3::Client, aws_sdk_dynamodb::Client) {
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        panic!(
+            "AWS_ENDPOINT_URL is not set: these tests need the local DynamoDB/S3 server. Run scripts/test.sh, or \
+             `scripts/aws-local.sh start` and export AWS_ENDPOINT_URL=<the URL it prints> AWS_ACCESS_KEY_ID=test \
+             AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
+        );
+    }
+    agent_memory::clients_from_env().await
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{:x}-{:x}", nanos, std::process::id())
+}
+
+async fn bucket(s3: &aws_sdk_s3::Client) -> String {
+    let name = unique("sessions");
+    s3.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("create bucket");
+    name
+}
+
+async fn table(ddb: aws_sdk_dynamodb::Client) -> DynamoDbSessionStore {
+    let store = DynamoDbSessionStore::new(ddb, unique("sessions"));
+    store.create_table().await.expect("create table");
+    store
+}
+
+fn fixture_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/strands-session")
+}
+
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let relative = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                out.push((relative, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Checks a restored Strands session and continues it with an agent.
+async fn continue_strands_session(store: Arc<dyn SessionStore>) {
+    let key = SessionKey::new("trip-1", "default").unwrap();
+    let loaded = store.load(&key).await.expect("load").expect("exists");
+    assert_eq!(loaded.messages.len(), 4);
+    assert_eq!(loaded.state.agent_state["preferred_airline"], "TAP");
+    assert_eq!(loaded.messages[3].text(), "Sunny in Lisbon, 21 C.");
+    History::restore(loaded.messages).expect("a valid history");
+
+    let server = MockVllm::start([Turn::text("Book TAP then.")])
+        .await
+        .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .shared_session_store(store.clone())
+        .build()
+        .expect("agent");
+    let r = agent
+        .session("trip-1")
+        .invoke("Which airline?")
+        .await
+        .expect("invoke");
+    assert_eq!(r.text(), "Book TAP then.");
+    // The model saw the Python session's history.
+    let sent = &server.received()[0].body["messages"];
+    assert_eq!(
+        sent[0],
+        json!({"role": "user", "content": "Weather in Lisbon?"})
+    );
+    assert_eq!(sent[1]["tool_calls"][0]["id"], "tooluse_abc");
+    let after = store.load(&key).await.expect("load").expect("exists");
+    assert_eq!(after.messages.len(), 6);
+}
+
+#[tokio::test]
+async fn s3_reads_a_session_written_by_python_strands_and_continues_it() {
+    let (s3, _) = clients().await;
+    let bucket = bucket(&s3).await;
+    for (path, bytes) in files_under(&fixture_dir()) {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(format!("prod/{path}"))
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .unwrap();
+    }
+    let store = Arc::new(S3SessionStore::new(s3.clone(), &bucket).with_prefix("prod"));
+    continue_strands_session(store).await;
+    // What we wrote is in Strands' shape, next to what Python wrote.
+    let object = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("prod/session_trip-1/agents/agent_default/messages/message_5.json")
+        .send()
+        .await
+        .unwrap();
+    let doc: Value =
+        serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(doc["message_id"], 5);
+    assert_eq!(
+        doc["message"],
+        json!({"role": "assistant", "content": [{"text": "Book TAP then."}]})
+    );
+    assert!(doc["created_at"].as_str().is_some() && doc.get("redact_message").is_some());
+}
+
+#[tokio::test]
+async fn file_store_reads_a_strands_session_and_continues_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, bytes) in files_under(&fixture_dir()) {
+        let target = dir.path().join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(target, bytes).unwrap();
+    }
+    continue_strands_session(Arc::new(FileSessionStore::new(dir.path()))).await;
+    let written: Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("session_trip-1/agents/agent_default/messages/message_4.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(written["message"]["content"][0]["text"], "Which airline?");
+}
+
+#[tokio::test]
+async fn s3_writes_documents_strands_can_read() {
+    let (s3, _) = clients().await;
+    let bucket = bucket(&s3).await;
+    let server = MockVllm::start([
+        Turn::tool_call("remember", json!({"airline": "TAP"})),
+        Turn::text("Noted."),
+    ])
+    .await
+    .expect("server");
+    let remember = FnTool::new(
+        "remember",
+        "Remembers the airline.",
+        json!({"type": "object", "properties": {"airline": {"type": "string"}}, "required": ["airline"]}),
+        |input, ctx| async move {
+            ctx.state.set("airline", input["airline"].clone());
+            Ok(ToolOutput::text("ok"))
+        },
+    );
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .tool(remember)
+        .session_store(S3SessionStore::new(s3.clone(), &bucket))
+        .build()
+        .expect("agent");
+    agent
+        .session("new-trip")
+        .invoke("I like TAP")
+        .await
+        .expect("invoke");
+    let get = |key: String| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let o = s3
+                .get_object()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&o.body.collect().await.unwrap().into_bytes()).unwrap()
+        }
+    };
+    let session = get("session_new-trip/session.json".into()).await;
+    assert_eq!(session["session_id"], "new-trip");
+    assert_eq!(session["session_type"], "AGENT");
+    let agent_doc = get("session_new-trip/agents/agent_default/agent.json".into()).await;
+    assert_eq!(agent_doc["agent_id"], "default");
+    assert_eq!(agent_doc["state"], json!({"airline": "TAP"}));
+    assert_eq!(
+        agent_doc["conversation_manager_state"]["__name__"],
+        "SlidingWindowConversationManager"
+    );
+    assert_eq!(
+        agent_doc["conversation_manager_state"]["removed_message_count"],
+        0
+    );
+    assert!(agent_doc["_internal_state"]["interrupt_state"].is_object());
+    for i in 0..4 {
+        let doc = get(format!(
+            "session_new-trip/agents/agent_default/messages/message_{i}.json"
+        ))
+        .await;
+        assert_eq!(doc["message_id"], i);
+        assert!(doc["message"]["role"].is_string());
+    }
+    let tool_result =
+        get("session_new-trip/agents/agent_default/messages/message_2.json".into()).await;
+    assert_eq!(
+        tool_result["message"]["content"][0]["toolResult"]["status"],
+        "success"
+    );
+}
+
+/// Eight writers append at the same position and save state from the same version: exactly one
+/// of each wins, the others get a conflict, and nothing is overwritten.
+async fn racing_writers(store: Arc<dyn SessionStore>, session: &str) {
+    let key = SessionKey::new(session, "default").unwrap();
+    store
+        .append(&key, 0, &[Message::user("hello")])
+        .await
+        .expect("seed");
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let (store, key) = (store.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(
+                    &key,
+                    1,
+                    &[Message::assistant(format!("answer from writer {writer}"))],
+                )
+                .await
+                .map(|()| writer)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(w) => winners.push(w),
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one writer wins");
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(loaded.messages.len(), 2);
+    assert_eq!(
+        loaded.messages[1].text(),
+        format!("answer from writer {}", winners[0])
+    );
+
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let (store, key) = (store.clone(), key.clone());
+        let expected = loaded.state_version.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut state = SessionState::default();
+            state.agent_state.insert("writer".into(), json!(writer));
+            store
+                .save_state(&key, &state, &expected)
+                .await
+                .map(|v| (writer, v))
+        }));
+    }
+    let mut saved = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(w) => saved.push(w),
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(saved.len(), 1, "exactly one state save wins");
+    let reloaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(reloaded.state.agent_state["writer"], json!(saved[0].0));
+    assert_eq!(reloaded.state_version, saved[0].1);
+    // The old version is now stale.
+    assert!(matches!(
+        store
+            .save_state(&key, &SessionState::default(), &loaded.state_version)
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store
+            .save_state(&key, &SessionState::default(), &StateVersion::none())
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
+/// Two replicas (agents with their own stores and locks) invoke one session at once, several
+/// times: each invocation succeeds or fails with a conflict, and the stored history stays valid
+/// with every successful answer in it.
+async fn racing_replicas(make_store: impl Fn() -> Arc<dyn SessionStore>) {
+    let server = MockVllm::start_bench("127.0.0.1:0").await.expect("server");
+    let replica = || {
+        Agent::builder()
+            .model(provider(&server))
+            .tool(FnTool::new(
+                "get_weather",
+                "Weather.",
+                json!({"type": "object"}),
+                |_, _| async { Ok(ToolOutput::text("sunny")) },
+            ))
+            .shared_session_store(make_store())
+            .build()
+            .expect("agent")
+    };
+    let (a, b) = (replica(), replica());
+    let mut successes = 0;
+    let mut conflicts = 0;
+    for round in 0..6 {
+        let (sa, sb) = (a.session("shared"), b.session("shared"));
+        let (ra, rb) = tokio::join!(
+            sa.invoke(format!("a{round}")),
+            sb.invoke(format!("b{round}"))
+        );
+        for r in [ra, rb] {
+            match r {
+                Ok(result) => {
+                    assert_eq!(result.stop_reason, StopReason::EndTurn);
+                    successes += 1;
+                }
+                Err(AgentError::Store(StoreError::Conflict { .. })) => conflicts += 1,
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+    }
+    let key = SessionKey::new("shared", "default").unwrap();
+    let stored = make_store().load(&key).await.unwrap().unwrap().messages;
+    History::restore(stored.clone()).expect("no interleaved or broken history");
+    let answers = stored
+        .iter()
+        .filter(|m| m.role == Role::Assistant && m.tool_uses().next().is_none())
+        .count();
+    assert_eq!(
+        answers, successes,
+        "every successful invocation's answer is stored, once"
+    );
+    assert_eq!(successes + conflicts, 12);
+    assert!(successes >= 6, "at least one replica wins each round");
+}
+
+#[tokio::test]
+async fn s3_writers_race_without_loss() {
+    let (s3, _) = clients().await;
+    let bucket = bucket(&s3).await;
+    racing_writers(Arc::new(S3SessionStore::new(s3.clone(), &bucket)), "race").await;
+    racing_replicas(|| Arc::new(S3SessionStore::new(s3.clone(), &bucket)) as Arc<dyn SessionStore>)
+        .await;
+}
+
+#[tokio::test]
+async fn dynamodb_writers_race_without_loss() {
+    let (_, ddb) = clients().await;
+    let store = table(ddb).await;
+    racing_writers(Arc::new(store.clone()), "race").await;
+    racing_replicas(|| Arc::new(store.clone()) as Arc<dyn SessionStore>).await;
+}
+
+#[tokio::test]
+async fn file_writers_race_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    racing_writers(Arc::new(FileSessionStore::new(&root)), "race").await;
+    racing_replicas(|| Arc::new(FileSessionStore::new(&root)) as Arc<dyn SessionStore>).await;
+}
+
+#[tokio::test]
+async fn dynamodb_refuses_an_oversized_message_without_writing_anything() {
+    let (_, ddb) = clients().await;
+    let store = table(ddb)
+        .await
+        .with_ttl(std::time::Duration::from_secs(3600));
+    let key = SessionKey::new("big", "default").unwrap();
+    store
+        .append(&key, 0, &[Message::user("hi")])
+        .await
+        .expect("small");
+    let huge = Message::new(
+        Role::Assistant,
+        vec![ContentBlock::Text("x".repeat(500_000))],
+    );
+    let err = store
+        .append(&key, 1, &[huge, Message::user("after")])
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(err, StoreError::TooLarge { bytes, limit: 380_000, .. } if bytes > 500_000),
+        "{err:?}"
+    );
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        loaded.messages.len(),
+        1,
+        "nothing of the refused batch was written"
+    );
+}
+
+#[tokio::test]
+async fn missing_sessions_load_as_none_everywhere() {
+    let (s3, ddb) = clients().await;
+    let key = SessionKey::new("nobody", "default").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = bucket(&s3).await;
+    let stores: Vec<Arc<dyn SessionStore>> = vec![
+        Arc::new(S3SessionStore::new(s3, &bucket)),
+        Arc::new(table(ddb).await),
+        Arc::new(FileSessionStore::new(dir.path())),
+    ];
+    for store in stores {
+        assert!(store.load(&key).await.unwrap().is_none());
+    }
+}
