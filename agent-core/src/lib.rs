@@ -42,10 +42,6 @@ pub mod session;
 pub mod telemetry;
 pub mod tool;
 
-#[cfg(all(doctest, feature = "otlp"))]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
-
 pub use agent::{
     Agent, AgentBuilder, AgentResult, AgentStream, Limits, Prompt, Session, StopReason, TurnMetrics,
 };

@@ -10,6 +10,11 @@
 //! tool-call ids `chatcmpl-tool-<hex>`; error bodies
 //! `{"error":{"message","type","param","code":<int>}}` (and the legacy flat shape).
 
+/// The README's code blocks, compiled as doc tests (this crate depends on every workspace crate).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,0 +1,179 @@
+//! Session-store measurements against the local S3/DynamoDB server and a local disk: requests
+//! per appended message (counted by an SDK interceptor, so every HTTP request is seen) and the
+//! time to restore a 1,000-message session.
+//!
+//! Run: `scripts/store-bench.sh` (starts and stops the local server).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_core::message::Message;
+use agent_core::session::{SessionKey, SessionStore};
+use agent_memory::{DynamoDbSessionStore, FileSessionStore, S3SessionStore};
+
+#[derive(Debug, Default)]
+struct Counter(Arc<AtomicUsize>);
+
+impl aws_sdk_s3::config::Intercept for Counter {
+    fn name(&self) -> &'static str {
+        "request-counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn conversation(n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                Message::user(format!(
+                    "question {i}: what about the weather in city number {i}?"
+                ))
+            } else {
+                Message::assistant(format!(
+                    "answer {i}: it is sunny, 21 degrees, light wind from the north-west."
+                ))
+            }
+        })
+        .collect()
+}
+
+async fn measure(
+    name: &str,
+    store: Arc<dyn SessionStore>,
+    requests: Option<&AtomicUsize>,
+) -> (f64, Duration) {
+    let key =
+        SessionKey::new(&format!("bench-{name}"), "default").unwrap_or_else(|e| panic!("{e}"));
+    let messages = conversation(1000);
+    // The first append also creates the session document; count the steady state after it.
+    store
+        .append(&key, 0, &messages[..1])
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let before = requests.map(|r| r.load(Ordering::Relaxed));
+    for (i, m) in messages.iter().enumerate().skip(1) {
+        store
+            .append(&key, i, std::slice::from_ref(m))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let per_append = match (requests, before) {
+        (Some(r), Some(b)) => (r.load(Ordering::Relaxed) - b) as f64 / 999.0,
+        _ => f64::NAN,
+    };
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let loaded = store
+            .load(&key)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .unwrap_or_else(|| panic!("{name}: missing"));
+        best = best.min(started.elapsed());
+        assert_eq!(loaded.messages.len(), 1000);
+    }
+    (per_append, best)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        eprintln!(
+            "AWS_ENDPOINT_URL is not set: run scripts/store-bench.sh, which starts the local server"
+        );
+        std::process::exit(2);
+    }
+    let config = aws_config::load_from_env().await;
+    let s3_requests = Arc::new(AtomicUsize::new(0));
+    let s3_config = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(true)
+        .interceptor(Counter(s3_requests.clone()))
+        .build();
+    let s3 = aws_sdk_s3::Client::from_conf(s3_config);
+    let ddb_requests = Arc::new(AtomicUsize::new(0));
+    let ddb_config = aws_sdk_dynamodb::config::Builder::from(&config)
+        .interceptor(DdbCounter(ddb_requests.clone()))
+        .build();
+    let ddb = aws_sdk_dynamodb::Client::from_conf(ddb_config);
+    let suffix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let bucket = format!("bench-{suffix}");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("bucket: {e}"));
+    let table = DynamoDbSessionStore::new(ddb, format!("bench-{suffix}"));
+    table
+        .create_table()
+        .await
+        .unwrap_or_else(|e| panic!("table: {e}"));
+    let dir = std::env::temp_dir().join(format!("agent-store-bench-{suffix}"));
+
+    let rows = [
+        (
+            "S3 (ministack)",
+            measure(
+                "s3",
+                Arc::new(S3SessionStore::new(s3, &bucket)),
+                Some(&s3_requests),
+            )
+            .await,
+        ),
+        (
+            "DynamoDB (ministack)",
+            measure("ddb", Arc::new(table), Some(&ddb_requests)).await,
+        ),
+        (
+            "local files",
+            measure("file", Arc::new(FileSessionStore::new(&dir)), None).await,
+        ),
+    ];
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("\nsession stores: 1,000 messages appended one at a time, then restored (best of 5)");
+    println!(
+        "{:<22} {:>26} {:>28}",
+        "store", "requests per append", "restore 1,000 messages (ms)"
+    );
+    for (name, (per_append, restore)) in rows {
+        let requests = if per_append.is_nan() {
+            "n/a (no requests)".to_owned()
+        } else {
+            format!("{per_append:.2}")
+        };
+        println!(
+            "{name:<22} {requests:>26} {:>28.1}",
+            restore.as_secs_f64() * 1000.0
+        );
+    }
+}
+
+#[derive(Debug)]
+struct DdbCounter(Arc<AtomicUsize>);
+
+impl aws_sdk_dynamodb::config::Intercept for DdbCounter {
+    fn name(&self) -> &'static str {
+        "request-counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
