@@ -4,7 +4,9 @@
 //!   `If-Match`), one request per appended message;
 //! - [`DynamoDbSessionStore`]: short-term memory (the conversation log) in one DynamoDB table with
 //!   condition expressions and a state version;
-//! - [`FileSessionStore`]: the same layout on a local disk, atomic and exclusive writes.
+//! - [`FileSessionStore`]: the same layout on a local disk, atomic and exclusive writes;
+//! - [`DynamoDbMemoryStore`]: long-term memory records per actor and namespace
+//!   (`agent_core::memory::MemoryStore`).
 //!
 //! All implement `agent_core::session::SessionStore`: a second writer of a session gets a typed
 //! `StoreError::Conflict` and nothing is overwritten.
@@ -20,12 +22,14 @@
 
 mod dynamodb;
 mod file;
+mod long_term;
 mod s3;
 mod strands;
 
 pub use agent_core::session::{SessionStore, StoreError};
 pub use dynamodb::{DynamoDbSessionStore, MAX_MESSAGE_BYTES};
 pub use file::FileSessionStore;
+pub use long_term::DynamoDbMemoryStore;
 pub use s3::S3SessionStore;
 
 /// AWS clients for local servers and tests: the endpoint from `AWS_ENDPOINT_URL` (the SDK's own

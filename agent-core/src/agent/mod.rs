@@ -15,6 +15,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::conversation::{ConversationManager, SlidingWindow};
 use crate::error::{AgentError, BuildError};
 use crate::event::AgentEvent;
+use crate::memory::MemoryConfig;
 use crate::message::{ContentBlock, Message};
 use crate::model::{Model, ModelDescriptor, ToolChoice, Usage};
 use crate::retry::RetryPolicy;
@@ -196,6 +197,7 @@ pub(crate) struct AgentInner {
     pub(crate) locks: SessionLocks,
     pub(crate) telemetry: Telemetry,
     pub(crate) descriptor: ModelDescriptor,
+    pub(crate) memory: Option<MemoryConfig>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -257,6 +259,7 @@ pub struct AgentBuilder {
     conversation: Arc<dyn ConversationManager>,
     store: Arc<dyn SessionStore>,
     telemetry: Option<Telemetry>,
+    memory: Option<MemoryConfig>,
 }
 
 impl Default for AgentBuilder {
@@ -275,6 +278,7 @@ impl Default for AgentBuilder {
             conversation: Arc::new(SlidingWindow::default()),
             store: Arc::new(InMemorySessionStore::new()),
             telemetry: None,
+            memory: None,
         }
     }
 }
@@ -383,6 +387,14 @@ impl AgentBuilder {
         self
     }
 
+    /// Long-term memory: relevant records of the invocation's actor are injected into the
+    /// system context (not into history) and finished invocations are mined for new ones, in the
+    /// background. Memory needs an actor: `agent.session(id).actor(user)`.
+    pub fn memory(mut self, memory: MemoryConfig) -> Self {
+        self.memory = Some(memory);
+        self
+    }
+
     /// Builds the agent.
     pub fn build(self) -> Result<Agent, BuildError> {
         let model = self.model.ok_or(BuildError::MissingModel)?;
@@ -420,6 +432,7 @@ impl AgentBuilder {
                 locks: SessionLocks::default(),
                 telemetry,
                 descriptor,
+                memory: self.memory,
             }),
         })
     }

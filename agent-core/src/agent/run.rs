@@ -65,6 +65,8 @@ enum TurnOutcome {
 }
 
 struct Run<'a> {
+    /// The system prompt of this invocation: the agent's, plus injected memories.
+    system_prompt: Option<std::borrow::Cow<'a, str>>,
     /// The `invoke_agent` span's context, when telemetry is on.
     trace: Option<Context>,
     agent: &'a AgentInner,
@@ -165,8 +167,29 @@ async fn run_traced(
         cancel,
         deadline,
         trace,
+        system_prompt: agent
+            .system_prompt
+            .as_deref()
+            .map(std::borrow::Cow::Borrowed),
     };
     let initial_window = run.window;
+    let prompt_text: String = prompt
+        .0
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    if let (Some(memory), Some(actor)) = (&agent.memory, actor_id)
+        && let Some(remembered) = crate::memory::injection(memory, actor, &prompt_text).await
+    {
+        // Injected into the system context of this invocation only, never into history.
+        run.system_prompt = Some(std::borrow::Cow::Owned(match &agent.system_prompt {
+            Some(p) => format!("{p}\n\n{remembered}"),
+            None => remembered,
+        }));
+    }
     let first_new = run.history.len();
 
     // Answer tool uses an earlier run left pending, in the same user message as the prompt.
@@ -251,6 +274,16 @@ async fn run_traced(
             .save_state(&run.key, &state, &stored.state_version)
             .await?;
     }
+    if let (Some(memory), Some(actor)) = (&agent.memory, actor_id)
+        && memory.extract
+    {
+        spawn_extraction(
+            agent,
+            memory,
+            actor,
+            run.history.messages()[first_new..].to_vec(),
+        );
+    }
     let message = run.history.messages()[first_new..]
         .iter()
         .rev()
@@ -262,6 +295,27 @@ async fn run_traced(
         usage,
         turns,
     })
+}
+
+/// Mines a finished invocation for long-term memories, off the response path and bounded.
+fn spawn_extraction(
+    agent: &AgentInner,
+    memory: &crate::memory::MemoryConfig,
+    actor: &str,
+    conversation: Vec<Message>,
+) {
+    let model = agent.model.clone();
+    let store = memory.store.clone();
+    let timeout = memory.extraction_timeout;
+    let actor = actor.to_owned();
+    tokio::spawn(async move {
+        let work = crate::memory::extract_memories(&*model, &*store, &actor, &conversation);
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(records)) => tracing::debug!(count = records.len(), "memories extracted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "memory extraction failed"),
+            Err(_) => tracing::warn!("memory extraction timed out"),
+        }
+    });
 }
 
 impl Run<'_> {
@@ -292,7 +346,7 @@ impl Run<'_> {
             let (mut stream, mut chat) = {
                 let request = ModelRequest {
                     messages: self.window.visible(&self.history),
-                    system_prompt: agent.system_prompt.as_deref(),
+                    system_prompt: self.system_prompt.as_deref(),
                     tools: agent.tools.specs(),
                     tool_choice: &agent.tool_choice,
                 };

@@ -141,6 +141,19 @@ async fn main() {
         ),
     ];
     let _ = std::fs::remove_dir_all(&dir);
+    let memory_client = aws_sdk_dynamodb::Client::new(&config);
+    let dynamo_memory =
+        agent_memory::DynamoDbMemoryStore::new(memory_client, format!("bench-{suffix}"));
+    let memory_rows = [
+        (
+            "in memory",
+            search_latency(Arc::new(agent_core::memory::InMemoryMemoryStore::new())).await,
+        ),
+        (
+            "DynamoDB (ministack)",
+            search_latency(Arc::new(dynamo_memory)).await,
+        ),
+    ];
     println!("\nsession stores: 1,000 messages appended one at a time, then restored (best of 5)");
     println!(
         "{:<22} {:>26} {:>28}",
@@ -156,6 +169,10 @@ async fn main() {
             "{name:<22} {requests:>26} {:>28.1}",
             restore.as_secs_f64() * 1000.0
         );
+    }
+    println!("\nlong-term memory: search (BM25) over 10,000 records of one actor, median of 10");
+    for (name, latency) in memory_rows {
+        println!("{name:<22} {:>26.1} ms", latency.as_secs_f64() * 1000.0);
     }
 }
 
@@ -176,4 +193,56 @@ impl aws_sdk_dynamodb::config::Intercept for DdbCounter {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+async fn search_latency(store: Arc<dyn agent_core::memory::MemoryStore>) -> Duration {
+    use futures::StreamExt;
+    let topics = [
+        "window seats",
+        "vegetarian meals",
+        "lives in Porto",
+        "travels with a dog",
+        "prefers trains",
+        "loves museums",
+    ];
+    futures::stream::iter(0..10_000usize)
+        .map(|i| {
+            let store = store.clone();
+            let content = format!(
+                "{} (note {i}) about city {} and budget {}",
+                topics[i % topics.len()],
+                i % 97,
+                i % 13
+            );
+            async move {
+                store
+                    .put(&agent_core::memory::MemoryRecord::new(
+                        "bench-actor",
+                        "facts",
+                        content,
+                    ))
+                    .await
+                    .unwrap_or_else(|e| panic!("put: {e}"))
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let found = store
+            .search(
+                "bench-actor",
+                None,
+                "does the user like window seats in Porto?",
+                5,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("search: {e}"));
+        times.push(started.elapsed());
+        assert_eq!(found.len(), 5);
+    }
+    times.sort();
+    times[times.len() / 2]
 }

@@ -1,0 +1,301 @@
+//! Long-term memory: injection into the system context (not history), the remember/recall tools,
+//! extraction with consolidation after an invocation, and the DynamoDB memory store against the
+//! local server.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::memory::{
+    InMemoryMemoryStore, MemoryConfig, MemoryRecord, MemoryStore, memory_tools,
+};
+use agent_core::prelude::*;
+use agent_core::session::{InMemorySessionStore, SessionKey, SessionStore};
+use agent_memory::{DynamoDbMemoryStore, DynamoDbSessionStore};
+use agent_tests::{MockVllm, Turn, provider};
+use serde_json::json;
+
+async fn wait_for(
+    store: &dyn MemoryStore,
+    actor: &str,
+    pred: impl Fn(&[MemoryRecord]) -> bool,
+) -> Vec<MemoryRecord> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = store.list(actor, None).await.unwrap();
+        if pred(&records) {
+            return records;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for memories: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn relevant_memories_are_injected_into_the_system_context_only() {
+    let memories = InMemoryMemoryStore::new();
+    memories
+        .put(&MemoryRecord::new(
+            "alice",
+            "preferences",
+            "Prefers window seats on flights",
+        ))
+        .await
+        .unwrap();
+    memories
+        .put(&MemoryRecord::new(
+            "alice",
+            "facts",
+            "Has a dog called Bolt",
+        ))
+        .await
+        .unwrap();
+    memories
+        .put(&MemoryRecord::new(
+            "bob",
+            "preferences",
+            "Prefers aisle seats on flights",
+        ))
+        .await
+        .unwrap();
+    let sessions = InMemorySessionStore::new();
+    let server = MockVllm::start([Turn::text("Window seat booked."), Turn::text("Hello.")])
+        .await
+        .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .system_prompt("You book trips.")
+        .memory(MemoryConfig::new(memories.clone()).extract(false))
+        .session_store(sessions.clone())
+        .build()
+        .expect("agent");
+    agent
+        .session("s1")
+        .actor("alice")
+        .invoke("Book my seat on the Lisbon flight")
+        .await
+        .expect("invoke");
+    let system = server.received()[0].body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(system.starts_with("You book trips."), "{system}");
+    assert!(system.contains("Prefers window seats"), "{system}");
+    assert!(!system.contains("Bolt"), "only relevant records: {system}");
+    assert!(!system.contains("aisle"), "never another actor's: {system}");
+    let stored = sessions
+        .load(&SessionKey::new("s1", "default").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stored
+            .messages
+            .iter()
+            .all(|m| !m.text().contains("window seats")),
+        "not in durable history"
+    );
+    // Without an actor nothing is injected.
+    agent
+        .session("s2")
+        .invoke("Book my seat on the flight")
+        .await
+        .expect("invoke");
+    assert_eq!(
+        server.received()[1].body["messages"][0]["content"],
+        "You book trips."
+    );
+}
+
+#[tokio::test]
+async fn the_model_can_remember_and_recall() {
+    let memories: Arc<dyn MemoryStore> = Arc::new(InMemoryMemoryStore::new());
+    let server = MockVllm::start([
+        Turn::tool_call(
+            "remember",
+            json!({"content": "Allergic to peanuts", "namespace": "facts"}),
+        ),
+        Turn::text("Noted."),
+        Turn::tool_call("recall", json!({"query": "allergies peanuts"})),
+        Turn::text("You are allergic to peanuts."),
+    ])
+    .await
+    .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .tools(memory_tools(memories.clone()))
+        .build()
+        .expect("agent");
+    agent
+        .session("m1")
+        .actor("carol")
+        .invoke("I'm allergic to peanuts")
+        .await
+        .expect("invoke");
+    assert_eq!(
+        memories.list("carol", Some("facts")).await.unwrap()[0].content,
+        "Allergic to peanuts"
+    );
+    agent
+        .session("m2")
+        .actor("carol")
+        .invoke("What am I allergic to?")
+        .await
+        .expect("invoke");
+    let received = server.received();
+    let recalled = received[3].body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(recalled.contains("Allergic to peanuts"), "{recalled}");
+    // Without an actor the tools say why they cannot work.
+    server.push([
+        Turn::tool_call("remember", json!({"content": "x"})),
+        Turn::text("ok"),
+    ]);
+    agent
+        .session("m3")
+        .invoke("remember x")
+        .await
+        .expect("invoke");
+    let last = server.received();
+    let answer = last[5].body["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(answer.contains("no actor id"), "{answer}");
+}
+
+#[tokio::test]
+async fn finished_invocations_are_mined_and_near_duplicates_consolidated() {
+    let memories = InMemoryMemoryStore::new();
+    let server = MockVllm::start([
+        Turn::text("Sure, an aisle seat."),
+        Turn::text(
+            r#"{"memories": [{"namespace": "preferences", "content": "Prefers aisle seats"}]}"#,
+        ),
+    ])
+    .await
+    .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .memory(MemoryConfig::new(memories.clone()))
+        .build()
+        .expect("agent");
+    let r = agent
+        .session("x1")
+        .actor("dave")
+        .invoke("I always want an aisle seat")
+        .await
+        .expect("invoke");
+    assert_eq!(
+        r.text(),
+        "Sure, an aisle seat.",
+        "the answer does not wait for extraction"
+    );
+    let records = wait_for(&memories, "dave", |r| !r.is_empty()).await;
+    assert_eq!(records[0].namespace, "preferences");
+    assert_eq!(records[0].content, "Prefers aisle seats");
+    let extraction = &server.received()[1].body;
+    assert!(
+        extraction["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("extract long-term memories")
+    );
+    assert!(extraction.get("tools").is_none());
+
+    server.push([
+        Turn::text("Aisle it is."),
+        Turn::text(r#"{"memories": [{"namespace": "preferences", "content": "Prefers aisle seats on long flights"}]}"#),
+    ]);
+    agent
+        .session("x2")
+        .actor("dave")
+        .invoke("Aisle seat again please, long flight")
+        .await
+        .expect("invoke");
+    let records = wait_for(&memories, "dave", |r| {
+        r.iter().any(|m| m.content.contains("long flights"))
+    })
+    .await;
+    assert_eq!(records.len(), 1, "updated, not duplicated: {records:?}");
+}
+
+#[tokio::test]
+async fn dynamodb_memory_store_against_the_local_server() {
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        panic!(
+            "AWS_ENDPOINT_URL is not set: run scripts/test.sh, or `scripts/aws-local.sh start` and export AWS_ENDPOINT_URL=<url> AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
+        );
+    }
+    let (_, ddb) = agent_memory::clients_from_env().await;
+    let table = format!(
+        "memories-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    DynamoDbSessionStore::new(ddb.clone(), &table)
+        .create_table()
+        .await
+        .expect("table");
+    let store = DynamoDbMemoryStore::new(ddb, &table);
+    let window = MemoryRecord::new("erin", "preferences", "Prefers window seats");
+    store.put(&window).await.unwrap();
+    store
+        .put(&MemoryRecord::new("erin", "facts", "Lives in Porto"))
+        .await
+        .unwrap();
+    store
+        .put(&MemoryRecord::new("frank", "facts", "Lives in Faro"))
+        .await
+        .unwrap();
+    assert_eq!(store.list("erin", None).await.unwrap().len(), 2);
+    assert_eq!(
+        store.list("erin", Some("facts")).await.unwrap()[0].content,
+        "Lives in Porto"
+    );
+    let found = store
+        .search("erin", None, "where does erin live, porto?", 5)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].record.content, "Lives in Porto");
+    let mut updated = window.clone();
+    updated.content = "Prefers window seats, front of the plane".into();
+    store.put(&updated).await.unwrap();
+    assert_eq!(
+        store.list("erin", Some("preferences")).await.unwrap().len(),
+        1,
+        "put replaces by id"
+    );
+    assert!(
+        store
+            .delete("erin", "preferences", &window.id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete("erin", "preferences", &window.id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .put(&MemoryRecord::new("a/b", "facts", "x"))
+            .await
+            .is_err(),
+        "ids are validated"
+    );
+}
