@@ -13,8 +13,8 @@ CACHE="${AGENT_AWS_CACHE:-$HOME/.cache/agent-runtime/aws}"
 PORT="${AGENT_AWS_PORT:-4566}"
 VERSION="1.5.33"
 VENV="$CACHE/venv-$VERSION"
-PIDFILE="$CACHE/ministack.pid"
-LOG="$CACHE/ministack.log"
+PIDFILE="${AGENT_AWS_PIDFILE:-$CACHE/ministack.pid}"
+LOG="${AGENT_AWS_LOG:-$CACHE/ministack.log}"
 
 say() { printf '[aws-local] %s\n' "$*" >&2; }
 

