@@ -16,6 +16,10 @@ VENV="$CACHE/venv-$VERSION"
 PIDFILE="${AGENT_AWS_PIDFILE:-$CACHE/ministack.pid}"
 LOG="${AGENT_AWS_LOG:-$CACHE/ministack.log}"
 
+NAME=ministack
+# shellcheck source=service.sh
+. "$(dirname "$0")/service.sh"
+
 say() { printf '[aws-local] %s\n' "$*" >&2; }
 
 install() {
@@ -40,13 +44,6 @@ except Exception:
 PY
 }
 
-running_pid() {
-  [ -f "$PIDFILE" ] || return 1
-  local pid
-  pid=$(cat "$PIDFILE")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
 
 start() {
   install
@@ -57,33 +54,10 @@ start() {
   say "starting ministack on 127.0.0.1:$PORT (log: $LOG)"
   BIND_HOST=127.0.0.1 GATEWAY_PORT="$PORT" SERVICES=dynamodb,s3 nohup "$VENV/bin/ministack" >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
-  for _ in $(seq 1 300); do
-    if healthy; then
-      echo "http://127.0.0.1:$PORT"
-      return 0
-    fi
-    if ! running_pid >/dev/null; then
-      say "ministack exited; last lines of $LOG:"
-      tail -n 20 "$LOG" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
-  say "ministack did not become healthy within 30 s"
-  stop
-  exit 1
+  wait_healthy 30 || exit 1
+  echo "http://127.0.0.1:$PORT"
 }
 
-stop() {
-  local pid
-  if pid=$(running_pid); then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    say "stopped ministack (pid $pid)"
-  fi
-  rm -f "$PIDFILE"
-}
 
 case "${1:-}" in
   start) start ;;

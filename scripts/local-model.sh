@@ -23,6 +23,10 @@ MODEL_VERSION="0.2.0"
 PIDFILE="${AGENT_MODEL_PIDFILE:-$CACHE/llama-server.pid}"
 LOG="${AGENT_MODEL_LOG:-$CACHE/llama-server.log}"
 
+NAME=llama-server
+# shellcheck source=service.sh
+. "$(dirname "$0")/service.sh"
+
 say() { printf '[local-model] %s\n' "$*" >&2; }
 
 need_tools() {
@@ -102,13 +106,6 @@ fetch_model() {
   say "model ready: $MODEL"
 }
 
-running_pid() {
-  [ -f "$PIDFILE" ] || return 1
-  local pid
-  pid=$(cat "$PIDFILE")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
 
 healthy() {
   python3 - "$PORT" <<'PY'
@@ -132,33 +129,10 @@ start() {
   nohup "$SERVER" -m "$MODEL" --jinja --host 127.0.0.1 --port "$PORT" -c 8192 -t "$(nproc)" -np 1 \
     --alias local >"$LOG" 2>&1 &
   echo $! > "$PIDFILE"
-  for _ in $(seq 1 120); do
-    if healthy; then
-      echo "http://127.0.0.1:$PORT/v1"
-      return 0
-    fi
-    if ! running_pid >/dev/null; then
-      say "llama-server exited; last lines of $LOG:"
-      tail -n 20 "$LOG" >&2
-      exit 1
-    fi
-    sleep 0.5
-  done
-  say "llama-server did not become healthy within 60 s"
-  stop
-  exit 1
+  wait_healthy 60 || exit 1
+  echo "http://127.0.0.1:$PORT/v1"
 }
 
-stop() {
-  local pid
-  if pid=$(running_pid); then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -9 "$pid" 2>/dev/null || true
-    say "stopped llama-server (pid $pid)"
-  fi
-  rm -f "$PIDFILE"
-}
 
 case "${1:-}" in
   install) build_server; fetch_model ;;

@@ -1,0 +1,41 @@
+# Shared by the scripts that run a local server (sourced, not run). The caller sets NAME,
+# PIDFILE and LOG, and defines say() and healthy().
+
+# The PID of the server this PID file names, if it is running.
+running_pid() {
+  [ -f "$PIDFILE" ] || return 1
+  local pid
+  pid=$(cat "$PIDFILE")
+  kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+# Waits up to $1 seconds for healthy(); fails (after stopping the server) if it never is, or at
+# once if the server exits.
+wait_healthy() {
+  local deadline=$((SECONDS + $1))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    healthy && return 0
+    if ! running_pid >/dev/null; then
+      say "$NAME exited; last lines of $LOG:"
+      tail -n 20 "$LOG" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  say "$NAME did not become healthy within $1 s"
+  stop
+  return 1
+}
+
+# Stops the server this script started, by its PID: TERM, then KILL after 5 s.
+stop() {
+  local pid
+  if pid=$(running_pid); then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    say "stopped $NAME (pid $pid)"
+  fi
+  rm -f "$PIDFILE"
+}
