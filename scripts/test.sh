@@ -27,6 +27,10 @@ trap 'scripts/local-model.sh stop; scripts/aws-local.sh stop; rm -rf "$run_dir"'
 AWS_ENDPOINT_URL=$(scripts/aws-local.sh start)
 export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 
+# MCP: the reference server from npm; tests run it over stdio and stop it themselves.
+MCP_EVERYTHING=$(scripts/mcp-servers.sh)
+export MCP_EVERYTHING
+
 # The real-model smoke test's endpoint: llama.cpp + Qwen2.5-Coder-1.5B on 127.0.0.1. The first
 # run on a machine builds and downloads it (about 12 minutes on 2 cores); it is cached after.
 AGENT_LOCAL_MODEL_URL=$(scripts/local-model.sh start)

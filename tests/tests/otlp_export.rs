@@ -109,8 +109,17 @@ async fn exports_the_span_tree_and_metrics_over_otlp_http() {
     let guard = otlp::init(config).expect("init");
     assert!(guard.is_enabled());
 
+    let entry = std::env::var("MCP_EVERYTHING")
+        .unwrap_or_else(|_| panic!("MCP_EVERYTHING is not set: run scripts/test.sh, or export MCP_EVERYTHING=$(scripts/mcp-servers.sh)"));
+    let mcp = agent_mcp::McpServer::stdio("everything", "node", [entry, "stdio".to_owned()])
+        .allow(["echo"])
+        .connect()
+        .await
+        .expect("mcp");
     let server = MockVllm::start([
-        Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_usage(100, 20),
+        Turn::tool_call("get_weather", json!({"city": "Lisbon"}))
+            .and_tool_call("echo", json!({"message": "hi"}))
+            .with_usage(100, 20),
         Turn::text("Sunny.").with_usage(150, 12),
     ])
     .await
@@ -120,6 +129,7 @@ async fn exports_the_span_tree_and_metrics_over_otlp_http() {
         .name("travel")
         .model(provider(&server))
         .tool(get_weather)
+        .tools(mcp.tools().await.expect("mcp tools"))
         .build()
         .expect("agent");
     agent
@@ -210,6 +220,20 @@ async fn exports_the_span_tree_and_metrics_over_otlp_http() {
         string_attr(&tool, "gen_ai.tool.name").as_deref(),
         Some("get_weather")
     );
+    let mcp_tool = by_name("execute_tool echo")
+        .pop()
+        .expect("the MCP tool's span");
+    assert_eq!(mcp_tool.parent_span_id, invoke.span_id);
+    assert_eq!(mcp_tool.kind, 1);
+    assert_eq!(
+        string_attr(&mcp_tool, "mcp.method.name").as_deref(),
+        Some("tools/call")
+    );
+    assert_eq!(
+        string_attr(&mcp_tool, "network.transport").as_deref(),
+        Some("pipe")
+    );
+    assert!(string_attr(&mcp_tool, "mcp.protocol.version").is_some());
     assert!(
         string_attr(&tool, "gen_ai.tool.call.id")
             .expect("id")
