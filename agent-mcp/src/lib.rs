@@ -12,8 +12,8 @@
 //! ```
 //!
 //! What it does today: stdio (a child process whose stderr goes to `tracing`) and streamable
-//! HTTP (bearer token, custom headers) transports, `initialize` with protocol version 2025-11-25
-//! (which servers negotiate down from); a bounded start (default 30 s); tools adapted with their
+//! HTTP (bearer token, custom headers) transports; protocol negotiation (2026-07-28 through
+//! `server/discover`, falling back to `initialize` with 2025-11-25); a bounded start (default 30 s); tools adapted with their
 //! input schema and description, names made valid for model providers (`^[a-zA-Z0-9_-]{1,64}$`)
 //! with the original kept for the call, an optional prefix, allow/deny filters; results mapped
 //! (text, images, embedded resources, resource links, `structuredContent` checked against the
@@ -33,7 +33,16 @@ use agent_core::tool::{
 };
 use base64::Engine as _;
 use opentelemetry::trace::TraceContextExt as _;
-use rmcp::ServiceExt;
+use rmcp::{ClientLifecycleMode, ClientServiceExt};
+
+/// Protocol negotiation: `server/discover` for 2026-07-28, falling back to `initialize` with
+/// 2025-11-25 for servers that predate it.
+fn lifecycle() -> ClientLifecycleMode {
+    ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::LATEST],
+        legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
+    }
+}
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ContentBlock, Implementation,
     MetaObject, ProtocolVersion, RequestMetaObject, ResourceContents,
@@ -233,7 +242,7 @@ impl McpServer {
                     }
                     handler
                         .clone()
-                        .serve(transport)
+                        .serve_with_lifecycle(transport, lifecycle())
                         .await
                         .map_err(|e| startup(e.to_string()))
                 }
@@ -259,7 +268,7 @@ impl McpServer {
                     let transport = StreamableHttpClientTransport::from_config(config);
                     handler
                         .clone()
-                        .serve(transport)
+                        .serve_with_lifecycle(transport, lifecycle())
                         .await
                         .map_err(|e| startup(e.to_string()))
                 }
@@ -392,6 +401,14 @@ impl McpClient {
     /// The server's name.
     pub fn name(&self) -> &str {
         &self.inner.config.name
+    }
+
+    /// The protocol version the server agreed to.
+    pub fn protocol_version(&self) -> Option<String> {
+        self.inner
+            .service
+            .peer_info()
+            .map(|i| i.protocol_version.to_string())
     }
 }
 

@@ -52,6 +52,8 @@ async fn tools_are_adapted_and_called() {
         .connect()
         .await
         .expect("connect");
+    // server-everything predates 2026-07-28: negotiation falls back to initialize.
+    assert_eq!(client.protocol_version().as_deref(), Some("2025-11-25"));
     let tools = client.tools().await.expect("tools");
     let names: Vec<String> = tools.iter().map(|t| t.spec().name).collect();
     assert!(
