@@ -186,6 +186,11 @@ pub fn similarity(a: &str, b: &str) -> f64 {
 /// Actor, namespace and id.
 type RecordKey = (String, String, String);
 
+/// Orders records as `MemoryStore::list` returns them: oldest first, ties by id.
+pub fn sort_records(records: &mut [MemoryRecord]) {
+    records.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+}
+
 /// Records in process memory.
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryMemoryStore {
@@ -231,7 +236,7 @@ impl MemoryStore for InMemoryMemoryStore {
             .filter(|r| r.actor_id == actor_id && namespace.is_none_or(|n| r.namespace == n))
             .cloned()
             .collect();
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        sort_records(&mut out);
         Ok(out)
     }
 

@@ -52,23 +52,12 @@ fn temp_file(target: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
     let temp = dir.join(format!(
         ".tmp-{}-{:016x}",
         std::process::id(),
-        fastrand_u64()
+        fastrand::u64(..)
     ));
     let mut file = std::fs::File::create_new(&temp).map_err(backend)?;
     file.write_all(bytes).map_err(backend)?;
     file.sync_all().map_err(backend)?;
     Ok(temp)
-}
-
-fn fastrand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 #[async_trait]

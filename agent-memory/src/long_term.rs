@@ -126,7 +126,7 @@ impl MemoryStore for DynamoDbMemoryStore {
                 out.push(r);
             }
         }
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        agent_core::memory::sort_records(&mut out);
         Ok(out)
     }
 

@@ -365,7 +365,7 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
             false,
         );
     }
-    let id = format!("chatcmpl-{:016x}", fastrand_u64());
+    let id = format!("chatcmpl-{:016x}", fastrand::u64(..));
     match &turn.fault {
         Some(Fault::Status {
             code,
@@ -418,17 +418,6 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
         }
         _ => sse_response(chunks),
     }
-}
-
-fn fastrand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    );
-    h.finish()
 }
 
 fn sse(value: &Value) -> Bytes {
@@ -506,7 +495,7 @@ fn stream_chunks(turn: &Turn, id: &str, include_usage: bool) -> Vec<Bytes> {
     let finish = finish_reason(turn);
     let mut finished = false;
     for (i, call) in turn.tool_calls.iter().enumerate() {
-        let call_id = format!("chatcmpl-tool-{:08x}{i}", fastrand_u64() as u32);
+        let call_id = format!("chatcmpl-tool-{:08x}{i}", fastrand::u32(..));
         let last_call = i + 1 == turn.tool_calls.len();
         match turn.args {
             ArgsEncoding::Object => {
@@ -585,7 +574,7 @@ fn render_completion(turn: &Turn, id: &str) -> Value {
                 ArgsEncoding::Object => c.args.clone(),
                 _ => Value::String(args_text(turn, &c.args)),
             };
-            json!({"id": format!("chatcmpl-tool-{:08x}{i}", fastrand_u64() as u32), "type": "function", "function": {"name": c.name, "arguments": arguments}})
+            json!({"id": format!("chatcmpl-tool-{:08x}{i}", fastrand::u32(..)), "type": "function", "function": {"name": c.name, "arguments": arguments}})
         })
         .collect();
     let (p, c) = turn.usage;

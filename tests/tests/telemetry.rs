@@ -488,14 +488,35 @@ fn attributes_of(data: &AggregatedMetrics) -> Vec<KeyValue> {
 
 #[tokio::test]
 async fn disabled_telemetry_records_nothing() {
+    // Even with a recording global provider installed by someone else, an agent records only
+    // when told to (or when `otlp::init` marked the globals as ours).
     let recorder = Recorder::new();
-    let server = MockVllm::start([Turn::text("hi")]).await.expect("server");
+    opentelemetry::global::set_tracer_provider(recorder.tracer_provider.clone());
+    assert!(!Telemetry::default_for_agents().is_enabled());
+    let server = MockVllm::start([Turn::text("hi"), Turn::text("hi again")])
+        .await
+        .expect("server");
     agent(&server, Telemetry::disabled())
         .session("d")
         .invoke("x")
         .await
         .expect("invoke");
-    assert!(recorder.spans().is_empty());
+    let defaulted = Agent::builder()
+        .model(provider_builder(&server).build().expect("model"))
+        .build()
+        .expect("agent");
+    defaulted.session("d2").invoke("x").await.expect("invoke");
+    assert!(
+        recorder.spans().is_empty(),
+        "nothing reached the global provider"
+    );
+    // The same provider does record when asked, so the check above can fail.
+    agent(&server, Telemetry::from_global())
+        .session("d3")
+        .invoke("x")
+        .await
+        .expect_err("script exhausted");
+    assert!(!recorder.spans().is_empty());
     assert_eq!(
         CaptureMode::parse("span_and_event"),
         CaptureMode::SpanAndEvent

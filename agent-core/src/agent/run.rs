@@ -173,22 +173,22 @@ async fn run_traced(
             .map(std::borrow::Cow::Borrowed),
     };
     let initial_window = run.window;
-    let prompt_text: String = prompt
-        .0
-        .iter()
-        .filter_map(|b| match b {
-            ContentBlock::Text(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect();
-    if let (Some(memory), Some(actor)) = (&agent.memory, actor_id)
-        && let Some(remembered) = crate::memory::injection(memory, actor, &prompt_text).await
-    {
-        // Injected into the system context of this invocation only, never into history.
-        run.system_prompt = Some(std::borrow::Cow::Owned(match &agent.system_prompt {
-            Some(p) => format!("{p}\n\n{remembered}"),
-            None => remembered,
-        }));
+    if let (Some(memory), Some(actor)) = (&agent.memory, actor_id) {
+        let prompt_text: String = prompt
+            .0
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        if let Some(remembered) = crate::memory::injection(memory, actor, &prompt_text).await {
+            // Injected into the system context of this invocation only, never into history.
+            run.system_prompt = Some(std::borrow::Cow::Owned(match &agent.system_prompt {
+                Some(p) => format!("{p}\n\n{remembered}"),
+                None => remembered,
+            }));
+        }
     }
     let first_new = run.history.len();
 
