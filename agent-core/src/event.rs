@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::AgentResult;
 use crate::message::{Message, ToolResult};
 use crate::model::Usage;
+use crate::tool::ToolProgress;
 
 /// One event of an agent run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +56,9 @@ pub enum AgentEvent {
         /// The fragment.
         delta: String,
     },
+    /// A running tool reported progress (e.g. an MCP server's `notifications/progress`).
+    /// Advisory: dropped rather than blocking the tool when the consumer is behind.
+    ToolProgress(ToolProgress),
     /// A tool call finished (successfully or not).
     ToolResult {
         /// The result.

@@ -132,13 +132,9 @@ impl Counter {
 }
 
 fn ctx() -> ToolContext {
-    ToolContext {
-        tool_use_id: "tu-1".into(),
-        session_id: "session-9".into(),
-        actor_id: Some("alice".into()),
-        state: AgentState::default(),
-        cancel: CancellationToken::new(),
-    }
+    let mut ctx = ToolContext::new("tu-1", "session-9");
+    ctx.actor_id = Some("alice".into());
+    ctx
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! MCP servers' tools as `agent-core` tools, on `rmcp`.
+//! MCP servers' tools, resources and prompts for `agent-core` agents, on `rmcp`.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -7,52 +7,60 @@
 //!     .prefix("flights")
 //!     .connect()
 //!     .await?;
-//! let tools = flights.tools().await?; // Vec<Arc<dyn Tool>>: hand them to Agent::builder().tools(..)
-//! # let _ = tools; Ok(()) }
+//! // A fixed snapshot: Vec<Arc<dyn Tool>> for Agent::builder().tools(..)
+//! let tools = flights.tools().await?;
+//! // Or a list that follows the server's `tools/list_changed`: Agent::builder().tool_source(..)
+//! let source = flights.tool_source().await?;
+//! # let _ = (tools, source); Ok(()) }
 //! ```
 //!
-//! What it does today: stdio (a child process whose stderr goes to `tracing`) and streamable
-//! HTTP (bearer token, custom headers) transports; protocol negotiation (2026-07-28 through
-//! `server/discover`, falling back to `initialize` with 2025-11-25); a bounded start (default 30 s); tools adapted with their
-//! input schema and description, names made valid for model providers (`^[a-zA-Z0-9_-]{1,64}$`)
-//! with the original kept for the call, an optional prefix, allow/deny filters; results mapped
-//! (text, images, embedded resources, resource links, `structuredContent` checked against the
-//! tool's `outputSchema`, `isError` -> an error result); a per-call timeout (default 60 s, per
-//! tool overrides) and cancellation that send `notifications/cancelled`; W3C trace context in
-//! `_meta.traceparent`.
+//! - **Transports**: stdio (a child process whose stderr goes to `tracing`) and streamable
+//!   HTTP (custom headers, a bearer token, or OAuth 2.1 through rmcp's auth support, see
+//!   [`OAuth`]). Protocol negotiation: 2026-07-28 through `server/discover`, falling back to
+//!   `initialize` with 2025-11-25 (or a pinned version, [`McpServer::protocol_version`]).
+//! - **Tools**: input schema and description kept; names made valid for model providers
+//!   (`^[a-zA-Z0-9_-]{1,64}$`, the MCP name kept for the call); optional prefix; allow/deny
+//!   filters; results mapped (text, images, embedded resources, resource links,
+//!   `structuredContent` checked against the tool's `outputSchema`, `isError` -> an error
+//!   result); W3C `traceparent` in `_meta`; MCP attributes on the agent's `execute_tool` span.
+//! - **Bounded and cancellable**: every request has a bound (tool calls 60 s by default,
+//!   per server and per tool); a timeout or a cancelled invocation sends
+//!   `notifications/cancelled`; the server's progress notifications become
+//!   [`AgentEvent::ToolProgress`](agent_core::AgentEvent::ToolProgress) events;
+//!   `notifications/tools/list_changed` refreshes an agent's tools through
+//!   [`McpClient::tool_source`].
+//! - **Resilient**: when a stdio server exits or an HTTP connection closes, the next request
+//!   reconnects (respawns) with exponential backoff within a bound (30 s by default); a call
+//!   in flight fails at once with an error that says so. An expired HTTP session is
+//!   re-initialised by rmcp. A server that cannot start fails within the startup bound.
+//! - **Resources and prompts**: list, read, get ([`McpClient`]). Server requests: sampling
+//!   ([`SamplingHandler`], e.g. [`ModelSampling`] to route it to the agent's model),
+//!   elicitation ([`ElicitationHandler`], e.g. [`AcceptDefaults`]) and roots; a capability is
+//!   declared only when configured.
+
+// Sampling, roots and logging are deprecated from protocol 2026-07-28 on (SEP-2577) but are how
+// 2025-11-25 servers work; they stay supported and optional.
+#![allow(deprecated)]
+
+mod auth;
+mod client;
+mod handler;
+mod tool;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_core::message::{
-    Bytes, Image, ImageFormat, MediaSource, ToolResultContent, ToolResultStatus,
-};
-use agent_core::tool::{
-    BoxFuture, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, is_valid_tool_name,
-};
-use base64::Engine as _;
-use opentelemetry::trace::TraceContextExt as _;
-use rmcp::{ClientLifecycleMode, ClientServiceExt};
+pub use auth::{Authorizer, OAuth};
+pub use client::{McpClient, McpToolSource};
+pub use handler::{AcceptDefaults, ElicitationHandler, ModelSampling, SamplingHandler};
+/// The rmcp crate, for its model types (results, prompts, resources, sampling requests).
+pub use rmcp;
 
-/// Protocol negotiation: `server/discover` for 2026-07-28, falling back to `initialize` with
-/// 2025-11-25 for servers that predate it.
-fn lifecycle() -> ClientLifecycleMode {
-    ClientLifecycleMode::Auto {
-        preferred_versions: vec![ProtocolVersion::LATEST],
-        legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
-    }
-}
-use rmcp::model::{
-    CallToolRequestParams, ClientCapabilities, ClientConfig, ContentBlock, Implementation,
-    MetaObject, ProtocolVersion, RequestMetaObject, ResourceContents,
-};
-use rmcp::service::{RoleClient, RunningService, ServiceError};
-use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
-use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
+use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion, Root};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
-/// Why connecting to or listing an MCP server failed.
+/// Why connecting to or asking an MCP server failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum McpError {
@@ -91,17 +99,37 @@ enum Transport {
     },
 }
 
-/// How to reach one MCP server and adapt its tools.
-#[derive(Debug, Clone)]
+/// How to reach one MCP server and adapt what it offers.
+#[derive(Clone)]
 pub struct McpServer {
     name: String,
     transport: Transport,
     startup_timeout: Duration,
+    reconnect_timeout: Duration,
     call_timeout: Duration,
     tool_timeouts: HashMap<String, Duration>,
     prefix: Option<String>,
     allow: Option<HashSet<String>>,
     deny: HashSet<String>,
+    protocol: Option<ProtocolVersion>,
+    oauth: Option<OAuth>,
+    sampling: Option<Arc<dyn SamplingHandler>>,
+    elicitation: Option<Arc<dyn ElicitationHandler>>,
+    roots: Vec<Root>,
+}
+
+impl std::fmt::Debug for McpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpServer")
+            .field("name", &self.name)
+            .field("transport", &self.transport)
+            .field("call_timeout", &self.call_timeout)
+            .field("prefix", &self.prefix)
+            .field("oauth", &self.oauth)
+            .field("sampling", &self.sampling.is_some())
+            .field("elicitation", &self.elicitation.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl McpServer {
@@ -110,11 +138,17 @@ impl McpServer {
             name: name.into(),
             transport,
             startup_timeout: Duration::from_secs(30),
+            reconnect_timeout: Duration::from_secs(30),
             call_timeout: Duration::from_secs(60),
             tool_timeouts: HashMap::new(),
             prefix: None,
             allow: None,
             deny: HashSet::new(),
+            protocol: None,
+            oauth: None,
+            sampling: None,
+            elicitation: None,
+            roots: Vec::new(),
         }
     }
 
@@ -154,7 +188,7 @@ impl McpServer {
         self
     }
 
-    /// A bearer token for an HTTP server.
+    /// A static bearer token for an HTTP server.
     pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
         if let Transport::Http { bearer, .. } = &mut self.transport {
             *bearer = Some(token.into());
@@ -170,13 +204,38 @@ impl McpServer {
         self
     }
 
-    /// Bound on starting and initializing (default 30 s).
+    /// OAuth 2.1 for an HTTP server: run when the server answers 401 (or 403 for more scope).
+    pub fn oauth(mut self, oauth: OAuth) -> Self {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    /// Pins the protocol version (`2025-11-25` uses `initialize`; `2026-07-28` uses
+    /// `server/discover`). Default: 2026-07-28 with fallback to 2025-11-25.
+    pub fn protocol_version(mut self, version: &str) -> Result<Self, McpError> {
+        let known = ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .find(|v| v.to_string() == version)
+            .cloned()
+            .ok_or_else(|| McpError::Config(format!("unknown MCP protocol version `{version}`")))?;
+        self.protocol = Some(known);
+        Ok(self)
+    }
+
+    /// Bound on starting and completing the handshake (default 30 s).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
         self
     }
 
-    /// Default bound on one tool call (default 60 s).
+    /// Bound on reconnecting after the server exited or the connection closed, all attempts
+    /// included (default 30 s).
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
+    }
+
+    /// Default bound on one request or tool call (default 60 s).
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self
@@ -206,410 +265,102 @@ impl McpServer {
         self
     }
 
-    /// Starts (stdio) or reaches (HTTP) the server and completes the handshake, within the
-    /// startup timeout.
-    pub async fn connect(self) -> Result<McpClient, McpError> {
-        let startup = |reason: String| McpError::Startup {
-            server: self.name.clone(),
-            reason,
+    /// Answers the server's sampling requests (declares the capability).
+    pub fn sampling(mut self, handler: Arc<dyn SamplingHandler>) -> Self {
+        self.sampling = Some(handler);
+        self
+    }
+
+    /// Answers the server's elicitation requests (declares the capability, form and URL mode).
+    pub fn elicitation(mut self, handler: Arc<dyn ElicitationHandler>) -> Self {
+        self.elicitation = Some(handler);
+        self
+    }
+
+    /// A root (`file://` URI and name) the server may ask for (declares the capability).
+    pub fn root(mut self, uri: impl Into<String>, name: impl Into<String>) -> Self {
+        self.roots
+            .push(Root::new(uri.into()).with_name(name.into()));
+        self
+    }
+
+    fn network_transport(&self) -> &'static str {
+        match self.transport {
+            Transport::Stdio { .. } => "pipe",
+            Transport::Http { .. } => "tcp",
+        }
+    }
+
+    fn http_config(&self) -> Result<StreamableHttpClientTransportConfig, McpError> {
+        let Transport::Http {
+            url,
+            bearer,
+            headers,
+        } = &self.transport
+        else {
+            return Err(McpError::Config("not an HTTP server".into()));
         };
-        let handler = ClientConfig::new(
-            ClientCapabilities::default(),
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone());
+        if let Some(token) = bearer {
+            config = config.auth_header(token.clone());
+        }
+        let mut custom = HashMap::new();
+        for (k, v) in headers {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| McpError::Config(format!("invalid header name `{k}`")))?;
+            let value = reqwest::header::HeaderValue::from_str(v)
+                .map_err(|_| McpError::Config(format!("invalid value for header `{k}`")))?;
+            custom.insert(name, value);
+        }
+        Ok(config.custom_headers(custom))
+    }
+
+    fn capabilities(&self) -> Result<ClientCapabilities, McpError> {
+        let mut caps = serde_json::Map::new();
+        if self.sampling.is_some() {
+            caps.insert("sampling".into(), serde_json::json!({}));
+        }
+        if self.elicitation.is_some() {
+            caps.insert(
+                "elicitation".into(),
+                serde_json::json!({"form": {}, "url": {}}),
+            );
+        }
+        if !self.roots.is_empty() {
+            caps.insert("roots".into(), serde_json::json!({"listChanged": false}));
+        }
+        serde_json::from_value(serde_json::Value::Object(caps))
+            .map_err(|e| McpError::Config(format!("client capabilities: {e}")))
+    }
+
+    /// Starts (stdio) or reaches (HTTP) the server and completes the handshake, within the
+    /// startup timeout (one attempt; later reconnects retry with backoff).
+    pub async fn connect(self) -> Result<McpClient, McpError> {
+        if let Transport::Http { url, .. } = &self.transport {
+            reqwest::Url::parse(url)
+                .map_err(|e| McpError::Config(format!("invalid MCP server URL `{url}`: {e}")))?;
+        }
+        let protocol = match &self.protocol {
+            Some(v) if v.has_initialize() => v.clone(),
+            _ => ProtocolVersion::LATEST_WITH_INITIALIZE,
+        };
+        let info = ClientConfig::new(
+            self.capabilities()?,
             Implementation::new("agent-mcp", env!("CARGO_PKG_VERSION")),
         )
-        .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE);
-        let connecting = async {
-            match &self.transport {
-                Transport::Stdio { command, args, env } => {
-                    let cmd = tokio::process::Command::new(command).configure(|c| {
-                        c.args(args);
-                        for (k, v) in env {
-                            c.env(k, v);
-                        }
-                    });
-                    let (transport, stderr) = TokioChildProcess::builder(cmd)
-                        .stderr(std::process::Stdio::piped())
-                        .spawn()
-                        .map_err(|e| startup(format!("cannot run `{command}`: {e}")))?;
-                    if let Some(stderr) = stderr {
-                        let server = self.name.clone();
-                        tokio::spawn(async move {
-                            let mut lines = tokio::io::BufReader::new(stderr).lines();
-                            while let Ok(Some(line)) = lines.next_line().await {
-                                tracing::info!(target: "agent_mcp::server", server = %server, "{line}");
-                            }
-                        });
-                    }
-                    handler
-                        .clone()
-                        .serve_with_lifecycle(transport, lifecycle())
-                        .await
-                        .map_err(|e| startup(e.to_string()))
-                }
-                Transport::Http {
-                    url,
-                    bearer,
-                    headers,
-                } => {
-                    let mut config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.clone());
-                    if let Some(token) = bearer {
-                        config = config.auth_header(token.clone());
-                    }
-                    let mut custom = HashMap::new();
-                    for (k, v) in headers {
-                        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                            .map_err(|_| McpError::Config(format!("invalid header name `{k}`")))?;
-                        let value = reqwest::header::HeaderValue::from_str(v).map_err(|_| {
-                            McpError::Config(format!("invalid value for header `{k}`"))
-                        })?;
-                        custom.insert(name, value);
-                    }
-                    config = config.custom_headers(custom);
-                    let transport = StreamableHttpClientTransport::from_config(config);
-                    handler
-                        .clone()
-                        .serve_with_lifecycle(transport, lifecycle())
-                        .await
-                        .map_err(|e| startup(e.to_string()))
-                }
-            }
+        .with_protocol_version(protocol);
+        let (tools_changed, _) = tokio::sync::watch::channel(0u64);
+        let handler = handler::Handler {
+            server: self.name.as_str().into(),
+            info,
+            sampling: self.sampling.clone(),
+            elicitation: self.elicitation.clone(),
+            roots: Arc::new(self.roots.clone()),
+            progress: Arc::new(Mutex::new(HashMap::new())),
+            tools_changed: Arc::new(tools_changed),
         };
-        let service = tokio::time::timeout(self.startup_timeout, connecting)
-            .await
-            .map_err(|_| {
-                startup(format!(
-                    "no answer to `initialize` within {} ms",
-                    self.startup_timeout.as_millis()
-                ))
-            })??;
-        Ok(McpClient {
-            inner: Arc::new(Connection {
-                service,
-                config: self,
-            }),
-        })
-    }
-}
-
-struct Connection {
-    service: RunningService<RoleClient, ClientConfig>,
-    config: McpServer,
-}
-
-/// A connected MCP server.
-#[derive(Clone)]
-pub struct McpClient {
-    inner: Arc<Connection>,
-}
-
-impl std::fmt::Debug for McpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("McpClient")
-            .field("server", &self.inner.config.name)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A name valid for model providers made from an MCP tool name.
-fn provider_name(prefix: Option<&str>, name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let full = match prefix {
-        Some(p) => format!("{p}_{clean}"),
-        None => clean,
-    };
-    if full.len() <= 64 {
-        return full;
-    }
-    // Keep it unique when cut: a short hash of the whole name at the end.
-    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("{}_{:08x}", &full[..55], hash as u32)
-}
-
-impl McpClient {
-    /// The server's tools as agent tools (allow/deny filters and the prefix applied).
-    pub async fn tools(&self) -> Result<Vec<Arc<dyn Tool>>, McpError> {
-        let config = &self.inner.config;
-        let listed = tokio::time::timeout(config.call_timeout, self.inner.service.list_all_tools())
-            .await
-            .map_err(|_| McpError::Request {
-                server: config.name.clone(),
-                reason: "tools/list timed out".into(),
-            })?
-            .map_err(|e| McpError::Request {
-                server: config.name.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut used = HashSet::new();
-        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
-        for tool in listed {
-            let remote = tool.name.to_string();
-            if config.deny.contains(&remote)
-                || config.allow.as_ref().is_some_and(|a| !a.contains(&remote))
-            {
-                continue;
-            }
-            let mut name = provider_name(config.prefix.as_deref(), &remote);
-            let mut n = 2;
-            while used.contains(&name) {
-                name = format!(
-                    "{}_{n}",
-                    &provider_name(config.prefix.as_deref(), &remote)[..name.len().min(60)]
-                );
-                n += 1;
-            }
-            if !is_valid_tool_name(&name) {
-                continue;
-            }
-            used.insert(name.clone());
-            let output_schema = tool
-                .output_schema
-                .as_ref()
-                .map(|s| Value::Object((**s).clone()));
-            let output_validator = output_schema
-                .as_ref()
-                .and_then(|s| jsonschema::validator_for(s).ok());
-            tools.push(Arc::new(McpTool {
-                connection: self.inner.clone(),
-                timeout: config
-                    .tool_timeouts
-                    .get(&remote)
-                    .copied()
-                    .unwrap_or(config.call_timeout),
-                spec: ToolSpec {
-                    name,
-                    description: tool.description.as_deref().unwrap_or(&remote).to_owned(),
-                    input_schema: Value::Object((*tool.input_schema).clone()),
-                },
-                remote,
-                output_validator,
-            }));
-        }
-        Ok(tools)
-    }
-
-    /// The server's name.
-    pub fn name(&self) -> &str {
-        &self.inner.config.name
-    }
-
-    /// The protocol version the server agreed to.
-    pub fn protocol_version(&self) -> Option<String> {
-        self.inner
-            .service
-            .peer_info()
-            .map(|i| i.protocol_version.to_string())
-    }
-}
-
-struct McpTool {
-    connection: Arc<Connection>,
-    remote: String,
-    spec: ToolSpec,
-    timeout: Duration,
-    output_validator: Option<jsonschema::Validator>,
-}
-
-/// `traceparent` of the current span, for `_meta` (W3C trace context).
-fn traceparent() -> Option<String> {
-    let cx = opentelemetry::Context::current();
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
-}
-
-impl Tool for McpTool {
-    fn spec(&self) -> ToolSpec {
-        self.spec.clone()
-    }
-
-    fn timeout(&self) -> Option<Duration> {
-        // The executor's bound; the call below also bounds itself so that the server hears
-        // `notifications/cancelled` when it expires.
-        Some(self.timeout + Duration::from_secs(1))
-    }
-
-    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let server = &self.connection.config.name;
-            let arguments = match input {
-                Value::Object(map) => map,
-                _ => serde_json::Map::new(),
-            };
-            // The agent's execute_tool span is current here: add the MCP attributes to it rather
-            // than opening a second span (the conventions' advice).
-            {
-                let cx = opentelemetry::Context::current();
-                let span = cx.span();
-                if span.is_recording() {
-                    span.set_attribute(opentelemetry::KeyValue::new(
-                        "mcp.method.name",
-                        "tools/call",
-                    ));
-                    span.set_attribute(opentelemetry::KeyValue::new(
-                        "mcp.server.name",
-                        server.clone(),
-                    ));
-                    let transport = match self.connection.config.transport {
-                        Transport::Stdio { .. } => "pipe",
-                        Transport::Http { .. } => "tcp",
-                    };
-                    span.set_attribute(opentelemetry::KeyValue::new(
-                        "network.transport",
-                        transport,
-                    ));
-                    if let Some(info) = self.connection.service.peer_info() {
-                        span.set_attribute(opentelemetry::KeyValue::new(
-                            "mcp.protocol.version",
-                            info.protocol_version.to_string(),
-                        ));
-                    }
-                }
-            }
-            let mut params =
-                CallToolRequestParams::new(self.remote.clone()).with_arguments(arguments);
-            if let Some(tp) = traceparent() {
-                let mut meta = serde_json::Map::new();
-                meta.insert("traceparent".into(), Value::String(tp));
-                params.meta = Some(RequestMetaObject(MetaObject(meta)));
-            }
-            // Dropping the call future (timeout or cancellation) sends notifications/cancelled.
-            let call =
-                tokio::time::timeout(self.timeout, self.connection.service.call_tool(params));
-            let result = tokio::select! {
-                r = call => r,
-                () = ctx.cancel.cancelled() => return Err(ToolError::new(format!("MCP tool `{}` on `{server}` was cancelled", self.remote))),
-            };
-            let result = match result {
-                Err(_) => {
-                    return Err(ToolError::new(format!(
-                        "MCP tool `{}` on `{server}` did not answer within {} ms",
-                        self.remote,
-                        self.timeout.as_millis()
-                    )));
-                }
-                Ok(Err(ServiceError::McpError(e))) => {
-                    return Err(ToolError::new(format!(
-                        "MCP server `{server}`: {}",
-                        e.message
-                    )));
-                }
-                Ok(Err(ServiceError::TransportClosed)) => {
-                    return Err(ToolError::new(format!(
-                        "MCP server `{server}` is not running (its connection closed)"
-                    )));
-                }
-                Ok(Err(e)) => return Err(ToolError::new(format!("MCP server `{server}`: {e}"))),
-                Ok(Ok(r)) => r,
-            };
-            let mut content = Vec::new();
-            if let Some(structured) = result.structured_content {
-                if let Some(validator) = &self.output_validator
-                    && let Some(problem) = validator.iter_errors(&structured).next()
-                {
-                    return Err(ToolError::new(format!(
-                        "MCP tool `{}` returned structured content that does not match its output schema: {problem}",
-                        self.remote
-                    )));
-                }
-                content.push(ToolResultContent::Json(structured));
-            }
-            for block in result.content {
-                if let Some(c) = map_content(block) {
-                    content.push(c);
-                }
-            }
-            let status = if result.is_error == Some(true) {
-                ToolResultStatus::Error
-            } else {
-                ToolResultStatus::Success
-            };
-            Ok(ToolOutput { status, content })
-        })
-    }
-}
-
-fn map_content(block: ContentBlock) -> Option<ToolResultContent> {
-    match block {
-        ContentBlock::Text(t) => Some(ToolResultContent::Text(t.text)),
-        ContentBlock::Image(img) => {
-            let format = match img.mime_type.as_str() {
-                "image/png" => Some(ImageFormat::Png),
-                "image/jpeg" => Some(ImageFormat::Jpeg),
-                "image/gif" => Some(ImageFormat::Gif),
-                "image/webp" => Some(ImageFormat::Webp),
-                _ => None,
-            };
-            match (
-                format,
-                base64::engine::general_purpose::STANDARD.decode(img.data.as_bytes()),
-            ) {
-                (Some(format), Ok(bytes)) => Some(ToolResultContent::Image(Image {
-                    format,
-                    source: MediaSource {
-                        bytes: Bytes(bytes),
-                    },
-                })),
-                _ => Some(ToolResultContent::Text(format!(
-                    "[image: {}]",
-                    img.mime_type
-                ))),
-            }
-        }
-        ContentBlock::Resource(r) => match r.resource {
-            ResourceContents::TextResourceContents { uri, text, .. } => {
-                Some(ToolResultContent::Text(format!("[resource {uri}]\n{text}")))
-            }
-            ResourceContents::BlobResourceContents { uri, mime_type, .. } => {
-                Some(ToolResultContent::Text(format!(
-                    "[resource {uri}: binary {}]",
-                    mime_type.unwrap_or_else(|| "data".into())
-                )))
-            }
-            _ => None,
-        },
-        ContentBlock::ResourceLink(link) => Some(ToolResultContent::Text(format!(
-            "[resource link {} ({})]",
-            link.uri, link.name
-        ))),
-        ContentBlock::Audio(a) => {
-            Some(ToolResultContent::Text(format!("[audio: {}]", a.mime_type)))
-        }
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn provider_names_are_valid_and_unique_when_cut() {
-        assert_eq!(provider_name(None, "get-sum"), "get-sum");
-        assert_eq!(
-            provider_name(Some("everything"), "files.read"),
-            "everything_files_read"
-        );
-        let long_a = provider_name(None, &format!("{}a", "x".repeat(100)));
-        let long_b = provider_name(None, &format!("{}b", "x".repeat(100)));
-        assert!(long_a.len() <= 64 && is_valid_tool_name(&long_a));
-        assert_ne!(long_a, long_b);
+        let shared = Arc::new(client::Shared::new(self, handler));
+        shared.connect_first().await?;
+        Ok(McpClient { shared })
     }
 }

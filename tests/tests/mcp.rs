@@ -22,13 +22,7 @@ fn everything() -> McpServer {
 }
 
 fn ctx() -> ToolContext {
-    ToolContext {
-        tool_use_id: "t1".into(),
-        session_id: "s".into(),
-        actor_id: None,
-        state: AgentState::default(),
-        cancel: CancellationToken::new(),
-    }
+    ToolContext::new("t1", "s")
 }
 
 fn find(tools: &[Arc<dyn Tool>], name: &str) -> Arc<dyn Tool> {

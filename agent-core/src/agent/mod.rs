@@ -22,7 +22,7 @@ use crate::retry::RetryPolicy;
 use crate::session::{InMemorySessionStore, SessionStore, validate_id};
 use crate::telemetry::Telemetry;
 use crate::tool::executor::ExecutorConfig;
-use crate::tool::{Tool, ToolRegistry};
+use crate::tool::{Tool, ToolRegistry, ToolSource};
 
 mod run;
 
@@ -186,7 +186,7 @@ pub(crate) struct AgentInner {
     pub(crate) id: String,
     pub(crate) model: Arc<dyn Model>,
     pub(crate) system_prompt: Option<String>,
-    pub(crate) tools: ToolRegistry,
+    pub(crate) tools: AgentTools,
     pub(crate) tool_choice: ToolChoice,
     pub(crate) executor: ExecutorConfig,
     pub(crate) limits: Limits,
@@ -206,7 +206,7 @@ impl std::fmt::Debug for Agent {
             .field("name", &self.inner.name)
             .field("id", &self.inner.id)
             .field("model", &self.inner.model.descriptor())
-            .field("tools", &self.inner.tools)
+            .field("tools", &self.inner.tools.current())
             .field("limits", &self.inner.limits)
             .finish_non_exhaustive()
     }
@@ -228,9 +228,10 @@ impl Agent {
         &self.inner.id
     }
 
-    /// The registered tools.
-    pub fn tools(&self) -> &ToolRegistry {
-        &self.inner.tools
+    /// The tools the next model call will see (the fixed ones plus the current tools of each
+    /// [`ToolSource`]).
+    pub fn tools(&self) -> Arc<ToolRegistry> {
+        self.inner.tools.current()
     }
 
     /// A handle on one session. Nothing is loaded until an invocation runs.
@@ -251,6 +252,7 @@ pub struct AgentBuilder {
     model: Option<Arc<dyn Model>>,
     system_prompt: Option<String>,
     tools: Vec<Arc<dyn Tool>>,
+    tool_sources: Vec<Arc<dyn ToolSource>>,
     tool_choice: ToolChoice,
     executor: ExecutorConfig,
     limits: Limits,
@@ -270,6 +272,7 @@ impl Default for AgentBuilder {
             model: None,
             system_prompt: None,
             tools: Vec::new(),
+            tool_sources: Vec::new(),
             tool_choice: ToolChoice::Auto,
             executor: ExecutorConfig::default(),
             limits: Limits::default(),
@@ -323,6 +326,15 @@ impl AgentBuilder {
     /// Adds shared tools.
     pub fn tools(mut self, tools: impl IntoIterator<Item = Arc<dyn Tool>>) -> Self {
         self.tools.extend(tools);
+        self
+    }
+
+    /// Adds a changing set of tools (e.g. an MCP server's, refreshed on `tools/list_changed`).
+    /// Its list is re-read before a model call whenever its generation changed. A tool of a
+    /// later list whose name clashes with another is left out with a warning; clashes in the
+    /// first list fail [`build`](Self::build).
+    pub fn tool_source(mut self, source: Arc<dyn ToolSource>) -> Self {
+        self.tool_sources.push(source);
         self
     }
 
@@ -411,10 +423,26 @@ impl AgentBuilder {
         }
         let descriptor = model.descriptor();
         let telemetry = self.telemetry.unwrap_or_else(Telemetry::default_for_agents);
-        let mut tools = ToolRegistry::new();
-        for t in self.tools {
-            tools.register(t)?;
+        let mut fixed = ToolRegistry::new();
+        for t in &self.tools {
+            fixed.register(t.clone())?;
         }
+        let generations: Vec<u64> = self.tool_sources.iter().map(|s| s.generation()).collect();
+        let mut first = ToolRegistry::new();
+        for t in self
+            .tools
+            .iter()
+            .cloned()
+            .chain(self.tool_sources.iter().flat_map(|s| s.tools()))
+        {
+            first.register(t)?;
+        }
+        let tools = AgentTools {
+            fixed_list: self.tools,
+            fixed: Arc::new(fixed),
+            sources: self.tool_sources,
+            current: std::sync::RwLock::new((generations, Arc::new(first))),
+        };
         Ok(Agent {
             inner: Arc::new(AgentInner {
                 name: self.name,
@@ -622,5 +650,44 @@ mod tests {
             )
             .await;
         assert!(again.is_some());
+    }
+}
+
+/// The agent's tools: a fixed registry, plus tool sources whose lists are re-read when their
+/// generation changes.
+pub(crate) struct AgentTools {
+    fixed_list: Vec<Arc<dyn Tool>>,
+    fixed: Arc<ToolRegistry>,
+    sources: Vec<Arc<dyn ToolSource>>,
+    current: std::sync::RwLock<(Vec<u64>, Arc<ToolRegistry>)>,
+}
+
+impl AgentTools {
+    /// The registry the next model call uses.
+    pub(crate) fn current(&self) -> Arc<ToolRegistry> {
+        if self.sources.is_empty() {
+            return self.fixed.clone();
+        }
+        let generations: Vec<u64> = self.sources.iter().map(|s| s.generation()).collect();
+        {
+            let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if current.0 == generations {
+                return current.1.clone();
+            }
+        }
+        let mut registry = ToolRegistry::new();
+        for tool in self
+            .fixed_list
+            .iter()
+            .cloned()
+            .chain(self.sources.iter().flat_map(|s| s.tools()))
+        {
+            if let Err(e) = registry.register(tool) {
+                tracing::warn!(error = %e, "a changed tool list holds a tool that cannot be registered; left out");
+            }
+        }
+        let registry = Arc::new(registry);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (generations, registry.clone());
+        registry
     }
 }

@@ -18,8 +18,8 @@ use crate::history::History;
 use crate::message::{ContentBlock, Message, Role, ToolResult, ToolUse};
 use crate::model::{ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, Usage};
 use crate::session::{SessionKey, SessionState, validate_id};
-use crate::tool::AgentState;
 use crate::tool::executor::{CallScope, execute_stream};
+use crate::tool::{AgentState, ProgressReporter};
 
 /// Text of the results that answer tool uses left pending by an interrupted run.
 pub const INTERRUPTED_TEXT: &str = "Tool was interrupted.";
@@ -336,6 +336,7 @@ impl Run<'_> {
 
     async fn model_turn(&mut self) -> Result<TurnOutcome, AgentError> {
         let agent = self.agent;
+        let tools = agent.tools.current();
         let mut attempts = 0u32;
         let mut failures = 0u32;
         let mut reductions = 0u32;
@@ -347,7 +348,7 @@ impl Run<'_> {
                 let request = ModelRequest {
                     messages: self.window.visible(&self.history),
                     system_prompt: self.system_prompt.as_deref(),
-                    tools: agent.tools.specs(),
+                    tools: tools.specs(),
                     tool_choice: &agent.tool_choice,
                 };
                 let chat = self.trace.as_ref().and_then(|cx| {
@@ -484,11 +485,25 @@ impl Run<'_> {
     /// calls and, if the run must stop, why.
     async fn tool_batch(&mut self) -> Result<(u32, Option<StopReason>), AgentError> {
         let agent = self.agent;
+        let tools = agent.tools.current();
         let scope = CallScope {
             session_id: self.key.session_id.clone(),
             actor_id: self.actor_id.clone(),
             state: self.state.clone(),
             trace: self.trace.clone().map(|cx| (agent.telemetry.clone(), cx)),
+            progress: match &self.emitter.tx {
+                Some(tx) => {
+                    let tx = tx.clone();
+                    ProgressReporter::new(
+                        String::new(),
+                        std::sync::Arc::new(move |p| {
+                            // Never block the tool: a lagging consumer loses progress, not results.
+                            let _ = tx.try_send(Ok(AgentEvent::ToolProgress(p)));
+                        }),
+                    )
+                }
+                None => ProgressReporter::default(),
+            },
         };
         let tools_cancel = self.cancel.child_token();
         let mut timed_out = false;
@@ -502,7 +517,7 @@ impl Run<'_> {
                 .unwrap_or_default();
             results.reserve(uses.len());
             let mut stream = std::pin::pin!(execute_stream(
-                &agent.tools,
+                &tools,
                 &agent.executor,
                 &uses,
                 &scope,

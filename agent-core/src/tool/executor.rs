@@ -11,7 +11,7 @@ use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{AgentState, ToolContext, ToolRegistry};
+use super::{AgentState, ProgressReporter, ToolContext, ToolRegistry};
 use crate::message::{ToolResult, ToolUse};
 use crate::telemetry::Telemetry;
 use opentelemetry::context::FutureExt as _;
@@ -48,6 +48,8 @@ pub struct CallScope {
     pub state: AgentState,
     /// Telemetry and the parent span context of `execute_tool` spans.
     pub trace: Option<(Telemetry, opentelemetry::Context)>,
+    /// Where the tools' progress reports go (its tool use id is replaced per call).
+    pub progress: ProgressReporter,
 }
 
 impl CallScope {
@@ -62,6 +64,7 @@ impl CallScope {
             actor_id,
             state,
             trace: None,
+            progress: ProgressReporter::default(),
         }
     }
 }
@@ -217,6 +220,10 @@ async fn run_call(
         actor_id: scope.actor_id.clone(),
         state: scope.state.clone(),
         cancel: call_cancel.clone(),
+        progress: ProgressReporter {
+            sink: scope.progress.sink.clone(),
+            tool_use_id: id.clone(),
+        },
     };
     let call = AssertUnwindSafe(entry.tool.call(input, ctx)).catch_unwind();
     let outcome = tokio::select! {

@@ -46,6 +46,96 @@ pub struct ToolContext {
     pub state: AgentState,
     /// Cancelled when the invocation is cancelled or the call times out: stop promptly.
     pub cancel: CancellationToken,
+    /// Reports progress of a long call to the invocation's event stream.
+    pub progress: ProgressReporter,
+}
+
+impl ToolContext {
+    /// A context for calling a tool outside an agent (tests, direct use): fresh state, a token
+    /// that is never cancelled unless you cancel it, progress reports discarded.
+    pub fn new(tool_use_id: impl Into<String>, session_id: impl Into<Arc<str>>) -> Self {
+        Self {
+            tool_use_id: tool_use_id.into(),
+            session_id: session_id.into(),
+            actor_id: None,
+            state: AgentState::default(),
+            cancel: CancellationToken::new(),
+            progress: ProgressReporter::default(),
+        }
+    }
+}
+
+/// Progress of one tool call, as reported by the tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolProgress {
+    /// The tool use the progress belongs to.
+    pub tool_use_id: String,
+    /// Work done so far (grows with each report).
+    pub progress: f64,
+    /// Total work, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<f64>,
+    /// A human-readable status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a tool's progress reports go: the agent's event stream as
+/// [`AgentEvent::ToolProgress`](crate::event::AgentEvent::ToolProgress) when the invocation is
+/// streamed, nowhere otherwise. Reporting never blocks the tool: when the stream's consumer is
+/// behind, a report is dropped (progress is advisory; the result is never dropped).
+#[derive(Clone, Default)]
+pub struct ProgressReporter {
+    sink: Option<Arc<dyn Fn(ToolProgress) + Send + Sync>>,
+    tool_use_id: String,
+}
+
+impl fmt::Debug for ProgressReporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProgressReporter")
+            .field("active", &self.sink.is_some())
+            .finish()
+    }
+}
+
+impl ProgressReporter {
+    /// A reporter that hands each report to `sink`.
+    pub fn new(
+        tool_use_id: impl Into<String>,
+        sink: Arc<dyn Fn(ToolProgress) + Send + Sync>,
+    ) -> Self {
+        Self {
+            sink: Some(sink),
+            tool_use_id: tool_use_id.into(),
+        }
+    }
+
+    /// Whether reports go anywhere.
+    pub fn is_active(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Reports progress.
+    pub fn report(&self, progress: f64, total: Option<f64>, message: Option<String>) {
+        if let Some(sink) = &self.sink {
+            sink(ToolProgress {
+                tool_use_id: self.tool_use_id.clone(),
+                progress,
+                total,
+                message,
+            });
+        }
+    }
+}
+
+/// A changing set of tools (an MCP server's, a plugin directory's ...). The agent asks
+/// [`generation`](ToolSource::generation) before each model call and re-reads
+/// [`tools`](ToolSource::tools) when it changed, so the next call sees the new list.
+pub trait ToolSource: Send + Sync + 'static {
+    /// A number that changes whenever the list changes.
+    fn generation(&self) -> u64;
+    /// The current tools.
+    fn tools(&self) -> Vec<Arc<dyn Tool>>;
 }
 
 /// A session's key-value state (Strands' `agent.state`), persisted with the session.

@@ -8,13 +8,7 @@ use runtime::tool::{AgentState, Tool, ToolContext, ToolOutput};
 #[tokio::test]
 async fn works_with_a_renamed_dependency() {
     assert_eq!(greet.spec().name, "greet");
-    let ctx = ToolContext {
-        tool_use_id: "t".into(),
-        session_id: "s".into(),
-        actor_id: None,
-        state: AgentState::default(),
-        cancel: runtime::CancellationToken::new(),
-    };
+    let ctx = ToolContext::new("t", "s");
     let out = greet
         .call(serde_json::json!({"name": "Ana"}), ctx)
         .await

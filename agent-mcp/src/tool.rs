@@ -1,0 +1,260 @@
+//! MCP tools as agent-core tools: names, calls, result mapping.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::message::{
+    Bytes, Image, ImageFormat, MediaSource, ToolResultContent, ToolResultStatus,
+};
+use agent_core::tool::{
+    BoxFuture, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, is_valid_tool_name,
+};
+use base64::Engine as _;
+use opentelemetry::trace::TraceContextExt as _;
+use rmcp::model::{
+    CallToolRequestParams, ContentBlock, MetaObject, RequestMetaObject, ResourceContents,
+};
+use serde_json::Value;
+
+use crate::client::Shared;
+
+/// Adapts a listed tool; `None` when filtered out or when no valid name can be made.
+pub(crate) fn adapt(
+    shared: &Arc<Shared>,
+    tool: rmcp::model::Tool,
+    used: &mut HashSet<String>,
+) -> Option<Arc<dyn Tool>> {
+    let config = &shared.config;
+    let remote = tool.name.to_string();
+    if config.deny.contains(&remote) || config.allow.as_ref().is_some_and(|a| !a.contains(&remote))
+    {
+        return None;
+    }
+    let base = provider_name(config.prefix.as_deref(), &remote);
+    let mut name = base.clone();
+    let mut n = 2;
+    while used.contains(&name) {
+        name = format!("{}_{n}", &base[..base.len().min(60)]);
+        n += 1;
+    }
+    if !is_valid_tool_name(&name) {
+        return None;
+    }
+    used.insert(name.clone());
+    let output_validator = tool
+        .output_schema
+        .as_ref()
+        .and_then(|s| jsonschema::validator_for(&Value::Object((**s).clone())).ok());
+    Some(Arc::new(McpTool {
+        shared: shared.clone(),
+        timeout: config
+            .tool_timeouts
+            .get(&remote)
+            .copied()
+            .unwrap_or(config.call_timeout),
+        spec: ToolSpec {
+            name,
+            description: tool.description.as_deref().unwrap_or(&remote).to_owned(),
+            input_schema: Value::Object((*tool.input_schema).clone()),
+        },
+        remote,
+        output_validator,
+    }))
+}
+
+/// A name valid for model providers made from an MCP tool name.
+pub(crate) fn provider_name(prefix: Option<&str>, name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let full = match prefix {
+        Some(p) => format!("{p}_{clean}"),
+        None => clean,
+    };
+    if full.len() <= 64 {
+        return full;
+    }
+    // Keep it unique when cut: a short hash of the whole name at the end.
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{}_{:08x}", &full[..55], hash as u32)
+}
+
+pub(crate) struct McpTool {
+    shared: Arc<Shared>,
+    remote: String,
+    spec: ToolSpec,
+    timeout: Duration,
+    output_validator: Option<jsonschema::Validator>,
+}
+
+/// `traceparent` of the current span, for `_meta` (W3C trace context).
+pub(crate) fn traceparent() -> Option<String> {
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+impl Tool for McpTool {
+    fn spec(&self) -> ToolSpec {
+        self.spec.clone()
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        // The executor's bound; the call below also bounds itself so that the server hears
+        // `notifications/cancelled` when it expires.
+        Some(self.timeout + Duration::from_secs(1))
+    }
+
+    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let server = shared.config.name.as_str();
+            let arguments = match input {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            // The agent's execute_tool span is current here: add the MCP attributes to it rather
+            // than opening a second span (the conventions' advice).
+            {
+                let cx = opentelemetry::Context::current();
+                let span = cx.span();
+                if span.is_recording() {
+                    use opentelemetry::KeyValue;
+                    span.set_attribute(KeyValue::new("mcp.method.name", "tools/call"));
+                    span.set_attribute(KeyValue::new("mcp.server.name", server.to_owned()));
+                    span.set_attribute(KeyValue::new(
+                        "network.transport",
+                        shared.config.network_transport(),
+                    ));
+                    if let Some(version) = shared.protocol_version() {
+                        span.set_attribute(KeyValue::new("mcp.protocol.version", version));
+                    }
+                }
+            }
+            let mut params =
+                CallToolRequestParams::new(self.remote.clone()).with_arguments(arguments);
+            if let Some(tp) = traceparent() {
+                let mut meta = serde_json::Map::new();
+                meta.insert("traceparent".into(), Value::String(tp));
+                params.meta = Some(RequestMetaObject(MetaObject(meta)));
+            }
+            // Dropping the call (cancellation) sends notifications/cancelled.
+            let call = shared.call_tool_tracked(params, ctx.progress.clone(), self.timeout);
+            let result = tokio::select! {
+                r = call => r,
+                () = ctx.cancel.cancelled() => return Err(ToolError::new(format!("MCP tool `{}` on `{server}` was cancelled", self.remote))),
+            };
+            let result =
+                result.map_err(|e| ToolError::new(format!("MCP tool `{}`: {e}", self.remote)))?;
+            let mut content = Vec::new();
+            if let Some(structured) = result.structured_content {
+                if let Some(validator) = &self.output_validator
+                    && let Some(problem) = validator.iter_errors(&structured).next()
+                {
+                    return Err(ToolError::new(format!(
+                        "MCP tool `{}` returned structured content that does not match its output schema: {problem}",
+                        self.remote
+                    )));
+                }
+                content.push(ToolResultContent::Json(structured));
+            }
+            for block in result.content {
+                if let Some(c) = map_content(block) {
+                    content.push(c);
+                }
+            }
+            let status = if result.is_error == Some(true) {
+                ToolResultStatus::Error
+            } else {
+                ToolResultStatus::Success
+            };
+            Ok(ToolOutput { status, content })
+        })
+    }
+}
+
+pub(crate) fn map_content(block: ContentBlock) -> Option<ToolResultContent> {
+    match block {
+        ContentBlock::Text(t) => Some(ToolResultContent::Text(t.text)),
+        ContentBlock::Image(img) => {
+            let format = match img.mime_type.as_str() {
+                "image/png" => Some(ImageFormat::Png),
+                "image/jpeg" => Some(ImageFormat::Jpeg),
+                "image/gif" => Some(ImageFormat::Gif),
+                "image/webp" => Some(ImageFormat::Webp),
+                _ => None,
+            };
+            match (
+                format,
+                base64::engine::general_purpose::STANDARD.decode(img.data.as_bytes()),
+            ) {
+                (Some(format), Ok(bytes)) => Some(ToolResultContent::Image(Image {
+                    format,
+                    source: MediaSource {
+                        bytes: Bytes(bytes),
+                    },
+                })),
+                _ => Some(ToolResultContent::Text(format!(
+                    "[image: {}]",
+                    img.mime_type
+                ))),
+            }
+        }
+        ContentBlock::Resource(r) => match r.resource {
+            ResourceContents::TextResourceContents { uri, text, .. } => {
+                Some(ToolResultContent::Text(format!("[resource {uri}]\n{text}")))
+            }
+            ResourceContents::BlobResourceContents { uri, mime_type, .. } => {
+                Some(ToolResultContent::Text(format!(
+                    "[resource {uri}: binary {}]",
+                    mime_type.unwrap_or_else(|| "data".into())
+                )))
+            }
+            _ => None,
+        },
+        ContentBlock::ResourceLink(link) => Some(ToolResultContent::Text(format!(
+            "[resource link {} ({})]",
+            link.uri, link.name
+        ))),
+        ContentBlock::Audio(a) => {
+            Some(ToolResultContent::Text(format!("[audio: {}]", a.mime_type)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_names_are_valid_and_unique_when_cut() {
+        assert_eq!(provider_name(None, "get-sum"), "get-sum");
+        assert_eq!(
+            provider_name(Some("everything"), "files.read"),
+            "everything_files_read"
+        );
+        let long_a = provider_name(None, &format!("{}a", "x".repeat(100)));
+        let long_b = provider_name(None, &format!("{}b", "x".repeat(100)));
+        assert!(long_a.len() <= 64 && is_valid_tool_name(&long_a));
+        assert_ne!(long_a, long_b);
+    }
+}
