@@ -27,9 +27,11 @@ trap 'scripts/local-model.sh stop; scripts/aws-local.sh stop; rm -rf "$run_dir"'
 AWS_ENDPOINT_URL=$(scripts/aws-local.sh start)
 export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 
-# MCP: the reference server from npm; tests run it over stdio and stop it themselves.
-MCP_EVERYTHING=$(scripts/mcp-servers.sh)
-export MCP_EVERYTHING
+# MCP: the reference server from npm; tests run it (stdio, and HTTP on 127.0.0.1) and stop it.
+# The conformance suite's Node 22 and harness (npm, pinned); its test runs them.
+MCP_EVERYTHING=$(scripts/mcp-servers.sh everything)
+MCP_CONFORMANCE=$(scripts/mcp-servers.sh conformance)
+export MCP_EVERYTHING MCP_CONFORMANCE
 
 # The real-model smoke test's endpoint: llama.cpp + Qwen2.5-Coder-1.5B on 127.0.0.1. The first
 # run on a machine builds and downloads it (about 12 minutes on 2 cores); it is cached after.

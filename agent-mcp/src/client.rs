@@ -7,13 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use agent_core::CancellationToken;
-use agent_core::tool::{ProgressReporter, Tool, ToolSource};
+use agent_core::tool::{BoxFuture, ProgressReporter, Tool, ToolSource};
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
     ClientRequest, GetPromptRequestParams, GetPromptResult, Prompt, ProtocolVersion,
     ReadResourceRequestParams, ReadResourceResult, RequestId, Resource, ResourceTemplate,
-    ServerResult,
+    ServerNotification, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{Peer, PeerRequestOptions, RoleClient, RunningService, ServiceError};
 use rmcp::transport::auth::{AuthClient, WWWAuthenticateParams};
@@ -30,6 +29,19 @@ use crate::{McpError, McpServer, Transport};
 /// How many times one request may trigger an OAuth authorization (or scope step-up) before it
 /// gives up.
 const MAX_AUTH_ROUNDS: u32 = 3;
+
+/// Why one connection attempt failed.
+enum Failure {
+    Error(McpError),
+    /// `server/discover` answered, without a version in common.
+    NoCommonVersion(Vec<ProtocolVersion>),
+}
+
+impl From<McpError> for Failure {
+    fn from(e: McpError) -> Self {
+        Failure::Error(e)
+    }
+}
 
 pub(crate) struct Live {
     pub(crate) service: RunningService<RoleClient, Handler>,
@@ -197,7 +209,47 @@ impl Shared {
     }
 
     async fn connect_once(&self) -> Result<Live, McpError> {
-        let pin = self.config.protocol.as_ref();
+        let mode = lifecycle(self.config.protocol.as_ref());
+        match self.connect_with(mode).await {
+            // A server that answers `server/discover` but only speaks versions with
+            // `initialize`: initialize.
+            Err(Failure::NoCommonVersion(supported))
+                if self.config.protocol.is_none()
+                    && supported.iter().any(|v| v.has_initialize()) =>
+            {
+                self.connect_with(ClientLifecycleMode::Initialize)
+                    .await
+                    .map_err(|f| self.failure_error(f))
+            }
+            other => other.map_err(|f| self.failure_error(f)),
+        }
+    }
+
+    fn failure_error(&self, failure: Failure) -> McpError {
+        match failure {
+            Failure::Error(e) => e,
+            Failure::NoCommonVersion(versions) => self.startup(format!(
+                "no protocol version in common (the server speaks {})",
+                versions
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    fn failure(&self, error: rmcp::service::ClientInitializeError) -> Failure {
+        match error {
+            rmcp::service::ClientInitializeError::NoCompatibleProtocolVersion {
+                server_supported,
+                ..
+            } => Failure::NoCommonVersion(server_supported),
+            e => Failure::Error(self.startup(e.to_string())),
+        }
+    }
+
+    async fn connect_with(&self, mode: ClientLifecycleMode) -> Result<Live, Failure> {
         let handler = self.handler.clone();
         let service = match &self.config.transport {
             Transport::Stdio { command, args, env } => {
@@ -223,9 +275,9 @@ impl Shared {
                 }
                 self.info.lock().unwrap_or_else(|e| e.into_inner()).1 = pid;
                 handler
-                    .serve_with_lifecycle(transport, lifecycle(pin))
+                    .serve_with_lifecycle(transport, mode.clone())
                     .await
-                    .map_err(|e| self.startup(e.to_string()))?
+                    .map_err(|e| self.failure(e))?
             }
             Transport::Http { url, .. } => {
                 let mut rounds = 0;
@@ -238,7 +290,7 @@ impl Shared {
                                 .clone()
                                 .serve_with_lifecycle(
                                     StreamableHttpClientTransport::with_client(client, config),
-                                    lifecycle(pin),
+                                    mode.clone(),
                                 )
                                 .await
                         }
@@ -247,7 +299,7 @@ impl Shared {
                                 .clone()
                                 .serve_with_lifecycle(
                                     StreamableHttpClientTransport::from_config(config),
-                                    lifecycle(pin),
+                                    mode.clone(),
                                 )
                                 .await
                         }
@@ -270,21 +322,56 @@ impl Shared {
                                 *self.auth.lock().await = Some(client);
                                 continue;
                             }
-                            let reason = if needs_auth && self.config.oauth.is_none() {
+                            if !needs_auth {
+                                return Err(self.failure(e));
+                            }
+                            let reason = if self.config.oauth.is_none() {
                                 format!(
                                     "{e} (the server requires authorization: configure `oauth` or `bearer_token`)"
                                 )
                             } else {
                                 e.to_string()
                             };
-                            return Err(self.startup(reason));
+                            return Err(self.startup(reason).into());
                         }
                     }
                 }
             }
         };
         self.connections.fetch_add(1, Ordering::Relaxed);
-        let version = service.peer_info().map(|i| i.protocol_version.to_string());
+        let info = service.peer_info();
+        // From 2026-07-28 on, list changes come only on a `subscriptions/listen` stream.
+        if let Some(info) = &info
+            && !info.protocol_version.has_initialize()
+            && info
+                .capabilities
+                .tools
+                .as_ref()
+                .and_then(|t| t.list_changed)
+                .unwrap_or(false)
+        {
+            let peer = service.peer().clone();
+            let handler = self.handler.clone();
+            tokio::spawn(async move {
+                let filter = SubscriptionFilter::builder().tools_list_changed().build();
+                let mut subscription = match peer.listen(filter).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(server = %handler.server, error = %e, "cannot subscribe to tool list changes");
+                        return;
+                    }
+                };
+                while let Ok(Some(notification)) = subscription.next().await {
+                    if matches!(
+                        notification,
+                        ServerNotification::ToolListChangedNotification(_)
+                    ) {
+                        handler.bump_tools();
+                    }
+                }
+            });
+        }
+        let version = info.map(|i| i.protocol_version.to_string());
         self.info.lock().unwrap_or_else(|e| e.into_inner()).0 = version;
         Ok(Live { service })
     }
@@ -358,8 +445,7 @@ impl Shared {
                 self.on_auth_challenge(&live, challenge).await?;
                 continue;
             }
-            if matches!(error, ServiceError::TransportClosed) || live.service.is_transport_closed()
-            {
+            if connection_lost(&error) || live.service.is_transport_closed() {
                 self.mark_dead(&live).await;
                 if retry_closed && closed_retries == 0 {
                     closed_retries += 1;
@@ -376,10 +462,38 @@ impl Shared {
         }
     }
 
+    /// After a call timed out: checks in the background that the session still answers (a
+    /// `ping` within 5 s) and drops it if not, so that the next call starts a new one. A
+    /// server that restarted and forgot the session without answering 404 is found this way.
+    fn probe(self: &Arc<Self>, live: &Arc<Live>) {
+        if !live
+            .service
+            .peer_info()
+            .is_some_and(|i| i.protocol_version.has_initialize())
+        {
+            return;
+        }
+        let shared = self.clone();
+        let live = live.clone();
+        tokio::spawn(async move {
+            let ping = live
+                .service
+                .peer()
+                .send_request(ClientRequest::PingRequest(Default::default()));
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(5), ping).await,
+                Ok(Ok(_))
+            ) {
+                tracing::warn!(server = %shared.config.name, "MCP session does not answer a ping; starting a new one on the next call");
+                shared.mark_dead(&live).await;
+            }
+        });
+    }
+
     /// `tools/call` for the agent adapter: progress routed to `progress`, bounded by `timeout`,
     /// `notifications/cancelled` on timeout or when dropped; MRTR rounds driven by rmcp.
     pub(crate) async fn call_tool_tracked(
-        &self,
+        self: &Arc<Self>,
         params: CallToolRequestParams,
         progress: ProgressReporter,
         timeout: Duration,
@@ -425,6 +539,7 @@ impl Shared {
             let outcome = match outcome {
                 Err(_) => {
                     guard.reason = "timed out";
+                    self.probe(&live);
                     return Err(late());
                 }
                 Ok(o) => {
@@ -458,9 +573,7 @@ impl Shared {
                             .map_err(|e| e.to_string())?;
                         continue;
                     }
-                    if matches!(e, ServiceError::TransportClosed)
-                        || live.service.is_transport_closed()
-                    {
+                    if connection_lost(&e) || live.service.is_transport_closed() {
                         self.mark_dead(&live).await;
                         return Err("the server's connection closed during the call (it may have crashed); the call's outcome is unknown; the next call reconnects".into());
                     }
@@ -472,6 +585,15 @@ impl Shared {
             }
         }
     }
+}
+
+/// Whether an error means the connection is gone (closed, or the server unreachable): the
+/// next request should start a new one.
+fn connection_lost(error: &ServiceError) -> bool {
+    matches!(
+        error,
+        ServiceError::TransportClosed | ServiceError::TransportSend(_)
+    )
 }
 
 /// A connected MCP server. Cheap to clone; requests reconnect after the server exits.
@@ -507,39 +629,18 @@ impl McpClient {
 
     /// The server's tools as a [`ToolSource`] for
     /// [`AgentBuilder::tool_source`](agent_core::agent::AgentBuilder::tool_source): re-listed
-    /// after `notifications/tools/list_changed` and after a reconnect, so the agent's next
-    /// model call sees the new list.
+    /// before the agent's next model call after `notifications/tools/list_changed` or a
+    /// reconnect, so that call sees the new list.
     pub async fn tool_source(&self) -> Result<Arc<McpToolSource>, McpError> {
+        let mut changes = self.shared.handler.tools_changed.subscribe();
+        changes.mark_unchanged();
         let tools = self.tools().await?;
-        let source = Arc::new(McpToolSource {
+        Ok(Arc::new(McpToolSource {
             client: self.clone(),
             tools: RwLock::new(tools),
             generation: AtomicU64::new(0),
-            stop: CancellationToken::new(),
-        });
-        let mut changes = self.shared.handler.tools_changed.subscribe();
-        changes.mark_unchanged();
-        let weak = Arc::downgrade(&source);
-        let stop = source.stop.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    changed = changes.changed() => if changed.is_err() { break },
-                }
-                let Some(source) = weak.upgrade() else { break };
-                match source.client.tools().await {
-                    Ok(tools) => {
-                        *source.tools.write().unwrap_or_else(|e| e.into_inner()) = tools;
-                        source.generation.fetch_add(1, Ordering::Release);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "re-listing MCP tools failed; keeping the last list")
-                    }
-                }
-            }
-        });
-        Ok(source)
+            changes: tokio::sync::Mutex::new(changes),
+        }))
     }
 
     /// The server's tools as it lists them (all pages; no filters, MCP names).
@@ -659,13 +760,7 @@ pub struct McpToolSource {
     client: McpClient,
     tools: RwLock<Vec<Arc<dyn Tool>>>,
     generation: AtomicU64,
-    stop: CancellationToken,
-}
-
-impl Drop for McpToolSource {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    changes: tokio::sync::Mutex<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for McpToolSource {
@@ -684,5 +779,27 @@ impl ToolSource for McpToolSource {
 
     fn tools(&self) -> Vec<Arc<dyn Tool>> {
         self.tools.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn sync(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut changes = self.changes.lock().await;
+            if !changes.has_changed().unwrap_or(false) {
+                return;
+            }
+            changes.mark_unchanged();
+            // Bounded by the call timeout; on failure the last list stays and the next sync
+            // tries again.
+            match self.client.tools().await {
+                Ok(tools) => {
+                    *self.tools.write().unwrap_or_else(|e| e.into_inner()) = tools;
+                    self.generation.fetch_add(1, Ordering::Release);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-listing MCP tools failed; keeping the last list");
+                    changes.mark_changed();
+                }
+            }
+        })
     }
 }

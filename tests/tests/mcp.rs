@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use agent_core::message::ToolResultContent;
 use agent_core::prelude::*;
-use agent_core::tool::{AgentState, Tool, ToolContext};
+use agent_core::tool::{Tool, ToolContext};
 use agent_mcp::{McpError, McpServer};
 use agent_tests::{MockVllm, Turn, provider};
 use serde_json::json;
@@ -219,4 +219,180 @@ async fn an_agent_uses_an_mcp_tool_end_to_end() {
         .unwrap()
         .to_owned();
     assert!(result.contains("42"), "{result}");
+}
+
+#[tokio::test]
+async fn progress_notifications_become_agent_events() {
+    use futures::StreamExt as _;
+    let client = everything().prefix("ev").connect().await.expect("connect");
+    let server = MockVllm::start([
+        Turn::tool_call(
+            "ev_trigger-long-running-operation",
+            json!({"duration": 1, "steps": 4}),
+        ),
+        Turn::text("Done."),
+    ])
+    .await
+    .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .tools(client.tools().await.expect("tools"))
+        .build()
+        .expect("agent");
+    let mut stream = agent.session("progress").stream("Run the long operation");
+    let mut progress = Vec::new();
+    let mut tool_use_id = None;
+    while let Some(event) = stream.next().await {
+        match event.expect("event") {
+            AgentEvent::ToolProgress(p) => progress.push(p),
+            AgentEvent::ToolResult { result } => tool_use_id = Some(result.tool_use_id),
+            _ => {}
+        }
+    }
+    let tool_use_id = tool_use_id.expect("a tool result");
+    // Four notifications are sent; the last may race the result (rmcp handles them on their
+    // own task), so at least three must have been delivered, in order, for this call.
+    assert!(progress.len() >= 3, "{progress:?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p.tool_use_id == tool_use_id && p.total == Some(4.0))
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0].progress < w[1].progress),
+        "{progress:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_server_fails_the_call_in_flight_and_is_respawned() {
+    let client = everything()
+        .call_timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .expect("connect");
+    let tools = client.tools().await.expect("tools");
+    let first_pid = client.process_id().expect("a child process id");
+    let long = find(&tools, "trigger-long-running-operation");
+    let in_flight = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = long.call(json!({"duration": 15, "steps": 3}), ctx()).await;
+        (result, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The server dies under the call (SIGKILL: no goodbye).
+    kill9(first_pid);
+    let (result, elapsed) = in_flight.await.expect("join");
+    let err = result.expect_err("the call in flight fails");
+    assert!(err.message().contains("connection closed"), "{err}");
+    assert!(elapsed < Duration::from_secs(5), "failed after {elapsed:?}");
+
+    // The next call respawns the server and works.
+    let out = find(&tools, "echo")
+        .call(json!({"message": "back"}), ctx())
+        .await
+        .expect("works after a respawn");
+    assert_eq!(out, ToolOutput::text("Echo: back"));
+    assert_eq!(client.connections(), 2);
+    assert_ne!(client.process_id(), Some(first_pid));
+    // Reads retry once after a reconnect; the resources of the new process are there.
+    assert!(!client.list_resources().await.expect("resources").is_empty());
+}
+
+#[tokio::test]
+async fn a_server_that_stays_down_gives_a_bounded_clear_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let script = dir.path().join("server.sh");
+    let entry = std::env::var("MCP_EVERYTHING").expect("MCP_EVERYTHING");
+    // Runs the server once; later starts fail at once (the "binary" is gone).
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ -e {marker} ]; then exit 1; fi\ntouch {marker}\nexec node {entry} stdio\n",
+            marker = dir.path().join("started").display()
+        ),
+    )
+    .expect("script");
+    let client = McpServer::stdio("flaky", "sh", [script.display().to_string()])
+        .reconnect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect");
+    let tools = client.tools().await.expect("tools");
+    kill9(client.process_id().expect("pid"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let err = find(&tools, "echo")
+        .call(json!({"message": "anyone?"}), ctx())
+        .await
+        .expect_err("cannot reconnect");
+    assert!(err.message().contains("cannot reconnect"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Kills a server process the client started (SIGKILL: no goodbye).
+fn kill9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn test_server(legacy: bool) -> McpServer {
+    let args: Vec<&str> = if legacy { vec!["--legacy"] } else { vec![] };
+    McpServer::stdio("dynamic", env!("CARGO_BIN_EXE_mcp-test-server"), args)
+}
+
+#[tokio::test]
+async fn list_changed_refreshes_the_agents_tools_on_both_protocol_versions() {
+    for (legacy, version) in [(true, "2025-11-25"), (false, "2026-07-28")] {
+        let client = test_server(legacy).connect().await.expect("connect");
+        assert_eq!(client.protocol_version().as_deref(), Some(version));
+        let source = client.tool_source().await.expect("source");
+        let server = MockVllm::start([
+            Turn::tool_call("add_tool", json!({"name": "weather_v2"})),
+            Turn::tool_call("weather_v2", json!({})),
+            Turn::text("Done."),
+        ])
+        .await
+        .expect("server");
+        let agent = Agent::builder()
+            .model(provider(&server))
+            .tool_source(source.clone())
+            .build()
+            .expect("agent");
+        let r = agent
+            .session("dynamic")
+            .invoke("Add a tool and use it")
+            .await
+            .expect("invoke");
+        assert_eq!(r.text(), "Done.", "{version}");
+        let offered = |i: usize| -> Vec<String> {
+            server.received()[i].body["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(offered(0), ["add_tool"], "{version}");
+        assert_eq!(offered(1), ["add_tool", "weather_v2"], "{version}");
+        let answer = server.received()[2].body["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()["content"]
+            .to_string();
+        assert!(answer.contains("weather_v2 called"), "{version}: {answer}");
+        assert_eq!(
+            agent_core::tool::ToolSource::generation(&*source),
+            1,
+            "{version}"
+        );
+    }
 }

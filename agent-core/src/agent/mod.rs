@@ -663,7 +663,15 @@ pub(crate) struct AgentTools {
 }
 
 impl AgentTools {
-    /// The registry the next model call uses.
+    /// The registry for a model call: the sources brought up to date first.
+    pub(crate) async fn refreshed(&self) -> Arc<ToolRegistry> {
+        for source in &self.sources {
+            source.sync().await;
+        }
+        self.current()
+    }
+
+    /// The registry as of the sources' last sync.
     pub(crate) fn current(&self) -> Arc<ToolRegistry> {
         if self.sources.is_empty() {
             return self.fixed.clone();

@@ -336,7 +336,7 @@ impl Run<'_> {
 
     async fn model_turn(&mut self) -> Result<TurnOutcome, AgentError> {
         let agent = self.agent;
-        let tools = agent.tools.current();
+        let tools = agent.tools.refreshed().await;
         let mut attempts = 0u32;
         let mut failures = 0u32;
         let mut reductions = 0u32;

@@ -128,14 +128,20 @@ impl ProgressReporter {
     }
 }
 
-/// A changing set of tools (an MCP server's, a plugin directory's ...). The agent asks
-/// [`generation`](ToolSource::generation) before each model call and re-reads
-/// [`tools`](ToolSource::tools) when it changed, so the next call sees the new list.
+/// A changing set of tools (an MCP server's, a plugin directory's ...). Before each model call
+/// the agent awaits [`sync`](ToolSource::sync), asks [`generation`](ToolSource::generation)
+/// and re-reads [`tools`](ToolSource::tools) when it changed, so the call sees the new list.
 pub trait ToolSource: Send + Sync + 'static {
     /// A number that changes whenever the list changes.
     fn generation(&self) -> u64;
     /// The current tools.
     fn tools(&self) -> Vec<Arc<dyn Tool>>;
+    /// Applies a change signalled since the last call (e.g. re-lists after a
+    /// `tools/list_changed` notification). Must be cheap when nothing changed and bounded when
+    /// something did. The default does nothing.
+    fn sync(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A session's key-value state (Strands' `agent.state`), persisted with the session.

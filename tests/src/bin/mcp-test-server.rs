@@ -1,0 +1,130 @@
+//! A small MCP server (rmcp, stdio) for the tests of what server-everything cannot show: a
+//! tool list that changes while a client is connected. Tools: `add_tool {name}` registers a
+//! tool `name` (answering "`name` called") and sends a tool-list-changed notification before it
+//! answers. `--legacy` limits it to protocol 2025-11-25 (notifications on the session);
+//! otherwise it speaks 2026-07-28 too (notifications on `subscriptions/listen`).
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig,
+    Tool,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ErrorData, ServerHandler, ServiceExt};
+use serde_json::json;
+
+#[derive(Clone)]
+struct TestServer {
+    legacy: bool,
+    added: Arc<Mutex<Vec<String>>>,
+}
+
+fn schema(value: serde_json::Value) -> Arc<serde_json::Map<String, serde_json::Value>> {
+    Arc::new(value.as_object().cloned().unwrap_or_default())
+}
+
+impl ServerHandler for TestServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("agent-tests-mcp", "0.1.0"))
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        if self.legacy {
+            Cow::Owned(vec![ProtocolVersion::V_2025_11_25])
+        } else {
+            Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS)
+        }
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut tools = vec![Tool::new(
+            "add_tool",
+            "Registers a tool with the given name.",
+            schema(json!({
+                "type": "object",
+                "properties": {"name": {"type": "string"}},
+                "required": ["name"]
+            })),
+        )];
+        let added = self.added.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for name in added {
+            tools.push(Tool::new(
+                name,
+                "A tool added at run time.",
+                schema(json!({"type": "object", "properties": {}})),
+            ));
+        }
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == "add_tool" {
+            let name = request
+                .arguments
+                .as_ref()
+                .and_then(|a| a.get("name"))
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| ErrorData::invalid_params("name is required", None))?
+                .to_owned();
+            self.added
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(name.clone());
+            if let Err(e) = context.peer.notify_tool_list_changed().await {
+                eprintln!("cannot notify: {e}");
+            }
+            // Let the notification reach the client before the answer does.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Ok(CallToolResponse::Complete(CallToolResult::success(vec![
+                ContentBlock::text(format!("added {name}")),
+            ])));
+        }
+        let known = self
+            .added
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&request.name.to_string());
+        if known {
+            Ok(CallToolResponse::Complete(CallToolResult::success(vec![
+                ContentBlock::text(format!("{} called", request.name)),
+            ])))
+        } else {
+            Err(ErrorData::invalid_params(
+                format!("unknown tool {}", request.name),
+                None,
+            ))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let server = TestServer {
+        legacy: std::env::args().any(|a| a == "--legacy"),
+        added: Arc::default(),
+    };
+    server
+        .serve(rmcp::transport::stdio())
+        .await?
+        .waiting()
+        .await?;
+    Ok(())
+}
