@@ -843,3 +843,89 @@ async fn parallel_tool_calls_run_concurrently_up_to_the_limit_and_answer_in_requ
     );
     assert_eq!(answers[4].1, "napped 100");
 }
+
+/// A tool source whose list the test changes.
+struct Changing {
+    generation: std::sync::atomic::AtomicU64,
+    tools: std::sync::Mutex<Vec<Arc<dyn agent_core::tool::Tool>>>,
+}
+
+impl agent_core::tool::ToolSource for Changing {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+    fn tools(&self) -> Vec<Arc<dyn agent_core::tool::Tool>> {
+        self.tools.lock().unwrap().clone()
+    }
+}
+
+fn named(name: &str) -> Arc<dyn agent_core::tool::Tool> {
+    let answer = format!("{name} ran");
+    Arc::new(FnTool::new(
+        name,
+        "test tool",
+        json!({"type": "object", "properties": {}}),
+        move |_, _| {
+            let answer = answer.clone();
+            async move { Ok(ToolOutput::text(answer)) }
+        },
+    ))
+}
+
+#[tokio::test]
+async fn tool_sources_are_reread_when_they_change_and_clashes_are_left_out() {
+    let source = Arc::new(Changing {
+        generation: 0.into(),
+        tools: std::sync::Mutex::new(vec![named("alpha")]),
+    });
+    // A clash in the first list fails the build.
+    let clash = Arc::new(Changing {
+        generation: 0.into(),
+        tools: std::sync::Mutex::new(vec![named("fixed")]),
+    });
+    let server = MockVllm::start([Turn::text("one"), Turn::text("two")])
+        .await
+        .expect("server");
+    let err = Agent::builder()
+        .model(provider(&server))
+        .tool(FnTool::new(
+            "fixed",
+            "t",
+            json!({"type": "object"}),
+            |_, _| async { Ok(ToolOutput::text("x")) },
+        ))
+        .tool_source(clash)
+        .build()
+        .expect_err("duplicate");
+    assert!(err.to_string().contains("duplicate tool name"), "{err}");
+
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .tool(FnTool::new(
+            "fixed",
+            "t",
+            json!({"type": "object"}),
+            |_, _| async { Ok(ToolOutput::text("x")) },
+        ))
+        .tool_source(source.clone())
+        .build()
+        .expect("agent");
+    let names = |i: usize| -> Vec<String> {
+        server.received()[i].body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    agent.session("s1").invoke("hi").await.expect("first");
+    assert_eq!(names(0), ["fixed", "alpha"]);
+    // The list changes; a later clash is left out (with a warning), the rest is used.
+    *source.tools.lock().unwrap() = vec![named("beta"), named("fixed")];
+    // Not re-read until the generation changes.
+    assert_eq!(agent.tools().len(), 2);
+    source.generation.store(1, Ordering::SeqCst);
+    agent.session("s2").invoke("hi").await.expect("second");
+    assert_eq!(names(1), ["fixed", "beta"]);
+    assert_eq!(agent.tools().len(), 2);
+}

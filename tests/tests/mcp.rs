@@ -396,3 +396,84 @@ async fn list_changed_refreshes_the_agents_tools_on_both_protocol_versions() {
         );
     }
 }
+
+#[tokio::test]
+async fn timed_out_and_cancelled_calls_are_cancelled_on_the_server() {
+    for legacy in [true, false] {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("server.log");
+        let client = test_server(legacy)
+            .env("MCP_TEST_SERVER_LOG", log.display().to_string())
+            .tool_timeout("wait", Duration::from_millis(300))
+            .connect()
+            .await
+            .expect("connect");
+        let tools = client.tools().await.expect("tools");
+        let wait = find(&tools, "wait");
+        let err = wait
+            .call(json!({"seconds": 30}), ctx())
+            .await
+            .expect_err("times out");
+        assert!(
+            err.message().contains("did not answer within 300 ms"),
+            "{err}"
+        );
+        let cancelled = ctx();
+        let token = cancelled.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            token.cancel();
+        });
+        wait.call(json!({"seconds": 30}), cancelled)
+            .await
+            .expect_err("cancelled");
+        // The server saw both cancellations.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = std::fs::read_to_string(&log).unwrap_or_default();
+            if seen.lines().filter(|l| *l == "cancelled").count() == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "legacy={legacy}: server log {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let out = wait
+            .call(json!({"seconds": 0.01}), ctx())
+            .await
+            .expect("usable afterwards");
+        assert_eq!(out, ToolOutput::text("waited"));
+    }
+}
+
+#[tokio::test]
+async fn calls_carry_the_w3c_trace_context_in_meta() {
+    use opentelemetry::trace::{TraceContextExt as _, Tracer as _, TracerProvider as _};
+    let client = test_server(true).connect().await.expect("connect");
+    let tools = client.tools().await.expect("tools");
+    let meta = find(&tools, "meta");
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let span = provider.tracer("test").start("invoke_agent");
+    let cx = opentelemetry::Context::current_with_span(span);
+    let sc = cx.span().span_context().clone();
+    let out = opentelemetry::context::FutureExt::with_context(meta.call(json!({}), ctx()), cx)
+        .await
+        .expect("meta");
+    let ToolResultContent::Text(text) = &out.content[0] else {
+        panic!("{out:?}")
+    };
+    let seen: serde_json::Value = serde_json::from_str(text).expect("json");
+    assert_eq!(
+        seen["traceparent"],
+        format!("00-{}-{}-01", sc.trace_id(), sc.span_id()),
+        "{seen}"
+    );
+    // Without a span, no traceparent.
+    let out = meta.call(json!({}), ctx()).await.expect("meta");
+    let ToolResultContent::Text(text) = &out.content[0] else {
+        panic!("{out:?}")
+    };
+    assert!(!text.contains("traceparent"), "{text}");
+}

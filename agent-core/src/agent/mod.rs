@@ -622,37 +622,6 @@ impl SessionLocks {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn session_locks_serialise_and_clean_up() {
-        let locks = SessionLocks::default();
-        let first = locks.acquire("s", None).await.expect("free");
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-        assert!(
-            locks.acquire("s", Some(deadline)).await.is_none(),
-            "busy session waits are bounded"
-        );
-        let other = locks
-            .acquire("t", None)
-            .await
-            .expect("other sessions are independent");
-        assert_eq!(locks.len(), 2);
-        drop(first);
-        drop(other);
-        assert_eq!(locks.len(), 0, "entries go when nobody holds them");
-        let again = locks
-            .acquire(
-                "s",
-                Some(tokio::time::Instant::now() + Duration::from_millis(50)),
-            )
-            .await;
-        assert!(again.is_some());
-    }
-}
-
 /// The agent's tools: a fixed registry, plus tool sources whose lists are re-read when their
 /// generation changes.
 pub(crate) struct AgentTools {
@@ -697,5 +666,36 @@ impl AgentTools {
         let registry = Arc::new(registry);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = (generations, registry.clone());
         registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn session_locks_serialise_and_clean_up() {
+        let locks = SessionLocks::default();
+        let first = locks.acquire("s", None).await.expect("free");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(
+            locks.acquire("s", Some(deadline)).await.is_none(),
+            "busy session waits are bounded"
+        );
+        let other = locks
+            .acquire("t", None)
+            .await
+            .expect("other sessions are independent");
+        assert_eq!(locks.len(), 2);
+        drop(first);
+        drop(other);
+        assert_eq!(locks.len(), 0, "entries go when nobody holds them");
+        let again = locks
+            .acquire(
+                "s",
+                Some(tokio::time::Instant::now() + Duration::from_millis(50)),
+            )
+            .await;
+        assert!(again.is_some());
     }
 }

@@ -15,7 +15,7 @@
 //! for it ([`CaptureMode`]), in the conventions' parts format as JSON strings. Nothing from request
 //! headers (API keys, authorization) is ever recorded.
 //!
-//! An agent uses [`Telemetry::disabled`] unless told otherwise or unless [`otlp::init_from_env`]
+//! An agent uses [`Telemetry::disabled`] unless told otherwise or unless `otlp::init_from_env`
 //! (feature `otlp`) installed the global providers; disabled instrumentation is a branch on an
 //! `Option` per call site.
 

@@ -3,7 +3,7 @@
 #![allow(clippy::expect_used)]
 
 use renamed_core::greet;
-use runtime::tool::{AgentState, Tool, ToolContext, ToolOutput};
+use runtime::tool::{Tool, ToolContext, ToolOutput};
 
 #[tokio::test]
 async fn works_with_a_renamed_dependency() {

@@ -1,7 +1,8 @@
 //! A small MCP server (rmcp, stdio) for the tests of what server-everything cannot show: a
 //! tool list that changes while a client is connected. Tools: `add_tool {name}` registers a
 //! tool `name` (answering "`name` called") and sends a tool-list-changed notification before it
-//! answers. `--legacy` limits it to protocol 2025-11-25 (notifications on the session);
+//! answers. `meta {}` answers the request's `_meta` as JSON text. `wait {seconds}` waits, and when the client cancels the call (`notifications/cancelled`)
+//! appends `cancelled` to the file named by `MCP_TEST_SERVER_LOG`. `--legacy` limits it to protocol 2025-11-25 (notifications on the session);
 //! otherwise it speaks 2026-07-28 too (notifications on `subscriptions/listen`).
 
 use std::borrow::Cow;
@@ -60,6 +61,20 @@ impl ServerHandler for TestServer {
                 "required": ["name"]
             })),
         )];
+        tools.push(Tool::new(
+            "wait",
+            "Waits for the given number of seconds.",
+            schema(json!({
+                "type": "object",
+                "properties": {"seconds": {"type": "number"}},
+                "required": ["seconds"]
+            })),
+        ));
+        tools.push(Tool::new(
+            "meta",
+            "Answers the request's _meta.",
+            schema(json!({"type": "object", "properties": {}})),
+        ));
         let added = self.added.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for name in added {
             tools.push(Tool::new(
@@ -95,6 +110,35 @@ impl ServerHandler for TestServer {
             tokio::time::sleep(Duration::from_millis(200)).await;
             return Ok(CallToolResponse::Complete(CallToolResult::success(vec![
                 ContentBlock::text(format!("added {name}")),
+            ])));
+        }
+        if request.name == "meta" {
+            let meta = serde_json::to_string(&context.meta).unwrap_or_default();
+            return Ok(CallToolResponse::Complete(CallToolResult::success(vec![
+                ContentBlock::text(meta),
+            ])));
+        }
+        if request.name == "wait" {
+            let seconds = request
+                .arguments
+                .as_ref()
+                .and_then(|a| a.get("seconds"))
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(1.0);
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs_f64(seconds)) => {}
+                () = context.ct.cancelled() => {
+                    if let Ok(path) = std::env::var("MCP_TEST_SERVER_LOG") {
+                        use std::io::Write as _;
+                        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                            let _ = writeln!(f, "cancelled");
+                        }
+                    }
+                    return Err(ErrorData::internal_error("cancelled", None));
+                }
+            }
+            return Ok(CallToolResponse::Complete(CallToolResult::success(vec![
+                ContentBlock::text("waited"),
             ])));
         }
         let known = self
