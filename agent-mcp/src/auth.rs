@@ -84,7 +84,9 @@ impl OAuth {
         self
     }
 
-    /// Bound on one authorization, the user's part included (default 300 s).
+    /// Bound on one authorization, the user's part included (default 300 s). A connection
+    /// attempt that needs an authorization may take this much longer than the startup or
+    /// reconnect timeout. Concurrent requests that need one share a single authorization.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

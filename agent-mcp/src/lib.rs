@@ -72,7 +72,36 @@ pub enum McpError {
         /// What happened.
         reason: String,
     },
-    /// A request to the server failed.
+    /// A request got no answer within its bound (`notifications/cancelled` was sent).
+    #[error("MCP server `{server}`: {what} did not answer within {millis} ms")]
+    Timeout {
+        /// The server's name.
+        server: String,
+        /// The request.
+        what: String,
+        /// The bound.
+        millis: u64,
+    },
+    /// The connection was lost or could not be made; the next request reconnects. Whether a
+    /// tool call in flight ran is unknown unless the reason says it was not sent.
+    #[error("MCP server `{server}`: {reason}")]
+    Connection {
+        /// The server's name.
+        server: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The server answered with a JSON-RPC error.
+    #[error("MCP server `{server}`: {message} (error {code})")]
+    Server {
+        /// The server's name.
+        server: String,
+        /// The JSON-RPC error code.
+        code: i32,
+        /// The request and the server's message.
+        message: String,
+    },
+    /// A request to the server failed otherwise.
     #[error("MCP server `{server}`: {reason}")]
     Request {
         /// The server's name.
@@ -116,6 +145,8 @@ pub struct McpServer {
     sampling: Option<Arc<dyn SamplingHandler>>,
     elicitation: Option<Arc<dyn ElicitationHandler>>,
     roots: Vec<Root>,
+    /// Settings that do not fit the transport, refused by `connect`.
+    misfits: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for McpServer {
@@ -149,6 +180,7 @@ impl McpServer {
             sampling: None,
             elicitation: None,
             roots: Vec::new(),
+            misfits: Vec::new(),
         }
     }
 
@@ -182,30 +214,36 @@ impl McpServer {
 
     /// An environment variable for a stdio server.
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        if let Transport::Stdio { env, .. } = &mut self.transport {
-            env.push((key.into(), value.into()));
+        match &mut self.transport {
+            Transport::Stdio { env, .. } => env.push((key.into(), value.into())),
+            Transport::Http { .. } => self.misfits.push("`env` is for stdio servers"),
         }
         self
     }
 
     /// A static bearer token for an HTTP server.
     pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
-        if let Transport::Http { bearer, .. } = &mut self.transport {
-            *bearer = Some(token.into());
+        match &mut self.transport {
+            Transport::Http { bearer, .. } => *bearer = Some(token.into()),
+            Transport::Stdio { .. } => self.misfits.push("`bearer_token` is for HTTP servers"),
         }
         self
     }
 
     /// A header sent with every HTTP request.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        if let Transport::Http { headers, .. } = &mut self.transport {
-            headers.push((name.into(), value.into()));
+        match &mut self.transport {
+            Transport::Http { headers, .. } => headers.push((name.into(), value.into())),
+            Transport::Stdio { .. } => self.misfits.push("`header` is for HTTP servers"),
         }
         self
     }
 
     /// OAuth 2.1 for an HTTP server: run when the server answers 401 (or 403 for more scope).
     pub fn oauth(mut self, oauth: OAuth) -> Self {
+        if matches!(self.transport, Transport::Stdio { .. }) {
+            self.misfits.push("`oauth` is for HTTP servers");
+        }
         self.oauth = Some(oauth);
         self
     }
@@ -247,7 +285,8 @@ impl McpServer {
         self
     }
 
-    /// Prefixes the agent-side tool names with `<prefix>_`.
+    /// Prefixes the agent-side tool names with `<prefix>_` (1 to 32 ASCII letters, digits,
+    /// `_` or `-`; checked by `connect`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Some(prefix.into());
         self
@@ -336,6 +375,23 @@ impl McpServer {
     /// Starts (stdio) or reaches (HTTP) the server and completes the handshake, within the
     /// startup timeout (one attempt; later reconnects retry with backoff).
     pub async fn connect(self) -> Result<McpClient, McpError> {
+        if let Some(misfit) = self.misfits.first() {
+            return Err(McpError::Config(format!(
+                "server `{}`: {misfit}",
+                self.name
+            )));
+        }
+        if let Some(prefix) = &self.prefix
+            && (prefix.is_empty()
+                || prefix.len() > 32
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            return Err(McpError::Config(format!(
+                "prefix `{prefix}`: use 1 to 32 ASCII letters, digits, `_` or `-`"
+            )));
+        }
         if let Transport::Http { url, .. } = &self.transport {
             reqwest::Url::parse(url)
                 .map_err(|e| McpError::Config(format!("invalid MCP server URL `{url}`: {e}")))?;

@@ -31,17 +31,29 @@ pub(crate) fn adapt(
     {
         return None;
     }
-    let base = provider_name(config.prefix.as_deref(), &remote);
-    let mut name = base.clone();
-    let mut n = 2;
-    while used.contains(&name) {
-        name = format!("{}_{n}", &base[..base.len().min(60)]);
-        n += 1;
+    // Unique also after `-`/`_` folding (the registry treats them alike); a clash gets a
+    // suffix from the MCP name's hash, so it does not depend on the listing order.
+    let mut name = provider_name(config.prefix.as_deref(), &remote);
+    if used.contains(&name.replace('-', "_")) {
+        let suffix = format!("_{:06x}", fnv(&remote) & 0xff_ffff);
+        name = format!("{}{suffix}", &name[..name.len().min(64 - suffix.len())]);
     }
-    if !is_valid_tool_name(&name) {
+    if !is_valid_tool_name(&name) || used.contains(&name.replace('-', "_")) {
+        tracing::warn!(server = %config.name, tool = %remote, "MCP tool left out: no valid unique name for it");
         return None;
     }
-    used.insert(name.clone());
+    used.insert(name.replace('-', "_"));
+    let mut input_schema = Value::Object((*tool.input_schema).clone());
+    if input_schema.get("type").is_none() {
+        // Model providers want an object schema; MCP input schemas are objects by definition.
+        input_schema["type"] = Value::String("object".into());
+    }
+    if input_schema.get("type").and_then(Value::as_str) != Some("object")
+        || jsonschema::validator_for(&input_schema).is_err()
+    {
+        tracing::warn!(server = %config.name, tool = %remote, "MCP tool left out: its input schema is not a valid object schema");
+        return None;
+    }
     let output_validator = tool
         .output_schema
         .as_ref()
@@ -56,7 +68,7 @@ pub(crate) fn adapt(
         spec: ToolSpec {
             name,
             description: tool.description.as_deref().unwrap_or(&remote).to_owned(),
-            input_schema: Value::Object((*tool.input_schema).clone()),
+            input_schema,
         },
         remote,
         output_validator,
@@ -83,10 +95,14 @@ pub(crate) fn provider_name(prefix: Option<&str>, name: &str) -> String {
         return full;
     }
     // Keep it unique when cut: a short hash of the whole name at the end.
-    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    format!("{}_{:08x}", &full[..55], fnv(&full) as u32)
+}
+
+/// FNV-1a: a short stable hash for name suffixes.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("{}_{:08x}", &full[..55], hash as u32)
+    })
 }
 
 pub(crate) struct McpTool {

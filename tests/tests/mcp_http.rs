@@ -353,11 +353,43 @@ async fn a_restarted_http_server_is_reached_again() {
         .call(json!({"message": "down"}), ToolContext::new("t", "s"))
         .await;
     let down = down.expect_err("a call while the server is down must fail");
-    assert!(down.to_string().contains("echo"), "{down}");
-    let _server = EverythingHttp::start_on(port).await;
+    assert!(down.to_string().contains("could not be reached"), "{down}");
+    let server = EverythingHttp::start_on(port).await;
     let started = Instant::now();
     let again = text(&call(&tools, "echo", json!({"message": "two"})).await);
     assert_eq!(again, "Echo: two");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(client.list_prompts().await.is_ok());
+
+    // A restart between two calls: server-everything answers the forgotten session with a
+    // 400 that names no request, so the call times out; the client then finds the session
+    // dead (a ping) and the following calls start a new one.
+    let port = server.stop().await;
+    let _server = EverythingHttp::start_on(port).await;
+    let client = McpServer::http("everything", format!("http://127.0.0.1:{port}/mcp"))
+        .call_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect");
+    let tools = client.tools().await.expect("tools");
+    let port = _server.stop().await;
+    let _server = EverythingHttp::start_on(port).await;
+    let echo = tools.iter().find(|t| t.spec().name == "echo").unwrap();
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    loop {
+        match echo
+            .call(json!({"message": "three"}), ToolContext::new("t", "s"))
+            .await
+        {
+            Ok(out) => {
+                assert_eq!(text(&out), "Echo: three");
+                break;
+            }
+            Err(e) => outcomes.push(e.to_string()),
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{outcomes:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(client.connections() >= 2, "{outcomes:?}");
 }

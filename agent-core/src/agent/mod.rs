@@ -228,8 +228,8 @@ impl Agent {
         &self.inner.id
     }
 
-    /// The tools the next model call will see (the fixed ones plus the current tools of each
-    /// [`ToolSource`]).
+    /// The agent's tools: the fixed ones plus each [`ToolSource`]'s list as of its last sync
+    /// (sources sync before each model call).
     pub fn tools(&self) -> Arc<ToolRegistry> {
         self.inner.tools.current()
     }
@@ -632,10 +632,10 @@ pub(crate) struct AgentTools {
 }
 
 impl AgentTools {
-    /// The registry for a model call: the sources brought up to date first.
+    /// The registry for a model call: the sources brought up to date first (concurrently).
     pub(crate) async fn refreshed(&self) -> Arc<ToolRegistry> {
-        for source in &self.sources {
-            source.sync().await;
+        if !self.sources.is_empty() {
+            futures::future::join_all(self.sources.iter().map(|s| s.sync())).await;
         }
         self.current()
     }

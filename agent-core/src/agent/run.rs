@@ -78,6 +78,8 @@ struct Run<'a> {
     emitter: Emitter,
     cancel: CancellationToken,
     deadline: Option<Instant>,
+    /// The tools of the last model call: its tool uses run against the same list.
+    tools: Option<std::sync::Arc<crate::tool::ToolRegistry>>,
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -166,6 +168,7 @@ async fn run_traced(
         emitter: Emitter { tx, deadline },
         cancel,
         deadline,
+        tools: None,
         trace,
         system_prompt: agent
             .system_prompt
@@ -336,7 +339,14 @@ impl Run<'_> {
 
     async fn model_turn(&mut self) -> Result<TurnOutcome, AgentError> {
         let agent = self.agent;
-        let tools = agent.tools.refreshed().await;
+        // Tool sources bring their lists up to date first, within the run's bounds.
+        let tools = tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => return Ok(TurnOutcome::Stopped(StopReason::Cancelled)),
+            () = sleep_until_opt(self.deadline) => return Ok(TurnOutcome::Stopped(StopReason::Timeout)),
+            tools = agent.tools.refreshed() => tools,
+        };
+        self.tools = Some(tools.clone());
         let mut attempts = 0u32;
         let mut failures = 0u32;
         let mut reductions = 0u32;
@@ -485,7 +495,7 @@ impl Run<'_> {
     /// calls and, if the run must stop, why.
     async fn tool_batch(&mut self) -> Result<(u32, Option<StopReason>), AgentError> {
         let agent = self.agent;
-        let tools = agent.tools.current();
+        let tools = self.tools.clone().unwrap_or_else(|| agent.tools.current());
         let scope = CallScope {
             session_id: self.key.session_id.clone(),
             actor_id: self.actor_id.clone(),

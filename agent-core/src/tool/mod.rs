@@ -33,8 +33,9 @@ pub struct ToolSpec {
     pub input_schema: Value,
 }
 
-/// What a tool gets besides its input.
+/// What a tool gets besides its input. Outside an agent, make one with [`ToolContext::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ToolContext {
     /// The id of the tool use being answered.
     pub tool_use_id: String,

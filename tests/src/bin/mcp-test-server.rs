@@ -1,7 +1,8 @@
 //! A small MCP server (rmcp, stdio) for the tests of what server-everything cannot show: a
 //! tool list that changes while a client is connected. Tools: `add_tool {name}` registers a
 //! tool `name` (answering "`name` called") and sends a tool-list-changed notification before it
-//! answers. `meta {}` answers the request's `_meta` as JSON text. `wait {seconds}` waits, and when the client cancels the call (`notifications/cancelled`)
+//! answers. `ask {}` (2026-07-28) asks for the user's name through an `input_required` round
+//! (SEP-2322) and answers "hello <name>"; it logs `ask <requestState>` per request. `meta {}` answers the request's `_meta` as JSON text. `wait {seconds}` waits, and when the client cancels the call (`notifications/cancelled`)
 //! appends `cancelled` to the file named by `MCP_TEST_SERVER_LOG`. `--legacy` limits it to protocol 2025-11-25 (notifications on the session);
 //! otherwise it speaks 2026-07-28 too (notifications on `subscriptions/listen`).
 
@@ -71,6 +72,11 @@ impl ServerHandler for TestServer {
             })),
         ));
         tools.push(Tool::new(
+            "ask",
+            "Greets the user by the name it asks for.",
+            schema(json!({"type": "object", "properties": {}})),
+        ));
+        tools.push(Tool::new(
             "meta",
             "Answers the request's _meta.",
             schema(json!({"type": "object", "properties": {}})),
@@ -112,6 +118,41 @@ impl ServerHandler for TestServer {
                 ContentBlock::text(format!("added {name}")),
             ])));
         }
+        if request.name == "ask" {
+            log(&format!(
+                "ask {}",
+                request.request_state.as_deref().unwrap_or("-")
+            ));
+            let answered = request
+                .input_responses
+                .as_ref()
+                .and_then(|r| r.get("name"))
+                .and_then(|r| r.pointer("/content/name"))
+                .and_then(|n| n.as_str());
+            if let (Some(name), Some("s1")) = (answered, request.request_state.as_deref()) {
+                return Ok(CallToolResponse::Complete(CallToolResult::success(vec![
+                    ContentBlock::text(format!("hello {name}")),
+                ])));
+            }
+            let ask = serde_json::from_value(json!({
+                "resultType": "input_required",
+                "inputRequests": {"name": {
+                    "method": "elicitation/create",
+                    "params": {
+                        "mode": "form",
+                        "message": "What is your name?",
+                        "requestedSchema": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}},
+                            "required": ["name"]
+                        }
+                    }
+                }},
+                "requestState": "s1"
+            }))
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+            return Ok(CallToolResponse::InputRequired(ask));
+        }
         if request.name == "meta" {
             let meta = serde_json::to_string(&context.meta).unwrap_or_default();
             return Ok(CallToolResponse::Complete(CallToolResult::success(vec![
@@ -128,12 +169,7 @@ impl ServerHandler for TestServer {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs_f64(seconds)) => {}
                 () = context.ct.cancelled() => {
-                    if let Ok(path) = std::env::var("MCP_TEST_SERVER_LOG") {
-                        use std::io::Write as _;
-                        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-                            let _ = writeln!(f, "cancelled");
-                        }
-                    }
+                    log("cancelled");
                     return Err(ErrorData::internal_error("cancelled", None));
                 }
             }
@@ -156,6 +192,19 @@ impl ServerHandler for TestServer {
                 None,
             ))
         }
+    }
+}
+
+/// Appends a line to the file named by `MCP_TEST_SERVER_LOG`, if set.
+fn log(line: &str) {
+    use std::io::Write as _;
+    if let Ok(path) = std::env::var("MCP_TEST_SERVER_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(f, "{line}");
     }
 }
 
