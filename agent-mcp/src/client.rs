@@ -830,6 +830,20 @@ impl Shared {
     }
 }
 
+/// Arguments of a tool call or prompt: an object, or null for none.
+fn object_arguments(
+    name: &str,
+    arguments: Value,
+) -> Result<Option<serde_json::Map<String, Value>>, McpError> {
+    match arguments {
+        Value::Object(args) => Ok(Some(args)),
+        Value::Null => Ok(None),
+        other => Err(McpError::Config(format!(
+            "the arguments of `{name}` must be a JSON object, not {other}"
+        ))),
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -902,14 +916,8 @@ impl McpClient {
         arguments: Value,
     ) -> Result<CallToolResult, McpError> {
         let mut params = CallToolRequestParams::new(name.to_owned());
-        match arguments {
-            Value::Object(args) => params = params.with_arguments(args),
-            Value::Null => {}
-            other => {
-                return Err(McpError::Config(format!(
-                    "the arguments of `{name}` must be a JSON object, not {other}"
-                )));
-            }
+        if let Some(args) = object_arguments(name, arguments)? {
+            params = params.with_arguments(args);
         }
         self.shared
             .call_tool_tracked(
@@ -965,14 +973,8 @@ impl McpClient {
         arguments: Value,
     ) -> Result<GetPromptResult, McpError> {
         let mut params = GetPromptRequestParams::new(name.to_owned());
-        match arguments {
-            Value::Object(args) => params = params.with_arguments(args),
-            Value::Null => {}
-            other => {
-                return Err(McpError::Config(format!(
-                    "the arguments of prompt `{name}` must be a JSON object, not {other}"
-                )));
-            }
+        if let Some(args) = object_arguments(name, arguments)? {
+            params = params.with_arguments(args);
         }
         self.shared
             .request("prompts/get", |live| {

@@ -286,6 +286,17 @@ impl MockVllm {
         lock(&self.state.received).clone()
     }
 
+    /// The names of the tools offered in request `i` (0-based), in order.
+    pub fn offered_tools(&self, i: usize) -> Vec<String> {
+        lock(&self.state.received)
+            .get(i)
+            .and_then(|r| r.body["tools"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| t["function"]["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Turns not played yet.
     pub fn remaining(&self) -> usize {
         match &*lock(&self.state.responder) {

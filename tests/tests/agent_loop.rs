@@ -888,12 +888,7 @@ async fn tool_sources_are_reread_when_they_change_and_clashes_are_left_out() {
         .expect("server");
     let err = Agent::builder()
         .model(provider(&server))
-        .tool(FnTool::new(
-            "fixed",
-            "t",
-            json!({"type": "object"}),
-            |_, _| async { Ok(ToolOutput::text("x")) },
-        ))
+        .tools([named("fixed")])
         .tool_source(clash)
         .build()
         .expect_err("duplicate");
@@ -901,23 +896,11 @@ async fn tool_sources_are_reread_when_they_change_and_clashes_are_left_out() {
 
     let agent = Agent::builder()
         .model(provider(&server))
-        .tool(FnTool::new(
-            "fixed",
-            "t",
-            json!({"type": "object"}),
-            |_, _| async { Ok(ToolOutput::text("x")) },
-        ))
+        .tools([named("fixed")])
         .tool_source(source.clone())
         .build()
         .expect("agent");
-    let names = |i: usize| -> Vec<String> {
-        server.received()[i].body["tools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let names = |i: usize| server.offered_tools(i);
     agent.session("s1").invoke("hi").await.expect("first");
     assert_eq!(names(0), ["fixed", "alpha"]);
     // The list changes; a later clash is left out (with a warning), the rest is used.

@@ -380,14 +380,7 @@ async fn list_changed_refreshes_the_agents_tools_on_both_protocol_versions() {
             .await
             .expect("invoke");
         assert_eq!(r.text(), "Done.", "{version}");
-        let offered = |i: usize| -> Vec<String> {
-            server.received()[i].body["tools"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
-                .collect()
-        };
+        let offered = |i: usize| server.offered_tools(i);
         assert_eq!(offered(0), ["add_tool", "wait", "ask", "meta"], "{version}");
         assert_eq!(
             offered(1),
