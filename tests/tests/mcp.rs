@@ -288,11 +288,16 @@ async fn a_crashed_server_fails_the_call_in_flight_and_is_respawned() {
     assert!(elapsed < Duration::from_secs(5), "failed after {elapsed:?}");
 
     // The next call respawns the server and works.
+    let respawn = Instant::now();
     let out = find(&tools, "echo")
         .call(json!({"message": "back"}), ctx())
         .await
         .expect("works after a respawn");
     assert_eq!(out, ToolOutput::text("Echo: back"));
+    println!(
+        "in-flight call failed {elapsed:?} after it started (the kill came at 500 ms); respawn + call took {:?}",
+        respawn.elapsed()
+    );
     assert_eq!(client.connections(), 2);
     assert_ne!(client.process_id(), Some(first_pid));
     // Reads work on the new process too.
