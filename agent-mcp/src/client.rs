@@ -866,12 +866,7 @@ impl McpClient {
     /// The server's tools as agent tools (allow/deny filters and the prefix applied), as listed
     /// now. For a list that follows the server's changes use [`tool_source`](Self::tool_source).
     pub async fn tools(&self) -> Result<Vec<Arc<dyn Tool>>, McpError> {
-        let listed = self
-            .shared
-            .request("tools/list", |live| async move {
-                live.service.list_all_tools().await
-            })
-            .await?;
+        let listed = self.list_tools().await?;
         let mut used = HashSet::new();
         Ok(listed
             .into_iter()
