@@ -513,7 +513,24 @@ impl Shared {
 
     /// Reacts to a 401/403 during a request: a scope step-up on the current token when the
     /// server asks for more scope, a fresh authorization (and a new connection) otherwise.
+    /// Bounded by the call timeout plus the authorization's own timeout (the user's part).
     async fn on_auth_challenge(
+        &self,
+        live: &Arc<Live>,
+        challenge: Option<&str>,
+        seen: u64,
+    ) -> Result<(), McpError> {
+        let bound = self.connect_bound(self.config.call_timeout);
+        tokio::time::timeout(bound, self.answer_challenge(live, challenge, seen))
+            .await
+            .map_err(|_| McpError::Timeout {
+                server: self.config.name.clone(),
+                what: "authorization".into(),
+                millis: millis(bound),
+            })?
+    }
+
+    async fn answer_challenge(
         &self,
         live: &Arc<Live>,
         challenge: Option<&str>,

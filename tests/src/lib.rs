@@ -286,6 +286,22 @@ impl MockVllm {
         lock(&self.state.received).clone()
     }
 
+    /// The content of the last message of request `i` (0-based), as text: the string, or
+    /// the JSON of structured content; empty when there is no such request.
+    pub fn last_message(&self, i: usize) -> String {
+        let received = lock(&self.state.received);
+        let content = received
+            .get(i)
+            .and_then(|r| r.body["messages"].as_array()?.last().cloned())
+            .map(|m| m["content"].clone())
+            .unwrap_or_default();
+        match content {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    }
+
     /// The names of the tools offered in request `i` (0-based), in order.
     pub fn offered_tools(&self, i: usize) -> Vec<String> {
         lock(&self.state.received)

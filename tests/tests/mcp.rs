@@ -210,14 +210,7 @@ async fn an_agent_uses_an_mcp_tool_end_to_end() {
             .iter()
             .any(|t| t["function"]["name"] == "everything_get-sum")
     );
-    let result = server.received()[1].body["messages"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()["content"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let result = server.last_message(1);
     assert!(result.contains("42"), "{result}");
 }
 
@@ -392,12 +385,7 @@ async fn list_changed_refreshes_the_agents_tools_on_both_protocol_versions() {
             ["add_tool", "wait", "ask", "meta", "weather_v2"],
             "{version}"
         );
-        let answer = server.received()[2].body["messages"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()["content"]
-            .to_string();
+        let answer = server.last_message(2);
         assert!(answer.contains("weather_v2 called"), "{version}: {answer}");
         assert_eq!(
             agent_core::tool::ToolSource::generation(&*source),

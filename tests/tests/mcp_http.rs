@@ -365,14 +365,14 @@ async fn a_restarted_http_server_is_reached_again() {
     // 400 that names no request, so the call times out; the client then finds the session
     // dead (a ping) and the following calls start a new one.
     let port = server.stop().await;
-    let _server = EverythingHttp::start_on(port).await;
+    let server = EverythingHttp::start_on(port).await;
     let client = McpServer::http("everything", format!("http://127.0.0.1:{port}/mcp"))
         .call_timeout(Duration::from_secs(2))
         .connect()
         .await
         .expect("connect");
     let tools = client.tools().await.expect("tools");
-    let port = _server.stop().await;
+    let port = server.stop().await;
     let _server = EverythingHttp::start_on(port).await;
     let echo = tools.iter().find(|t| t.spec().name == "echo").unwrap();
     let started = Instant::now();

@@ -146,15 +146,7 @@ async fn the_model_can_remember_and_recall() {
         .invoke("What am I allergic to?")
         .await
         .expect("invoke");
-    let received = server.received();
-    let recalled = received[3].body["messages"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()["content"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let recalled = server.last_message(3);
     assert!(recalled.contains("Allergic to peanuts"), "{recalled}");
     // Without an actor the tools say why they cannot work.
     server.push([
@@ -166,11 +158,7 @@ async fn the_model_can_remember_and_recall() {
         .invoke("remember x")
         .await
         .expect("invoke");
-    let last = server.received();
-    let answer = last[5].body["messages"].as_array().unwrap().last().unwrap()["content"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let answer = server.last_message(5);
     assert!(answer.contains("no actor id"), "{answer}");
 }
 

@@ -423,26 +423,7 @@ impl AgentBuilder {
         }
         let descriptor = model.descriptor();
         let telemetry = self.telemetry.unwrap_or_else(Telemetry::default_for_agents);
-        let mut fixed = ToolRegistry::new();
-        for t in &self.tools {
-            fixed.register(t.clone())?;
-        }
-        let generations: Vec<u64> = self.tool_sources.iter().map(|s| s.generation()).collect();
-        let mut first = ToolRegistry::new();
-        for t in self
-            .tools
-            .iter()
-            .cloned()
-            .chain(self.tool_sources.iter().flat_map(|s| s.tools()))
-        {
-            first.register(t)?;
-        }
-        let tools = AgentTools {
-            fixed_list: self.tools,
-            fixed: Arc::new(fixed),
-            sources: self.tool_sources,
-            current: std::sync::RwLock::new((generations, Arc::new(first))),
-        };
+        let tools = AgentTools::new(self.tools, self.tool_sources)?;
         Ok(Agent {
             inner: Arc::new(AgentInner {
                 name: self.name,
@@ -625,13 +606,43 @@ impl SessionLocks {
 /// The agent's tools: a fixed registry, plus tool sources whose lists are re-read when their
 /// generation changes.
 pub(crate) struct AgentTools {
-    fixed_list: Vec<Arc<dyn Tool>>,
     fixed: Arc<ToolRegistry>,
     sources: Vec<Arc<dyn ToolSource>>,
     current: std::sync::RwLock<(Vec<u64>, Arc<ToolRegistry>)>,
 }
 
 impl AgentTools {
+    /// Registers the fixed tools and the sources' first lists; a clash is an error.
+    fn new(
+        fixed_tools: Vec<Arc<dyn Tool>>,
+        sources: Vec<Arc<dyn ToolSource>>,
+    ) -> Result<Self, crate::tool::RegistryError> {
+        let mut fixed = ToolRegistry::new();
+        for tool in fixed_tools {
+            fixed.register(tool)?;
+        }
+        let fixed = Arc::new(fixed);
+        let generations: Vec<u64> = sources.iter().map(|s| s.generation()).collect();
+        let first = if sources.is_empty() {
+            fixed.clone()
+        } else {
+            let mut first = ToolRegistry::new();
+            for tool in fixed
+                .tools()
+                .cloned()
+                .chain(sources.iter().flat_map(|s| s.tools()))
+            {
+                first.register(tool)?;
+            }
+            Arc::new(first)
+        };
+        Ok(Self {
+            fixed,
+            sources,
+            current: std::sync::RwLock::new((generations, first)),
+        })
+    }
+
     /// The registry for a model call: the sources brought up to date first (concurrently).
     pub(crate) async fn refreshed(&self) -> Arc<ToolRegistry> {
         if !self.sources.is_empty() {
@@ -654,8 +665,8 @@ impl AgentTools {
         }
         let mut registry = ToolRegistry::new();
         for tool in self
-            .fixed_list
-            .iter()
+            .fixed
+            .tools()
             .cloned()
             .chain(self.sources.iter().flat_map(|s| s.tools()))
         {

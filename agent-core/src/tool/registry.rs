@@ -125,6 +125,11 @@ impl ToolRegistry {
         self.entry(name).map(|e| &e.tool)
     }
 
+    /// The registered tools, in registration order.
+    pub(crate) fn tools(&self) -> impl Iterator<Item = &Arc<dyn Tool>> {
+        self.tools.iter().map(|e| &e.tool)
+    }
+
     pub(crate) fn entry(&self, name: &str) -> Option<&RegisteredTool> {
         self.by_name.get(name).map(|&i| &self.tools[i])
     }
