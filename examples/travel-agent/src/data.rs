@@ -3,13 +3,37 @@
 /// Cities with weather data and flights.
 pub(crate) const CITIES: &[&str] = &["Lisbon", "Porto", "London", "Paris", "Madrid", "Berlin"];
 
-/// The dataset's spelling of a city, matched case- and space-insensitively.
+/// Other names of the cities (in Portuguese, Spanish, French, German, Italian), so a question in
+/// another language finds the same data.
+const ALIASES: &[(&str, &str)] = &[
+    ("lisboa", "Lisbon"),
+    ("lissabon", "Lisbon"),
+    ("lisbonne", "Lisbon"),
+    ("oporto", "Porto"),
+    ("londres", "London"),
+    ("londra", "London"),
+    ("parís", "Paris"),
+    ("parigi", "Paris"),
+    ("madri", "Madrid"),
+    ("berlim", "Berlin"),
+    ("berlín", "Berlin"),
+    ("berlino", "Berlin"),
+];
+
+/// The dataset's spelling of a city, matched case- and space-insensitively, by its English name
+/// or one of its [`ALIASES`].
 pub(crate) fn known_city(city: &str) -> Option<&'static str> {
-    let city = city.trim();
+    let city = city.trim().to_lowercase();
     CITIES
         .iter()
         .copied()
-        .find(|c| c.eq_ignore_ascii_case(city))
+        .find(|c| c.eq_ignore_ascii_case(&city))
+        .or_else(|| {
+            ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == city)
+                .map(|(_, c)| *c)
+        })
 }
 
 /// Today's weather in a city.

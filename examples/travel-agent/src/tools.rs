@@ -62,9 +62,20 @@ pub(crate) fn search_flights(
         ));
     }
     let flights = data::flights(from, to, date);
+    let (Some(cheapest), Some(earliest)) = (
+        flights.first(),
+        flights.iter().min_by(|a, b| a.departs.cmp(&b.departs)),
+    ) else {
+        return Ok(format!("No direct flights from {from} to {to} on {date}."));
+    };
     let mut out = format!(
-        "{} direct flights from {from} to {to} on {date}, sorted by price (cheapest first):",
-        flights.len()
+        "{} direct flights from {from} to {to} on {date}. Cheapest: {} at {} EUR. Earliest: {} \
+         departing at {}. All, sorted by price (cheapest first):",
+        flights.len(),
+        cheapest.number,
+        cheapest.price_eur,
+        earliest.number,
+        earliest.departs,
     );
     for (i, f) in flights.iter().enumerate() {
         out.push_str(&format!(
@@ -107,6 +118,15 @@ mod tests {
             known,
             "Weather in Lisbon today: sunny, high 21 °C, low 14 °C."
         );
+        // Names in other languages find the same city.
+        for alias in ["Lisboa", "LISSABON"] {
+            assert_eq!(get_weather::run(alias.into()).expect("alias"), known);
+        }
+        assert!(
+            search_flights::run("Madrid".into(), "París".into(), "2026-12-12".into())
+                .expect("alias")
+                .contains("from Madrid to Paris")
+        );
         let unknown = get_weather::run("Tokyo".into()).expect_err("unknown");
         assert!(unknown.contains("\"Tokyo\"") && unknown.contains("Lisbon, Porto"));
     }
@@ -115,7 +135,13 @@ mod tests {
     fn flights_are_sorted_cheapest_first_and_checked() {
         let out = search_flights::run("London".into(), "Lisbon".into(), "2026-12-05".into())
             .expect("flights");
-        assert!(out.starts_with("3 direct flights from London to Lisbon on 2026-12-05"));
+        assert!(
+            out.starts_with(
+                "3 direct flights from London to Lisbon on 2026-12-05. Cheapest: TA999 at 116 \
+                 EUR. Earliest: TA962 departing at 08:30."
+            ),
+            "{out}"
+        );
         let prices: Vec<u32> = out
             .lines()
             .skip(1)
