@@ -83,6 +83,23 @@ interrupted_install() {
   echo "[test] model download killed half-way; the README command must now complete it" >&2
 }
 
+# A start interrupted while the server loads (SIGTERM to the script) stops that server.
+interrupted_start() {
+  local script server pidfile="$run_dir/interrupted-start.pid"
+  AGENT_MODEL_PORT=$(free_port) AGENT_MODEL_PIDFILE=$pidfile AGENT_MODEL_LOG="$run_dir/interrupted-start.log" \
+    bash scripts/local-model.sh start >/dev/null 2>&1 &
+  script=$!
+  for _ in $(seq 1 100); do [ -s "$pidfile" ] && break; sleep 0.1; done
+  server=$(cat "$pidfile" 2>/dev/null) || { echo "[test] the server was never started" >&2; return 1; }
+  kill -TERM "$script"
+  wait "$script" 2>/dev/null || true
+  if kill -0 "$server" 2>/dev/null; then
+    echo "[test] an interrupted start left llama-server (pid $server) running" >&2
+    kill "$server"
+    return 1
+  fi
+}
+
 # The README's run command, exactly as written there, with its own model port and PID file.
 # It must exit 0 with an answer built from the tools' results.
 readme_run() {
@@ -135,6 +152,7 @@ if [ "$fresh" = 1 ]; then
 fi
 check readme-run-command readme_run
 check eval-ci-prompts eval_run
+check interrupted-start interrupted_start
 
 # The real-model tests' endpoint: llama.cpp + Qwen2.5-Coder-1.5B on 127.0.0.1 (built above on a
 # first run).
