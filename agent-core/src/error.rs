@@ -43,6 +43,13 @@ pub enum AgentError {
     /// The prompt has no content.
     #[error("the prompt is empty")]
     EmptyPrompt,
+    /// The run panicked (in a model, tool source or store implementation, say); a streamed run
+    /// ends with this error instead of a stream that just stops.
+    #[error("the run panicked: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl AgentError {
@@ -57,6 +64,7 @@ impl AgentError {
             Self::InvalidId(_) => "invalid_id",
             Self::SessionBusy { .. } => "session_busy",
             Self::EmptyPrompt => "empty_prompt",
+            Self::Panicked { .. } => "panicked",
         }
     }
 }

@@ -85,6 +85,29 @@ pub enum Fault {
     },
     /// Wait this long before sending the response head.
     SlowFirstByte(Duration),
+    /// A UTF-8 byte-order mark before an otherwise valid stream.
+    Bom,
+    /// After the first chunk, one `data:` line that never ends, sent as fast as the client
+    /// reads (64 KiB chunks, at most `max_bytes`).
+    EndlessLine {
+        /// When the server gives up.
+        max_bytes: usize,
+    },
+    /// After the first chunk, `: ping` comments as fast as the client reads, and never an event
+    /// (at most `max_bytes`).
+    EndlessComments {
+        /// When the server gives up.
+        max_bytes: usize,
+    },
+    /// A redirect to `location` with this status (301, 302, 307, 308).
+    Redirect {
+        /// The status.
+        code: u16,
+        /// The `Location` header.
+        location: String,
+    },
+    /// HTTP 400 whose message echoes the request's `authorization` and `x-api-key` headers.
+    EchoHeaders,
 }
 
 /// One scripted model turn.
@@ -365,7 +388,7 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
     if state.record {
         lock(&state.received).push(Received {
             body: body.clone(),
-            headers,
+            headers: headers.clone(),
         });
     }
     let Some(turn) = turn else {
@@ -406,6 +429,26 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
             return error_response(400, message, None, *legacy);
         }
         Some(Fault::SlowFirstByte(d)) => tokio::time::sleep(*d).await,
+        Some(Fault::Redirect { code, location }) => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() =
+                axum::http::StatusCode::from_u16(*code).unwrap_or(axum::http::StatusCode::FOUND);
+            if let Ok(v) = axum::http::HeaderValue::from_str(location) {
+                r.headers_mut().insert("location", v);
+            }
+            return r;
+        }
+        Some(Fault::EchoHeaders) => {
+            let echoed: Vec<String> = ["authorization", "x-api-key"]
+                .iter()
+                .filter_map(|h| {
+                    let v = headers.get(*h)?.to_str().ok()?;
+                    Some(format!("{h}: {v}"))
+                })
+                .collect();
+            let message = format!("bad request; you sent {}", echoed.join(", "));
+            return error_response(400, &message, None, false);
+        }
         _ => {}
     }
     if !streaming {
@@ -443,8 +486,37 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
             out.push(Bytes::from_static(b"data: [DONE]\n\n"));
             sse_response(out)
         }
+        Some(Fault::Bom) => {
+            let mut out = chunks;
+            if let Some(first) = out.first_mut() {
+                let mut with_bom = b"\xEF\xBB\xBF".to_vec();
+                with_bom.extend_from_slice(first);
+                *first = Bytes::from(with_bom);
+            }
+            sse_response(out)
+        }
+        Some(Fault::EndlessLine { max_bytes }) => {
+            let first: Vec<Bytes> = chunks.into_iter().take(1).collect();
+            let filler = Bytes::from(vec![b'a'; 64 * 1024]);
+            endless(first, Bytes::from_static(b"data: "), filler, *max_bytes)
+        }
+        Some(Fault::EndlessComments { max_bytes }) => {
+            let first: Vec<Bytes> = chunks.into_iter().take(1).collect();
+            let filler = Bytes::from(b": ping\n".repeat(64 * 1024 / 7));
+            endless(first, Bytes::new(), filler, *max_bytes)
+        }
         _ => sse_response(chunks),
     }
+}
+
+/// `first`, then `head`, then `filler` again and again up to `max_bytes`: a peer that talks
+/// as fast as it can. It stops by itself at the bound, or when the client goes away.
+fn endless(first: Vec<Bytes>, head: Bytes, filler: Bytes, max_bytes: usize) -> Response {
+    let rounds = max_bytes / filler.len().max(1);
+    let stream = futures::stream::iter(first.into_iter().chain(std::iter::once(head)))
+        .chain(futures::stream::iter(std::iter::repeat_n(filler, rounds)))
+        .map(Ok::<_, Infallible>);
+    streaming_response(Body::from_stream(stream))
 }
 
 fn sse(value: &Value) -> Bytes {
@@ -576,7 +648,7 @@ fn stream_chunks(turn: &Turn, id: &str, include_usage: bool) -> Vec<Bytes> {
     }
     if include_usage {
         let (p, c) = turn.usage;
-        out.push(sse(&json!({"id": id, "object": "chat.completion.chunk", "created": 1_764_200_000, "model": MODEL, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})));
+        out.push(sse(&json!({"id": id, "object": "chat.completion.chunk", "created": 1_764_200_000, "model": MODEL, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p.saturating_add(c)}})));
     }
     out.push(Bytes::from_static(b"data: [DONE]\n\n"));
     out
@@ -615,7 +687,7 @@ fn render_completion(turn: &Turn, id: &str) -> Value {
     json!({
         "id": id, "object": "chat.completion", "created": 1_764_200_000, "model": MODEL,
         "choices": [{"index": 0, "logprobs": null, "finish_reason": finish_reason(turn), "stop_reason": null, "message": message}],
-        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c, "prompt_tokens_details": null}
+        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p.saturating_add(c), "prompt_tokens_details": null}
     })
 }
 

@@ -536,8 +536,13 @@ impl Session {
         let session_id = self.session_id.clone();
         let actor_id = self.actor_id.clone();
         let prompt = prompt.into();
+        // The caller's trace context, so the run's `invoke_agent` span is its child as with
+        // `invoke`, not a new root.
+        let trace = opentelemetry::Context::current();
         tokio::spawn(async move {
-            let outcome = run::run(
+            use futures::FutureExt as _;
+            use opentelemetry::trace::FutureExt as _;
+            let run = run::run(
                 &agent.inner,
                 &session_id,
                 actor_id.as_deref(),
@@ -545,7 +550,19 @@ impl Session {
                 cancel,
                 Some(tx.clone()),
             )
-            .await;
+            .with_context(trace);
+            // A panic (in a user's model, tool source or store, say) still ends the stream,
+            // with a typed error instead of a stream that just stops.
+            let outcome = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(panic) => Err(AgentError::Panicked {
+                    message: panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".to_owned()),
+                }),
+            };
             let last = outcome.map(AgentEvent::Stop);
             // The receiver may be gone; then nobody is waiting for the outcome.
             let _ = tx.send(last).await;

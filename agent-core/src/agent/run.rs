@@ -507,8 +507,11 @@ impl Run<'_> {
                     failures += 1;
                     let delay = agent.retry.delay(failures, e.retry_after());
                     if self.deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                        // Not a timeout: the model failed, and waiting to retry would pass the
+                        // time limit. The caller gets the cause (a throttle says when to come
+                        // back).
                         tracing::warn!(error = %e, "model call failed and the backoff would pass the time limit");
-                        return Ok(TurnOutcome::Stopped(StopReason::Timeout));
+                        return Err(AgentError::Model { error: e, attempts });
                     }
                     tracing::warn!(error = %e, retry = failures, delay_ms = millis(delay), "model call failed, retrying");
                     self.retry_event(failures, delay, e.kind(), &e.to_string())

@@ -331,9 +331,16 @@ enum Escape {
 
 /// Decodes `\uXXXX` (and a following `\uXXXX` low surrogate) at the start of `s`.
 fn decode_unicode_escape(s: &str) -> Escape {
+    // Byte-wise: the text after an escape may hold multi-byte characters, so string slicing
+    // at fixed offsets could split one.
+    let bytes = s.as_bytes();
     let hex = |from: usize| -> Option<Option<u32>> {
-        let digits = s.get(from..from + 4)?;
-        Some(u32::from_str_radix(digits, 16).ok())
+        let digits = bytes.get(from..from + 4)?;
+        Some(
+            digits
+                .iter()
+                .try_fold(0u32, |acc, &b| Some(acc * 16 + char::from(b).to_digit(16)?)),
+        )
     };
     let Some(first) = hex(2) else {
         return Escape::Incomplete;
@@ -342,11 +349,13 @@ fn decode_unicode_escape(s: &str) -> Escape {
         return Escape::Invalid;
     };
     if (0xD800..0xDC00).contains(&first) {
-        if s.len() < 12 {
-            return Escape::Incomplete;
+        match bytes.get(6..8) {
+            None if b"\\u".starts_with(&bytes[6..]) => return Escape::Incomplete,
+            Some(b"\\u") => {}
+            _ => return Escape::Invalid,
         }
-        if &s[6..8] != "\\u" {
-            return Escape::Invalid;
+        if bytes.len() < 12 {
+            return Escape::Incomplete;
         }
         let Some(Some(second)) = hex(8) else {
             return Escape::Invalid;
@@ -484,5 +493,78 @@ mod tests {
         );
         let p = protocol_prompt(&[spec("a")], &ToolChoice::Auto, false);
         assert!(p.contains("- a: a tool.") && p.contains("final_answer"));
+    }
+
+    /// Streams `raw` through an [`AnswerStreamer`] in pieces cut at `cuts` (char boundaries).
+    fn stream_in_pieces(raw: &str, cuts: &[usize]) -> String {
+        let mut streamer = AnswerStreamer::default();
+        let mut out = String::new();
+        let mut from = 0;
+        let mut bounds: Vec<usize> = cuts
+            .iter()
+            .map(|c| c % (raw.len() + 1))
+            .filter(|c| raw.is_char_boundary(*c))
+            .collect();
+        bounds.sort_unstable();
+        bounds.push(raw.len());
+        for to in bounds {
+            if to > from {
+                if let Some(text) = streamer.push(&raw[from..to]) {
+                    out.push_str(&text);
+                }
+                from = to;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_lone_surrogate_before_multibyte_text_is_an_error_not_a_panic() {
+        let raw = "{\"final_answer\": \"x\\uD800a€ and more\"}";
+        let _ = stream_in_pieces(raw, &[20, 21, 22, 23, 24, 25]);
+        let mut n = 0;
+        assert!(
+            parse_reply(raw, &mut || {
+                n += 1;
+                n.to_string()
+            })
+            .is_err()
+        );
+    }
+
+    proptest::proptest! {
+        /// Any reply, cut anywhere: no panic, and when the reply is a valid final answer, the
+        /// streamed text is exactly the parsed answer.
+        #[test]
+        fn fuzz_replies_stream_and_parse(
+            body in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("\\uD800".to_owned()),
+                    proptest::strategy::Just("\\uDC00".to_owned()),
+                    proptest::strategy::Just("\\u00e9".to_owned()),
+                    proptest::strategy::Just("\\ud83d\\ude00".to_owned()),
+                    proptest::strategy::Just("\\n".to_owned()),
+                    proptest::strategy::Just("\\\"".to_owned()),
+                    proptest::strategy::Just("\\".to_owned()),
+                    proptest::strategy::Just("\"".to_owned()),
+                    "[a-z é€😀]{0,4}",
+                ],
+                0..24,
+            ),
+            wrap in proptest::bool::ANY,
+            cuts in proptest::collection::vec(0usize..512, 0..12),
+        ) {
+            let body = body.concat();
+            let raw = if wrap { format!("{{\"final_answer\": \"{body}\"}}") } else { body };
+            let streamed = stream_in_pieces(&raw, &cuts);
+            let mut n = 0;
+            let parsed = parse_reply(&raw, &mut || { n += 1; n.to_string() });
+            if let Ok(blocks) = parsed
+                && let [ContentBlock::Text(answer)] = blocks.as_slice()
+                && wrap
+            {
+                proptest::prop_assert_eq!(&streamed, answer);
+            }
+        }
     }
 }

@@ -13,6 +13,8 @@ use crate::tool::ToolSpec;
 mod constrained;
 #[cfg(feature = "openai")]
 pub mod openai;
+#[cfg(feature = "openai")]
+mod sse;
 
 /// What the model is asked: the visible history, the system prompt, the tools and the tool choice.
 #[derive(Debug, Clone)]
@@ -55,11 +57,12 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Adds another usage to this one.
+    /// Adds another usage to this one, saturating: a peer's absurd count (`u64::MAX`) cannot
+    /// overflow.
     pub fn add(&mut self, other: &Usage) {
-        self.input_tokens += other.input_tokens;
-        self.output_tokens += other.output_tokens;
-        self.total_tokens += other.total_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
     }
 }
 
@@ -139,7 +142,7 @@ pub enum ModelError {
         message: String,
     },
     /// The server asks us to slow down (HTTP 429 or 503).
-    #[error("throttled (HTTP {status}): {message}")]
+    #[error("throttled (HTTP {status}{}): {message}", retry_after.map(|d| format!(", retry after {} s", d.as_secs_f64().ceil())).unwrap_or_default())]
     Throttled {
         /// HTTP status.
         status: u16,
@@ -169,6 +172,18 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
+    /// The endpoint redirected the request to another origin. Such redirects are not followed:
+    /// the request (the whole conversation) and its headers (API keys) would go to a server
+    /// nobody configured. Not retried.
+    #[error(
+        "the model endpoint answered HTTP {status} with a redirect to another origin ({location}); it was not followed: set the base URL to the endpoint that serves the model"
+    )]
+    Redirected {
+        /// HTTP status (301, 302, 303, 307, 308).
+        status: u16,
+        /// The `Location` the endpoint named.
+        location: String,
+    },
     /// The provider is misconfigured.
     #[error("model configuration error: {0}")]
     Config(String),
@@ -191,6 +206,52 @@ impl ModelError {
         }
     }
 
+    /// The same error with every occurrence of each secret in its text replaced by
+    /// `[REDACTED]`: a server that echoes a request header must not put a key into errors,
+    /// logs or telemetry.
+    pub(crate) fn redacted(self, secrets: &[String]) -> Self {
+        if secrets.is_empty() {
+            return self;
+        }
+        let clean = |mut text: String| {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                if text.contains(secret.as_str()) {
+                    text = text.replace(secret.as_str(), "[REDACTED]");
+                }
+            }
+            text
+        };
+        match self {
+            Self::ContextOverflow { message } => Self::ContextOverflow {
+                message: clean(message),
+            },
+            Self::Throttled {
+                status,
+                message,
+                retry_after,
+            } => Self::Throttled {
+                status,
+                message: clean(message),
+                retry_after,
+            },
+            Self::Transient { message } => Self::Transient {
+                message: clean(message),
+            },
+            Self::Fatal { status, message } => Self::Fatal {
+                status,
+                message: clean(message),
+            },
+            Self::InvalidReply { message } => Self::InvalidReply {
+                message: clean(message),
+            },
+            Self::Redirected { status, location } => Self::Redirected {
+                status,
+                location: clean(location),
+            },
+            Self::Config(message) => Self::Config(clean(message)),
+        }
+    }
+
     /// A short, stable name of the error class (used as `error.type` in telemetry).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -199,6 +260,7 @@ impl ModelError {
             Self::Transient { .. } => "transient",
             Self::Fatal { .. } => "fatal",
             Self::InvalidReply { .. } => "invalid_reply",
+            Self::Redirected { .. } => "redirected",
             Self::Config(_) => "config",
         }
     }

@@ -586,9 +586,13 @@ impl ToolSpan {
         }
         if result.status == ToolResultStatus::Error {
             span.set_attribute(KeyValue::new(attr::ERROR_TYPE, "tool_error"));
-            // The status description is the result text the model saw, which is the tool's own
-            // message, never request headers.
-            span.set_status(Status::error(result.text()));
+            // The result text may quote the call's arguments (a schema violation, say): it is
+            // content, recorded only when content capture is on.
+            if self.capture.on_span() {
+                span.set_status(Status::error(result.text()));
+            } else {
+                span.set_status(Status::error("tool_error"));
+            }
         }
         span.end();
         let name = KeyValue::new(attr::TOOL_NAME, self.metric_name);

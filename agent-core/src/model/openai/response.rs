@@ -1,0 +1,538 @@
+//! Responses: streamed chunks (SSE) and whole bodies assembled into model events.
+
+use std::collections::VecDeque;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use futures::{Stream, StreamExt};
+
+use super::super::constrained::{self, AnswerStreamer};
+use super::super::sse::{SseDecoder, SseError};
+use super::super::{ModelError, ModelEvent, ModelResponse, ModelStopReason, Usage};
+use super::error::{WireError, classify};
+use crate::message::{ContentBlock, ReasoningContent, ReasoningText, ToolUse};
+
+#[derive(Deserialize)]
+pub(super) struct Chunk {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<WireError>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Choice {
+    #[serde(default, alias = "message")]
+    delta: Option<Delta>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ToolCallDelta {
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionDelta>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct FunctionDelta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+}
+
+/// Builds the response from chunks and produces the events to emit.
+#[derive(Default)]
+pub(super) struct Assembler {
+    text: String,
+    reasoning: String,
+    calls: Vec<PartialCall>,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+    id: Option<String>,
+    model: Option<String>,
+    pending: VecDeque<ModelEvent>,
+    /// Set in constrained tool calling: the reply is protocol JSON, parsed at the end.
+    constrained: Option<AnswerStreamer>,
+}
+
+pub(super) struct PartialCall {
+    index: usize,
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+impl Assembler {
+    fn feed(&mut self, chunk: Chunk) -> Result<(), ModelError> {
+        if let Some(err) = chunk.error {
+            return Err(classify(
+                err.code
+                    .as_ref()
+                    .and_then(Value::as_u64)
+                    .map_or(500, |c| c as u16),
+                &err,
+                None,
+            ));
+        }
+        if self.id.is_none() {
+            self.id = chunk.id;
+        }
+        if self.model.is_none() {
+            self.model = chunk.model;
+        }
+        if let Some(u) = chunk.usage {
+            self.usage = Some(Usage {
+                input_tokens: u.prompt_tokens,
+                output_tokens: u.completion_tokens,
+                total_tokens: u
+                    .total_tokens
+                    .unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens)),
+            });
+        }
+        for choice in chunk.choices {
+            if let Some(delta) = choice.delta {
+                self.feed_delta(delta);
+            }
+            if choice.finish_reason.is_some() {
+                self.finish_reason = choice.finish_reason;
+            }
+        }
+        Ok(())
+    }
+
+    fn feed_delta(&mut self, delta: Delta) {
+        for reasoning in [delta.reasoning_content, delta.reasoning]
+            .into_iter()
+            .flatten()
+        {
+            if !reasoning.is_empty() {
+                self.reasoning.push_str(&reasoning);
+                self.pending.push_back(ModelEvent::ReasoningDelta {
+                    text: reasoning,
+                    signature: None,
+                });
+            }
+        }
+        if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+            if let Some(streamer) = &mut self.constrained {
+                if let Some(answer) = streamer.push(&text) {
+                    self.pending.push_back(ModelEvent::TextDelta(answer));
+                }
+            } else {
+                self.text.push_str(&text);
+                self.pending.push_back(ModelEvent::TextDelta(text));
+            }
+        }
+        for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
+            self.feed_tool_call(position, call);
+        }
+    }
+
+    fn feed_tool_call(&mut self, position: usize, call: ToolCallDelta) {
+        let slot = match (call.index, call.id.as_deref()) {
+            (Some(index), _) => self.calls.iter().position(|c| c.index == index),
+            (None, Some(id)) => self.calls.iter().position(|c| c.id == id),
+            (None, None) => self.calls.len().checked_sub(1),
+        };
+        let function = call.function;
+        let (name, arguments) = match function {
+            Some(f) => (f.name, f.arguments),
+            None => (None, None),
+        };
+        let slot = match slot {
+            Some(s) => s,
+            None => {
+                let index = call.index.unwrap_or(self.calls.len().max(position));
+                let id = call
+                    .id
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(|| format!("call_{index}_{:08x}", fastrand::u32(..)));
+                let name = name.clone().unwrap_or_default();
+                self.pending.push_back(ModelEvent::ToolUseStart {
+                    tool_use_id: id.clone(),
+                    name: name.clone(),
+                });
+                self.calls.push(PartialCall {
+                    index,
+                    id,
+                    name,
+                    arguments: String::new(),
+                });
+                self.calls.len() - 1
+            }
+        };
+        let entry = &mut self.calls[slot];
+        if entry.name.is_empty()
+            && let Some(n) = name
+        {
+            entry.name = n;
+        }
+        let fragment = match arguments {
+            Some(Value::String(s)) => s,
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        };
+        if !fragment.is_empty() {
+            entry.arguments.push_str(&fragment);
+            self.pending.push_back(ModelEvent::ToolInputDelta {
+                tool_use_id: entry.id.clone(),
+                delta: fragment,
+            });
+        }
+    }
+
+    /// Finishes the response and queues it as the last event.
+    fn complete(&mut self) -> Result<(), ModelError> {
+        let response = self.finish()?;
+        self.pending.push_back(ModelEvent::Completed(response));
+        Ok(())
+    }
+
+    fn new(constrained: bool) -> Self {
+        Self {
+            constrained: constrained.then(AnswerStreamer::default),
+            ..Self::default()
+        }
+    }
+
+    fn finish(&mut self) -> Result<ModelResponse, ModelError> {
+        if let Some(streamer) = self.constrained.take() {
+            let mut counter = 0u32;
+            let prefix = fastrand::u32(..);
+            let mut next_id = || {
+                counter += 1;
+                format!("call_{prefix:08x}_{counter}")
+            };
+            let blocks = constrained::parse_reply(streamer.raw(), &mut next_id)
+                .map_err(|e| ModelError::InvalidReply { message: e.0 })?;
+            for block in blocks {
+                match block {
+                    ContentBlock::ToolUse(u) => {
+                        self.pending.push_back(ModelEvent::ToolUseStart {
+                            tool_use_id: u.tool_use_id.clone(),
+                            name: u.name.clone(),
+                        });
+                        self.pending.push_back(ModelEvent::ToolInputDelta {
+                            tool_use_id: u.tool_use_id.clone(),
+                            delta: u.input.to_string(),
+                        });
+                        self.calls.push(PartialCall {
+                            index: self.calls.len(),
+                            id: u.tool_use_id,
+                            name: u.name,
+                            arguments: u.input.to_string(),
+                        });
+                    }
+                    ContentBlock::Text(t) => self.text = t,
+                    _ => {}
+                }
+            }
+        }
+        let mut content = Vec::with_capacity(2 + self.calls.len());
+        if !self.reasoning.is_empty() {
+            content.push(ContentBlock::ReasoningContent(
+                ReasoningContent::ReasoningText(ReasoningText {
+                    text: std::mem::take(&mut self.reasoning),
+                    signature: None,
+                }),
+            ));
+        }
+        if !self.text.is_empty() {
+            content.push(ContentBlock::Text(std::mem::take(&mut self.text)));
+        }
+        let has_calls = !self.calls.is_empty();
+        for call in self.calls.drain(..) {
+            content.push(ContentBlock::ToolUse(ToolUse {
+                tool_use_id: call.id,
+                name: call.name,
+                input: parse_arguments(call.arguments),
+            }));
+        }
+        let stop_reason = if has_calls {
+            ModelStopReason::ToolUse
+        } else {
+            match self.finish_reason.as_deref() {
+                Some("length") => ModelStopReason::MaxTokens,
+                Some("content_filter") => ModelStopReason::ContentFiltered,
+                _ => ModelStopReason::EndTurn,
+            }
+        };
+        Ok(ModelResponse {
+            content,
+            stop_reason,
+            finish_reason: self.finish_reason.take(),
+            usage: self.usage.unwrap_or_default(),
+            response_id: self.id.take(),
+            response_model: self.model.take(),
+        })
+    }
+}
+
+/// Parses accumulated arguments: an object, a doubly encoded object, or (unparseable) the raw
+/// text as a JSON string.
+pub(super) fn parse_arguments(raw: String) -> Value {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Value::Object(Map::new());
+    }
+    match serde_json::from_str::<Value>(trimmed) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(Value::Null) => Value::Object(Map::new()),
+        Ok(Value::String(inner)) => match serde_json::from_str::<Value>(&inner) {
+            Ok(Value::Object(map)) => Value::Object(map),
+            _ => Value::String(raw),
+        },
+        _ => Value::String(raw),
+    }
+}
+
+pub(super) fn sse_events(
+    response: reqwest::Response,
+    constrained: bool,
+) -> impl Stream<Item = Result<ModelEvent, ModelError>> + Send {
+    struct State<S> {
+        body: S,
+        decoder: SseDecoder,
+        assembler: Assembler,
+        done: bool,
+    }
+    /// Chunks read in one poll without an event before the task yields, so a peer that talks
+    /// fast but says nothing (comments, empty lines) cannot hold the executor.
+    const CHUNKS_PER_YIELD: u32 = 32;
+    futures::stream::unfold(
+        State {
+            body: response.bytes_stream(),
+            decoder: SseDecoder::default(),
+            assembler: Assembler::new(constrained),
+            done: false,
+        },
+        |mut st| async move {
+            let mut quiet_chunks = 0u32;
+            loop {
+                if let Some(ev) = st.assembler.pending.pop_front() {
+                    return Some((Ok(ev), st));
+                }
+                if st.done {
+                    return None;
+                }
+                match st.decoder.next_event() {
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(invalid_stream(e)), st));
+                    }
+                    Ok(Some(data)) => {
+                        let data = data.trim();
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if data == "[DONE]" {
+                            st.done = true;
+                            if let Err(e) = st.assembler.complete() {
+                                return Some((Err(e), st));
+                            }
+                            continue;
+                        }
+                        let chunk: Chunk = match serde_json::from_str(data) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                st.done = true;
+                                return Some((
+                                    Err(ModelError::Transient {
+                                        message: format!("malformed stream chunk: {e}"),
+                                    }),
+                                    st,
+                                ));
+                            }
+                        };
+                        if let Err(e) = st.assembler.feed(chunk) {
+                            st.done = true;
+                            return Some((Err(e), st));
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                }
+                quiet_chunks = quiet_chunks.wrapping_add(1);
+                if quiet_chunks % CHUNKS_PER_YIELD == 0 {
+                    tokio::task::yield_now().await;
+                }
+                match st.body.next().await {
+                    Some(Ok(bytes)) => {
+                        if let Err(e) = st.decoder.feed(&bytes) {
+                            st.done = true;
+                            return Some((Err(invalid_stream(e)), st));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((
+                            Err(ModelError::Transient {
+                                message: format!("stream interrupted: {e}"),
+                            }),
+                            st,
+                        ));
+                    }
+                    None => {
+                        st.done = true;
+                        // Some servers end without `[DONE]`; a finish reason says the response is whole.
+                        if st.assembler.finish_reason.is_some() {
+                            if let Err(e) = st.assembler.complete() {
+                                return Some((Err(e), st));
+                            }
+                            continue;
+                        }
+                        return Some((
+                            Err(ModelError::Transient {
+                                message: "stream ended before the response was complete".into(),
+                            }),
+                            st,
+                        ));
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A stream the decoder refuses: a peer that does not speak server-sent events within bounds.
+fn invalid_stream(e: SseError) -> ModelError {
+    ModelError::InvalidReply {
+        message: e.to_string(),
+    }
+}
+
+pub(super) fn non_streaming_events(
+    bytes: &[u8],
+    constrained: bool,
+) -> Vec<Result<ModelEvent, ModelError>> {
+    let chunk: Chunk = match serde_json::from_slice(bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Err(ModelError::Transient {
+                message: format!("malformed response body: {e}"),
+            })];
+        }
+    };
+    let mut assembler = Assembler::new(constrained);
+    if let Err(e) = assembler.feed(chunk).and_then(|()| assembler.complete()) {
+        return vec![Err(e)];
+    }
+    assembler.pending.drain(..).map(Ok).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chunk(v: Value) -> Chunk {
+        serde_json::from_value(v).expect("chunk")
+    }
+
+    #[test]
+    fn accumulates_tool_calls_by_index_including_the_finishing_chunk() {
+        let mut a = Assembler::default();
+        a.feed(chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[{"id":"chatcmpl-tool-1","type":"function","index":0,"function":{"name":"search"}}]}}]}))).expect("ok");
+        a.feed(chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"chatcmpl-tool-2","function":{"name":"other","arguments":""}}]}}]}))).expect("ok");
+        a.feed(chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"q\": "}}]}}]}))).expect("ok");
+        a.feed(chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":{"x":1}}},{"index":0,"function":{"arguments":"\"lisbon\"}"}}]},"finish_reason":"tool_calls"}]}))).expect("ok");
+        let r = a.finish().expect("response");
+        assert_eq!(r.stop_reason, ModelStopReason::ToolUse);
+        let uses: Vec<_> = r
+            .content
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::ToolUse(u) => Some(u),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(uses.len(), 2);
+        assert_eq!(uses[0].tool_use_id, "chatcmpl-tool-1");
+        assert_eq!(uses[0].input, json!({"q": "lisbon"}));
+        assert_eq!(uses[1].name, "other");
+        assert_eq!(uses[1].input, json!({"x": 1}));
+    }
+
+    #[test]
+    fn decides_tool_use_by_presence_not_finish_reason() {
+        let mut a = Assembler::default();
+        a.feed(chunk(json!({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}]}))).expect("ok");
+        assert_eq!(
+            a.finish().expect("response").stop_reason,
+            ModelStopReason::ToolUse
+        );
+        let mut b = Assembler::default();
+        b.feed(chunk(
+            json!({"choices":[{"delta":{"content":"hi"},"finish_reason":"tool_calls"}]}),
+        ))
+        .expect("ok");
+        assert_eq!(
+            b.finish().expect("response").stop_reason,
+            ModelStopReason::EndTurn
+        );
+    }
+
+    #[test]
+    fn arguments_parsing() {
+        assert_eq!(parse_arguments("".into()), json!({}));
+        assert_eq!(parse_arguments("{\"a\":1}".into()), json!({"a":1}));
+        assert_eq!(parse_arguments("\"{\\\"a\\\":1}\"".into()), json!({"a":1}));
+        assert_eq!(parse_arguments("{\"a\":".into()), json!("{\"a\":"));
+    }
+
+    #[test]
+    fn reasoning_from_either_field() {
+        let mut a = Assembler::default();
+        a.feed(chunk(
+            json!({"choices":[{"delta":{"reasoning_content":"think "}}]}),
+        ))
+        .expect("ok");
+        a.feed(chunk(json!({"choices":[{"delta":{"reasoning":"more"}}]})))
+            .expect("ok");
+        let r = a.finish().expect("response");
+        assert_eq!(
+            r.content,
+            vec![ContentBlock::ReasoningContent(
+                ReasoningContent::ReasoningText(ReasoningText {
+                    text: "think more".into(),
+                    signature: None
+                })
+            )]
+        );
+    }
+}

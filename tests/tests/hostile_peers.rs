@@ -1,0 +1,246 @@
+//! A model endpoint that misbehaves on purpose (the vLLM-format server with injected faults):
+//! nothing it sends may panic, grow memory without bound, outlive a deadline, leak a secret or
+//! be misreported.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use agent_core::model::{Model, ModelDescriptor, ModelError, ModelRequest, ModelStream};
+use agent_core::prelude::*;
+use agent_core::retry::RetryPolicy;
+use agent_tests::{Fault, MockVllm, Turn, fast_retry, provider, provider_builder};
+use futures::StreamExt;
+use serde_json::json;
+
+/// A run must end well within this, whatever the peer does; the runs below have limits of a few
+/// seconds at most.
+const BOUND: Duration = Duration::from_secs(60);
+
+fn no_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 1,
+        ..fast_retry()
+    }
+}
+
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .expect("the run outlived its bound")
+}
+
+#[tokio::test]
+async fn a_byte_order_mark_before_the_stream_is_read_past() {
+    let server = MockVllm::start([Turn::text("Sunny.").with_fault(Fault::Bom)])
+        .await
+        .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .build()
+        .expect("agent");
+    let r = bounded(agent.session("bom").invoke("Weather?"))
+        .await
+        .expect("invoke");
+    assert_eq!(r.text(), "Sunny.");
+}
+
+#[tokio::test]
+async fn absurd_token_counts_saturate_instead_of_panicking() {
+    let server = MockVllm::start([
+        Turn::tool_call("echo", json!({"x": 1})).with_usage(u64::MAX, u64::MAX),
+        Turn::text("done").with_usage(u64::MAX, 1),
+    ])
+    .await
+    .expect("server");
+    let echo = FnTool::new(
+        "echo",
+        "Echoes.",
+        json!({"type": "object"}),
+        |input, _| async move { Ok(ToolOutput::json(input)) },
+    );
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .tool(echo)
+        .limits(Limits::default().max_total_tokens(u64::MAX))
+        .build()
+        .expect("agent");
+    let mut events = agent.session("usage").stream("go");
+    let mut stop = None;
+    while let Some(event) = bounded(events.next()).await {
+        if let AgentEvent::Stop(r) = event.expect("event") {
+            stop = Some(r);
+        }
+    }
+    let r = stop.expect("the stream ended with its stop event");
+    assert_eq!(r.usage.total_tokens, u64::MAX);
+    assert_eq!(r.usage.input_tokens, u64::MAX);
+}
+
+#[tokio::test]
+async fn a_line_that_never_ends_is_refused_at_the_cap() {
+    // 256 MiB offered; the decoder refuses at 4 MiB, so neither memory nor time follow the peer.
+    let server = MockVllm::start([Turn::text("never").with_fault(Fault::EndlessLine {
+        max_bytes: 256 * 1024 * 1024,
+    })])
+    .await
+    .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .retry(no_retries())
+        .build()
+        .expect("agent");
+    let err = bounded(agent.session("line").invoke("hi"))
+        .await
+        .expect_err("refused");
+    match err {
+        AgentError::Model {
+            error: ModelError::InvalidReply { message },
+            ..
+        } => assert!(message.contains("line exceeds"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_talks_fast_but_says_nothing_cannot_outlive_the_time_limit() {
+    let server = MockVllm::start([Turn::text("never").with_fault(Fault::EndlessComments {
+        max_bytes: 4 * 1024 * 1024 * 1024,
+    })])
+    .await
+    .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .limits(Limits::default().timeout(Duration::from_secs(2)))
+        .build()
+        .expect("agent");
+    let r = bounded(agent.session("ping").invoke("hi"))
+        .await
+        .expect("invoke");
+    assert_eq!(r.stop_reason, StopReason::Timeout);
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_is_not_followed() {
+    let elsewhere = MockVllm::start([Turn::text("from elsewhere")])
+        .await
+        .expect("server");
+    for code in [301, 302, 307, 308] {
+        let server = MockVllm::start([Turn::text("x").with_fault(Fault::Redirect {
+            code,
+            location: format!("{}/chat/completions", elsewhere.base_url()),
+        })])
+        .await
+        .expect("server");
+        let model = provider_builder(&server)
+            .header("x-api-key", "hdr-secret")
+            .build()
+            .expect("model");
+        let agent = Agent::builder()
+            .model(model)
+            .retry(fast_retry())
+            .build()
+            .expect("agent");
+        let err = bounded(agent.session("redirect").invoke("hi"))
+            .await
+            .expect_err("refused");
+        match &err {
+            AgentError::Model {
+                error: ModelError::Redirected { status, location },
+                attempts: 1,
+            } => {
+                assert_eq!(*status, code);
+                assert!(location.starts_with(&elsewhere.base_url()), "{location}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("not followed"), "{err}");
+    }
+    assert!(
+        elsewhere.received().is_empty(),
+        "nothing, no header and no conversation, reached the other origin"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_echoes_the_keys_does_not_put_them_in_errors() {
+    let server = MockVllm::start([Turn::text("x").with_fault(Fault::EchoHeaders)])
+        .await
+        .expect("server");
+    let model = provider_builder(&server)
+        .api_key("sk-very-secret-key")
+        .header("x-api-key", "hdr-very-secret")
+        .build()
+        .expect("model");
+    let agent = Agent::builder().model(model).build().expect("agent");
+    let err = bounded(agent.session("echo").invoke("hi"))
+        .await
+        .expect_err("400");
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("sk-very-secret-key"), "{text}");
+    assert!(!text.contains("hdr-very-secret"), "{text}");
+    assert!(text.contains("Bearer [REDACTED]"), "{text}");
+    assert_eq!(
+        server.received()[0].headers["x-api-key"],
+        "hdr-very-secret",
+        "the header was sent"
+    );
+}
+
+#[tokio::test]
+async fn a_throttle_longer_than_the_time_left_is_an_error_saying_when_to_come_back() {
+    let server = MockVllm::start([Turn::text("x").with_fault(Fault::Status {
+        code: 429,
+        retry_after: Some("3600".into()),
+        message: "slow down".into(),
+    })])
+    .await
+    .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .limits(Limits::default().timeout(Duration::from_secs(30)))
+        .build()
+        .expect("agent");
+    let err = bounded(agent.session("429").invoke("hi"))
+        .await
+        .expect_err("throttled");
+    match &err {
+        AgentError::Model {
+            error: ModelError::Throttled { retry_after, .. },
+            ..
+        } => assert_eq!(*retry_after, Some(Duration::from_secs(3600))),
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("retry after 3600 s"), "{err}");
+}
+
+/// A model that panics in the middle of its stream.
+struct Panicking;
+
+impl Model for Panicking {
+    fn stream(&self, _request: &ModelRequest<'_>) -> ModelStream {
+        Box::pin(futures::stream::once(async {
+            panic!("the model implementation broke");
+        }))
+    }
+
+    fn descriptor(&self) -> ModelDescriptor {
+        ModelDescriptor::default()
+    }
+}
+
+#[tokio::test]
+async fn a_panic_inside_a_streamed_run_ends_the_stream_with_a_typed_error() {
+    let agent = Agent::builder().model(Panicking).build().expect("agent");
+    let mut events = agent.session("panic").stream("hi");
+    let mut last = None;
+    while let Some(event) = bounded(events.next()).await {
+        last = Some(event);
+    }
+    match last {
+        Some(Err(AgentError::Panicked { message })) => {
+            assert_eq!(message, "the model implementation broke");
+        }
+        other => panic!("{other:?}"),
+    }
+}
