@@ -59,11 +59,12 @@ pub fn validate_id(kind: &'static str, id: &str) -> Result<(), InvalidId> {
 
 /// Which session of which agent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Its fields are private: a key exists only through [`SessionKey::new`], so every key a store
+/// turns into a path or a database key has valid ids.
 pub struct SessionKey {
-    /// The session id.
-    pub session_id: Arc<str>,
-    /// The agent id (Strands' `agent_id`; several agents may share one session).
-    pub agent_id: Arc<str>,
+    session_id: Arc<str>,
+    agent_id: Arc<str>,
 }
 
 impl SessionKey {
@@ -75,6 +76,21 @@ impl SessionKey {
             session_id: session_id.into(),
             agent_id: agent_id.into(),
         })
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// The agent id (Strands' `agent_id`; several agents may share one session).
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// The session id, shared.
+    pub(crate) fn shared_session_id(&self) -> &Arc<str> {
+        &self.session_id
     }
 }
 

@@ -166,20 +166,31 @@ impl DynamoDbSessionStore {
     }
 }
 
+/// An id as a part of a key: `#` separates the parts, so an id's own `#` (and `%`, the escape)
+/// are percent-encoded, and no id's keys can begin with another id's prefix (agent `a#x` must
+/// not show up in agent `a`'s `agent#a#` query).
+pub(crate) fn key_part(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.contains(['#', '%']) {
+        std::borrow::Cow::Owned(id.replace('%', "%25").replace('#', "%23"))
+    } else {
+        std::borrow::Cow::Borrowed(id)
+    }
+}
+
 fn pk(key: &SessionKey) -> String {
-    format!("session#{}", key.session_id)
+    format!("session#{}", key_part(key.session_id()))
 }
 
 fn agent_prefix(key: &SessionKey) -> String {
-    format!("agent#{}#", key.agent_id)
+    format!("agent#{}#", key_part(key.agent_id()))
 }
 
 fn message_sk(key: &SessionKey, index: usize) -> String {
-    format!("agent#{}#msg#{index:020}", key.agent_id)
+    format!("agent#{}#msg#{index:020}", key_part(key.agent_id()))
 }
 
 fn state_sk(key: &SessionKey) -> String {
-    format!("agent#{}#state", key.agent_id)
+    format!("agent#{}#state", key_part(key.agent_id()))
 }
 
 fn string_attr<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
@@ -264,7 +275,7 @@ impl SessionStore for DynamoDbSessionStore {
             .collect::<Result<_, _>>()?;
         if let Some(big) = encoded.iter().find(|j| j.len() > MAX_MESSAGE_BYTES) {
             return Err(StoreError::TooLarge {
-                session_id: key.session_id.to_string(),
+                session_id: key.session_id().to_string(),
                 bytes: big.len(),
                 limit: MAX_MESSAGE_BYTES,
             });

@@ -60,10 +60,31 @@ fn temp_file(target: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
     Ok(temp)
 }
 
+/// Temporary files live for milliseconds (written, then linked or renamed); one older than
+/// this was left by a writer that was killed, and is removed.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes `entry` if it is a temporary file a killed writer left behind.
+fn remove_if_stale_temp(entry: &std::fs::DirEntry) {
+    if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+        return;
+    }
+    let stale = entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_TEMP);
+    if stale {
+        // Best effort: another process may have removed it first.
+        let _ = std::fs::remove_file(entry.path());
+    }
+}
+
 #[async_trait]
 impl SessionStore for FileSessionStore {
     async fn load(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
-        let layout = Layout::new("", key);
+        let layout = Layout::for_files(key);
         let agent_path = self.path(&layout.agent());
         let messages_dir = self.path(&layout.messages_dir());
         let key = key.clone();
@@ -81,6 +102,8 @@ impl SessionStore for FileSessionStore {
                         let name = entry.file_name().to_string_lossy().into_owned();
                         if let Some(i) = strands::message_index(&name) {
                             indexed.push((i, entry.path()));
+                        } else {
+                            remove_if_stale_temp(&entry);
                         }
                     }
                 }
@@ -117,12 +140,12 @@ impl SessionStore for FileSessionStore {
         expected_len: usize,
         messages: &[Message],
     ) -> Result<(), StoreError> {
-        let layout = Layout::new("", key);
+        let layout = Layout::for_files(key);
         let mut writes = Vec::with_capacity(messages.len() + 1);
         if expected_len == 0 {
             writes.push((
                 self.path(&layout.session()),
-                strands::session_doc(&key.session_id),
+                strands::session_doc(&key.session_id()),
                 true,
             ));
         }
@@ -164,7 +187,7 @@ impl SessionStore for FileSessionStore {
         state: &SessionState,
         expected: &StateVersion,
     ) -> Result<StateVersion, StoreError> {
-        let layout = Layout::new("", key);
+        let layout = Layout::for_files(key);
         let agent_path = self.path(&layout.agent());
         let key = key.clone();
         let state = state.clone();
@@ -182,10 +205,19 @@ impl SessionStore for FileSessionStore {
                 .map_err(backend)?;
             // Released when `lock` is dropped, also if this process dies.
             lock.lock().map_err(backend)?;
-            let current = match std::fs::read(&agent_path) {
-                Ok(bytes) => strands::parse_agent(&key, &bytes)?.1.map(|v| v.to_string()),
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    remove_if_stale_temp(&entry);
+                }
+            }
+            let previous = match std::fs::read(&agent_path) {
+                Ok(bytes) => Some(bytes),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(backend(e)),
+            };
+            let current = match &previous {
+                Some(bytes) => strands::parse_agent(&key, bytes)?.1.map(|v| v.to_string()),
+                None => None,
             };
             if current != expected.0 {
                 return Err(strands::conflict(
@@ -199,7 +231,7 @@ impl SessionStore for FileSessionStore {
             let next = current.and_then(|c| c.parse::<u64>().ok()).unwrap_or(0) + 1;
             let temp = temp_file(
                 &agent_path,
-                &strands::agent_doc(&key.agent_id, &state, Some(next)),
+                &strands::agent_doc(previous.as_deref(), key.agent_id(), &state, Some(next)),
             )?;
             std::fs::rename(&temp, &agent_path).map_err(backend)?;
             Ok(StateVersion(Some(next.to_string())))

@@ -5,6 +5,7 @@
 //! `created_at`, `updated_at` (N, epoch seconds). `list` is a paginated consistent `Query`;
 //! `search` ranks the actor's records with BM25 keyword scoring (DynamoDB has no text search).
 
+use crate::dynamodb::key_part;
 use std::collections::HashMap;
 
 use agent_core::memory::{MemoryError, MemoryRecord, MemoryStore};
@@ -64,11 +65,15 @@ impl MemoryStore for DynamoDbMemoryStore {
             .table_name(&self.table)
             .item(
                 "pk",
-                AttributeValue::S(format!("actor#{}", record.actor_id)),
+                AttributeValue::S(format!("actor#{}", key_part(&record.actor_id))),
             )
             .item(
                 "sk",
-                AttributeValue::S(format!("mem#{}#{}", record.namespace, record.id)),
+                AttributeValue::S(format!(
+                    "mem#{}#{}",
+                    key_part(&record.namespace),
+                    key_part(&record.id)
+                )),
             )
             .item("content", AttributeValue::S(record.content.clone()))
             .item(
@@ -100,7 +105,7 @@ impl MemoryStore for DynamoDbMemoryStore {
             validate_id("namespace", n)?;
         }
         let prefix = match namespace {
-            Some(n) => format!("mem#{n}#"),
+            Some(n) => format!("mem#{}#", key_part(n)),
             None => "mem#".to_owned(),
         };
         let mut pages = self
@@ -109,7 +114,10 @@ impl MemoryStore for DynamoDbMemoryStore {
             .table_name(&self.table)
             .consistent_read(true)
             .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", AttributeValue::S(format!("actor#{actor_id}")))
+            .expression_attribute_values(
+                ":pk",
+                AttributeValue::S(format!("actor#{}", key_part(actor_id))),
+            )
             .expression_attribute_values(":prefix", AttributeValue::S(prefix))
             .into_paginator()
             .items()
@@ -136,8 +144,14 @@ impl MemoryStore for DynamoDbMemoryStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", AttributeValue::S(format!("actor#{actor_id}")))
-            .key("sk", AttributeValue::S(format!("mem#{namespace}#{id}")))
+            .key(
+                "pk",
+                AttributeValue::S(format!("actor#{}", key_part(actor_id))),
+            )
+            .key(
+                "sk",
+                AttributeValue::S(format!("mem#{}#{}", key_part(namespace), key_part(id))),
+            )
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await

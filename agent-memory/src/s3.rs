@@ -192,7 +192,7 @@ impl SessionStore for S3SessionStore {
             match self
                 .put(
                     &layout.session(),
-                    strands::session_doc(&key.session_id),
+                    strands::session_doc(&key.session_id()),
                     Condition::Absent,
                 )
                 .await
@@ -239,10 +239,17 @@ impl SessionStore for S3SessionStore {
             Some(etag) => Condition::Matches(etag),
             None => Condition::Absent,
         };
+        // The document as stored, so what another writer recorded in it (its `created_at`,
+        // Strands' interrupt state, fields we do not know) is kept. A document that changed
+        // since it was read fails the conditional write below anyway.
+        let previous = match &expected.0 {
+            Some(_) => self.get(&object).await?.map(|(bytes, _)| bytes),
+            None => None,
+        };
         match self
             .put(
                 &object,
-                strands::agent_doc(&key.agent_id, state, None),
+                strands::agent_doc(previous.as_deref(), key.agent_id(), state, None),
                 condition,
             )
             .await

@@ -22,11 +22,27 @@ impl Layout {
     pub(crate) fn new(prefix: &str, key: &SessionKey) -> Self {
         let prefix = prefix.trim_matches('/');
         let session_dir = if prefix.is_empty() {
-            format!("session_{}", key.session_id)
+            format!("session_{}", key.session_id())
         } else {
-            format!("{prefix}/session_{}", key.session_id)
+            format!("{prefix}/session_{}", key.session_id())
         };
-        let agent_dir = format!("{session_dir}/agents/agent_{}", key.agent_id);
+        let agent_dir = format!("{session_dir}/agents/agent_{}", key.agent_id());
+        Self {
+            session_dir,
+            agent_dir,
+        }
+    }
+
+    /// The layout on a file system, where a name has at most 255 bytes: a `session_<id>` or
+    /// `agent_<id>` longer than that is named by the SHA-256 of the id instead
+    /// (`session_~<64 hex digits>`), so every valid id (up to 256 characters of up to 4 bytes)
+    /// has a directory and no two ids share one. Shorter names are Strands' own.
+    pub(crate) fn for_files(key: &SessionKey) -> Self {
+        let session_dir = file_name("session_", key.session_id());
+        let agent_dir = format!(
+            "{session_dir}/agents/{}",
+            file_name("agent_", key.agent_id())
+        );
         Self {
             session_dir,
             agent_dir,
@@ -48,6 +64,18 @@ impl Layout {
     pub(crate) fn message(&self, index: usize) -> String {
         format!("{}/messages/message_{index}.json", self.agent_dir)
     }
+}
+
+/// `<prefix><id>`, or `<prefix>~<sha256 of id>` when that is longer than a file name may be.
+fn file_name(prefix: &str, id: &str) -> String {
+    const MAX_NAME: usize = 255;
+    if prefix.len() + id.len() <= MAX_NAME {
+        return format!("{prefix}{id}");
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}~{hex}")
 }
 
 /// The index of a `message_<n>.json` key, if it is one.
@@ -110,25 +138,60 @@ struct AgentDoc {
     internal_state: Option<Value>,
 }
 
-/// The agent document for a state; `version` is stored for stores without native versions.
-pub(crate) fn agent_doc(agent_id: &str, state: &SessionState, version: Option<u64>) -> Vec<u8> {
+/// The agent document for a state, written over `previous` (the document as stored, if any):
+/// what we do not own is kept, as another writer (Python Strands) recorded it: `created_at`,
+/// unknown fields, the interrupt and model state, the conversation manager's other fields.
+/// `version` is stored for stores without native versions.
+pub(crate) fn agent_doc(
+    previous: Option<&[u8]>,
+    agent_id: &str,
+    state: &SessionState,
+    version: Option<u64>,
+) -> Vec<u8> {
     let ts = now();
-    let mut internal = json!({"interrupt_state": {"interrupts": {}, "context": {}, "activated": false}, "model_state": {}});
-    if let Some(v) = version {
-        internal["rust_state_version"] = json!(v);
+    let mut doc = previous
+        .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(bytes).ok())
+        .unwrap_or_default();
+    doc.insert("agent_id".into(), json!(agent_id));
+    doc.insert("state".into(), Value::Object(state.agent_state.clone()));
+    let mut cm = take_object(&mut doc, "conversation_manager_state");
+    cm.entry("__name__")
+        .or_insert_with(|| json!("SlidingWindowConversationManager"));
+    cm.insert(
+        "removed_message_count".into(),
+        json!(if state.window.pinned.is_none() {
+            state.window.start
+        } else {
+            0
+        }),
+    );
+    cm.insert("rust_window".into(), json!(state.window));
+    doc.insert("conversation_manager_state".into(), Value::Object(cm));
+    let mut internal = take_object(&mut doc, "_internal_state");
+    internal
+        .entry("interrupt_state")
+        .or_insert_with(|| json!({"interrupts": {}, "context": {}, "activated": false}));
+    internal.entry("model_state").or_insert_with(|| json!({}));
+    match version {
+        Some(v) => {
+            internal.insert("rust_state_version".into(), json!(v));
+        }
+        None => {
+            internal.remove("rust_state_version");
+        }
     }
-    pretty(&json!({
-        "agent_id": agent_id,
-        "state": state.agent_state,
-        "conversation_manager_state": {
-            "__name__": "SlidingWindowConversationManager",
-            "removed_message_count": if state.window.pinned.is_none() { state.window.start } else { 0 },
-            "rust_window": state.window,
-        },
-        "_internal_state": internal,
-        "created_at": ts,
-        "updated_at": ts,
-    }))
+    doc.insert("_internal_state".into(), Value::Object(internal));
+    doc.entry("created_at").or_insert_with(|| json!(ts));
+    doc.insert("updated_at".into(), json!(ts));
+    pretty(&Value::Object(doc))
+}
+
+/// The object under `key` (empty if it is missing or not an object), taken out of `doc`.
+fn take_object(doc: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+    match doc.remove(key) {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
 }
 
 /// Reads an agent document written by Strands or by us; returns the state and our stored
@@ -180,14 +243,14 @@ pub(crate) fn check_contiguous(key: &SessionKey, indices: &[usize]) -> Result<()
 
 pub(crate) fn corrupt(key: &SessionKey, detail: String) -> StoreError {
     StoreError::Corrupt {
-        session_id: key.session_id.to_string(),
+        session_id: key.session_id().to_string(),
         detail,
     }
 }
 
 pub(crate) fn conflict(key: &SessionKey, detail: String) -> StoreError {
     StoreError::Conflict {
-        session_id: key.session_id.to_string(),
+        session_id: key.session_id().to_string(),
         detail,
     }
 }

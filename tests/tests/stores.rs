@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agent_core::history::History;
-use agent_core::message::{Message, Role};
+use agent_core::message::{ContentBlock, Message, Role};
 use agent_core::prelude::*;
 use agent_core::session::{SessionKey, SessionState, SessionStore, StateVersion, StoreError};
 use agent_memory::{DynamoDbSessionStore, FileSessionStore, S3SessionStore};
@@ -439,4 +439,160 @@ async fn missing_sessions_load_as_none_everywhere() {
     for store in stores {
         assert!(store.load(&key).await.unwrap().is_none());
     }
+}
+
+/// Rewrites the Python session's agent document and checks that what Strands recorded is kept.
+async fn rewrite_keeps_what_strands_recorded(
+    store: &dyn SessionStore,
+    read: impl AsyncFn() -> Value,
+) {
+    let key = SessionKey::new("trip-1", "default").unwrap();
+    let loaded = store.load(&key).await.expect("load").expect("exists");
+    let mut state = loaded.state.clone();
+    state.agent_state.insert("budget_eur".into(), json!(700));
+    store
+        .save_state(&key, &state, &loaded.state_version)
+        .await
+        .expect("save");
+    let doc = read().await;
+    assert_eq!(doc["created_at"], "2026-11-20T10:00:00.000000+00:00");
+    assert_ne!(doc["updated_at"], "2026-11-20T10:00:05.000000+00:00");
+    assert_eq!(doc["state"]["budget_eur"], 700);
+    assert_eq!(doc["strands_extra"], "kept");
+    assert_eq!(
+        doc["_internal_state"]["interrupt_state"]["context"]["k"],
+        "v"
+    );
+    assert_eq!(
+        doc["conversation_manager_state"]["__name__"],
+        "SlidingWindowConversationManager"
+    );
+}
+
+/// The fixture's agent document with a field and an interrupt context only Python knows.
+fn fixture_with_extras(path: &str, bytes: Vec<u8>) -> Vec<u8> {
+    if !path.ends_with("agent.json") {
+        return bytes;
+    }
+    let mut doc: Value = serde_json::from_slice(&bytes).unwrap();
+    doc["strands_extra"] = json!("kept");
+    doc["_internal_state"]["interrupt_state"]["context"] = json!({"k": "v"});
+    serde_json::to_vec(&doc).unwrap()
+}
+
+#[tokio::test]
+async fn rewriting_the_agent_document_keeps_what_another_writer_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, bytes) in files_under(&fixture_dir()) {
+        let target = dir.path().join(&path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(target, fixture_with_extras(&path, bytes)).unwrap();
+    }
+    let agent_json = dir
+        .path()
+        .join("session_trip-1/agents/agent_default/agent.json");
+    rewrite_keeps_what_strands_recorded(&FileSessionStore::new(dir.path()), async || {
+        serde_json::from_slice(&std::fs::read(&agent_json).unwrap()).unwrap()
+    })
+    .await;
+
+    let (s3, _) = clients().await;
+    let bucket = bucket(&s3).await;
+    for (path, bytes) in files_under(&fixture_dir()) {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(&path)
+            .body(ByteStream::from(fixture_with_extras(&path, bytes)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let store = S3SessionStore::new(s3.clone(), &bucket);
+    rewrite_keeps_what_strands_recorded(&store, async || {
+        let object = s3
+            .get_object()
+            .bucket(&bucket)
+            .key("session_trip-1/agents/agent_default/agent.json")
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ids_cannot_reach_into_each_others_sessions_on_any_store() {
+    let (s3, ddb) = clients().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = bucket(&s3).await;
+    let stores: Vec<(&str, Arc<dyn SessionStore>)> = vec![
+        ("s3", Arc::new(S3SessionStore::new(s3, &bucket))),
+        ("dynamodb", Arc::new(table(ddb).await)),
+        ("file", Arc::new(FileSessionStore::new(dir.path()))),
+    ];
+    let user = |text: &str| Message::new(Role::User, vec![ContentBlock::Text(text.into())]);
+    let answer = |text: &str| Message::new(Role::Assistant, vec![ContentBlock::Text(text.into())]);
+    // `a#x` and `a%23x` would both collide with `a` (or each other) under a naive encoding;
+    // the 256-character id (the longest allowed, 4-byte characters) is longer than a file name.
+    let long = "✈".repeat(256);
+    for (name, store) in stores {
+        let a = SessionKey::new("s", "a").unwrap();
+        store
+            .append(&a, 0, &[user("a's prompt"), answer("a's answer")])
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for agent in ["a#x", "a%23x", "a#", long.as_str()] {
+            let other = SessionKey::new("s", agent).unwrap();
+            store
+                .append(&other, 0, &[user(&format!("{agent}'s prompt"))])
+                .await
+                .unwrap_or_else(|e| panic!("{name} {agent}: {e}"));
+            let loaded = store.load(&other).await.unwrap().unwrap();
+            assert_eq!(loaded.messages.len(), 1, "{name} {agent}");
+            assert_eq!(loaded.messages[0].text(), format!("{agent}'s prompt"));
+        }
+        let loaded = store.load(&a).await.unwrap().unwrap();
+        assert_eq!(
+            loaded.messages.len(),
+            2,
+            "{name}: agent a's session is its own"
+        );
+        History::restore(loaded.messages).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // A long session id too.
+        if name != "s3" {
+            let key = SessionKey::new(&long, &long).unwrap();
+            store.append(&key, 0, &[user("long")]).await.unwrap();
+            let state = SessionState::default();
+            store
+                .save_state(&key, &state, &StateVersion::default())
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(store.load(&key).await.unwrap().unwrap().messages.len(), 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn temporary_files_of_a_killed_writer_are_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileSessionStore::new(dir.path());
+    let key = SessionKey::new("tmp", "default").unwrap();
+    let user = Message::new(Role::User, vec![ContentBlock::Text("hi".into())]);
+    store.append(&key, 0, &[user]).await.unwrap();
+    let messages = dir.path().join("session_tmp/agents/agent_default/messages");
+    let stale = messages.join(".tmp-999-00000000deadbeef");
+    let fresh = messages.join(".tmp-999-00000000cafef00d");
+    std::fs::write(&stale, b"half a message").unwrap();
+    std::fs::write(&fresh, b"being written").unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    assert_eq!(store.load(&key).await.unwrap().unwrap().messages.len(), 1);
+    assert!(!stale.exists(), "a stale temporary file is removed");
+    assert!(fresh.exists(), "one that may still be written is kept");
 }

@@ -431,7 +431,7 @@ impl Run<'_> {
                     agent.telemetry.start_chat(
                         cx,
                         &agent.descriptor,
-                        &self.key.session_id,
+                        &self.key.session_id(),
                         &request,
                     )
                 });
@@ -496,7 +496,7 @@ impl Run<'_> {
                         && agent.conversation.reduce(&self.history, &mut self.window)
                     {
                         reductions += 1;
-                        tracing::warn!(session = %self.key.session_id, reductions, "context overflow: history reduced, retrying");
+                        tracing::warn!(session = %self.key.session_id(), reductions, "context overflow: history reduced, retrying");
                         self.retry_event(reductions, Duration::ZERO, "context_overflow", &message)
                             .await;
                         continue;
@@ -566,7 +566,7 @@ impl Run<'_> {
         let agent = self.agent;
         let tools = self.tools.clone().unwrap_or_else(|| agent.tools.current());
         let scope = CallScope {
-            session_id: self.key.session_id.clone(),
+            session_id: self.key.shared_session_id().clone(),
             actor_id: self.actor_id.clone(),
             state: self.state.clone(),
             trace: self.trace.clone().map(|cx| (agent.telemetry.clone(), cx)),
@@ -677,7 +677,7 @@ impl Run<'_> {
         } else if timed_out {
             Some(StopReason::Timeout)
         } else if tripped {
-            tracing::warn!(session = %self.key.session_id, "the model keeps repeating identical tool calls: tool use ended");
+            tracing::warn!(session = %self.key.session_id(), "the model keeps repeating identical tool calls: tool use ended");
             Some(StopReason::ToolLoop)
         } else {
             None
