@@ -167,6 +167,13 @@ pub enum StoreError {
     /// The backend failed (network, permissions, ...).
     #[error("session store error: {0}")]
     Backend(String),
+    /// The store did not answer within the invocation's bound; whether the operation took
+    /// effect is unknown (a conditional write that did is found by the next load).
+    #[error("the session store did not answer `{operation}` within the invocation's time limit")]
+    Timeout {
+        /// `load`, `append` or `save_state`.
+        operation: &'static str,
+    },
 }
 
 /// Durable session storage. Implementations must make [`SessionStore::append`] and

@@ -257,8 +257,9 @@ impl Shared {
         pending.await.map_err(|e| self.request_error(e))
     }
 
-    /// Reconnects with exponential backoff within the reconnect bound, then records the
-    /// outcome.
+    /// Reconnects with exponential backoff (with jitter, so the replicas of a service that lost
+    /// one server do not all come back in the same millisecond) within the reconnect bound,
+    /// then records the outcome.
     async fn reconnect(self: Arc<Self>) -> Result<Arc<Live>, String> {
         let bound = self.connect_bound(self.config.reconnect_timeout);
         let deadline = Instant::now() + bound;
@@ -278,7 +279,7 @@ impl Shared {
                 ));
             }
             tracing::warn!(server = %self.config.name, attempts, %error, "MCP reconnect failed; retrying");
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(jittered(delay)).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         };
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -1090,5 +1091,24 @@ impl ToolSource for McpToolSource {
             }
             *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) = retry_at;
         })
+    }
+}
+
+/// A backoff pause drawn uniformly from `[delay / 2, delay]`.
+fn jittered(delay: Duration) -> Duration {
+    delay / 2 + delay.mul_f64(fastrand::f64()) / 2
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_pauses_are_jittered_within_the_backoff() {
+        let delay = Duration::from_millis(800);
+        let pauses: Vec<Duration> = (0..200).map(|_| jittered(delay)).collect();
+        assert!(pauses.iter().all(|p| *p >= delay / 2 && *p <= delay));
+        let distinct: std::collections::HashSet<_> = pauses.iter().collect();
+        assert!(distinct.len() > 100, "{} distinct pauses", distinct.len());
     }
 }

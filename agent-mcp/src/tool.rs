@@ -180,23 +180,16 @@ impl Tool for McpTool {
             };
             let result =
                 result.map_err(|e| ToolError::new(format!("MCP tool `{}`: {e}", self.remote)))?;
-            let mut content = Vec::new();
-            if let Some(structured) = result.structured_content {
-                if let Some(validator) = &self.output_validator
-                    && let Some(problem) = validator.iter_errors(&structured).next()
-                {
-                    return Err(ToolError::new(format!(
-                        "MCP tool `{}` returned structured content that does not match its output schema: {problem}",
-                        self.remote
-                    )));
-                }
-                content.push(ToolResultContent::Json(structured));
+            if let Some(structured) = &result.structured_content
+                && let Some(validator) = &self.output_validator
+                && let Some(problem) = validator.iter_errors(structured).next()
+            {
+                return Err(ToolError::new(format!(
+                    "MCP tool `{}` returned structured content that does not match its output schema: {problem}",
+                    self.remote
+                )));
             }
-            for block in result.content {
-                if let Some(c) = map_content(block) {
-                    content.push(c);
-                }
-            }
+            let content = result_content(result.structured_content, result.content);
             let status = if result.is_error == Some(true) {
                 ToolResultStatus::Error
             } else {
@@ -205,6 +198,48 @@ impl Tool for McpTool {
             Ok(ToolOutput { status, content })
         })
     }
+}
+
+/// A result's content, each fact once. Servers send structured content together with a text
+/// rendering of it (the specification asks them to, for older clients); the model gets one:
+/// - the text blocks are the JSON of the structured content: the structured content alone, as
+///   JSON (server-everything, mcp-server-time);
+/// - the text blocks say it differently (`"hello"` for `{"content": "hello"}`, as
+///   server-filesystem and server-memory do): the server's own rendering alone;
+/// - no text blocks: the structured content, beside the other blocks.
+pub(crate) fn result_content(
+    structured: Option<Value>,
+    blocks: Vec<ContentBlock>,
+) -> Vec<ToolResultContent> {
+    let mapped: Vec<ToolResultContent> = blocks.into_iter().filter_map(map_content).collect();
+    let Some(structured) = structured else {
+        return mapped;
+    };
+    let texts: Vec<&String> = mapped
+        .iter()
+        .filter_map(|c| match c {
+            ToolResultContent::Text(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    if texts.is_empty() {
+        let mut out = vec![ToolResultContent::Json(structured)];
+        out.extend(mapped);
+        return out;
+    }
+    let renders_json = texts
+        .iter()
+        .all(|t| serde_json::from_str::<Value>(t).is_ok_and(|v| v == structured));
+    if !renders_json {
+        return mapped;
+    }
+    let mut out = vec![ToolResultContent::Json(structured)];
+    out.extend(
+        mapped
+            .into_iter()
+            .filter(|c| !matches!(c, ToolResultContent::Text(_))),
+    );
+    out
 }
 
 pub(crate) fn map_content(block: ContentBlock) -> Option<ToolResultContent> {
@@ -260,6 +295,35 @@ pub(crate) fn map_content(block: ContentBlock) -> Option<ToolResultContent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn structured_content_and_its_text_reach_the_model_once() {
+        let text = |t: &str| ContentBlock::text(t.to_owned());
+        let structured = serde_json::json!({"content": "hello"});
+        // A text rendering that says it differently: the text alone (the reported duplicate
+        // was `{"content":"hello"}hello`).
+        assert_eq!(
+            result_content(Some(structured.clone()), vec![text("hello")]),
+            vec![ToolResultContent::Text("hello".into())]
+        );
+        // The JSON of the structured content: the structured content alone.
+        assert_eq!(
+            result_content(
+                Some(structured.clone()),
+                vec![text("{ \"content\": \"hello\" }")]
+            ),
+            vec![ToolResultContent::Json(structured.clone())]
+        );
+        // No text: the structured content.
+        assert_eq!(
+            result_content(Some(structured.clone()), vec![]),
+            vec![ToolResultContent::Json(structured)]
+        );
+        assert_eq!(
+            result_content(None, vec![text("plain")]),
+            vec![ToolResultContent::Text("plain".into())]
+        );
+    }
 
     #[test]
     fn provider_names_are_valid_and_unique_when_cut() {

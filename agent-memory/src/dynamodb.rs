@@ -282,6 +282,7 @@ impl SessionStore for DynamoDbSessionStore {
         }
         for (i, json) in encoded.into_iter().enumerate() {
             let index = expected_len + i;
+            let created_at = strands::now();
             let mut put = self
                 .client
                 .put_item()
@@ -289,8 +290,8 @@ impl SessionStore for DynamoDbSessionStore {
                 .item("pk", AttributeValue::S(pk(key)))
                 .item("sk", AttributeValue::S(message_sk(key, index)))
                 .item("seq", AttributeValue::N(index.to_string()))
-                .item("message", AttributeValue::S(json))
-                .item("created_at", AttributeValue::S(strands::now()))
+                .item("message", AttributeValue::S(json.clone()))
+                .item("created_at", AttributeValue::S(created_at.clone()))
                 .condition_expression("attribute_not_exists(pk)");
             if let Some(t) = self.expire_at() {
                 put = put.item("expire_at", t);
@@ -301,10 +302,29 @@ impl SessionStore for DynamoDbSessionStore {
                     if e.as_service_error()
                         .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
                 {
-                    return Err(strands::conflict(
-                        key,
-                        format!("message {index} was written by another writer"),
-                    ));
+                    // The SDK retries a request whose response was lost; if the first attempt
+                    // landed, the retry fails its own condition. Then the item is exactly ours
+                    // (same message, same timestamp) and the write succeeded.
+                    let stored = self
+                        .client
+                        .get_item()
+                        .table_name(&self.table)
+                        .key("pk", AttributeValue::S(pk(key)))
+                        .key("sk", AttributeValue::S(message_sk(key, index)))
+                        .consistent_read(true)
+                        .send()
+                        .await
+                        .map_err(|e| backend("reading a message back", &e))?;
+                    let ours = stored.item().is_some_and(|item| {
+                        string_attr(item, "message") == Some(json.as_str())
+                            && string_attr(item, "created_at") == Some(created_at.as_str())
+                    });
+                    if !ours {
+                        return Err(strands::conflict(
+                            key,
+                            format!("message {index} was written by another writer"),
+                        ));
+                    }
                 }
                 Err(e) => return Err(backend("writing a message", &e)),
             }
@@ -326,15 +346,16 @@ impl SessionStore for DynamoDbSessionStore {
         };
         let next = current + 1;
         let json = serde_json::to_string(state).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let updated_at = strands::now();
         let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
             .item("pk", AttributeValue::S(pk(key)))
             .item("sk", AttributeValue::S(state_sk(key)))
-            .item("state", AttributeValue::S(json))
+            .item("state", AttributeValue::S(json.clone()))
             .item("version", AttributeValue::N(next.to_string()))
-            .item("updated_at", AttributeValue::S(strands::now()));
+            .item("updated_at", AttributeValue::S(updated_at.clone()));
         put = if expected.0.is_none() {
             put.condition_expression("attribute_not_exists(pk)")
         } else {
@@ -351,6 +372,26 @@ impl SessionStore for DynamoDbSessionStore {
                 if e.as_service_error()
                     .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
             {
+                // A retried request whose first attempt landed: the item is exactly ours.
+                let stored = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("pk", AttributeValue::S(pk(key)))
+                    .key("sk", AttributeValue::S(state_sk(key)))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| backend("reading the state back", &e))?;
+                let next_text = next.to_string();
+                let ours = stored.item().is_some_and(|item| {
+                    string_attr(item, "state") == Some(json.as_str())
+                        && string_attr(item, "updated_at") == Some(updated_at.as_str())
+                        && item.get("version").and_then(|v| v.as_n().ok()) == Some(&next_text)
+                });
+                if ours {
+                    return Ok(StateVersion(Some(next_text)));
+                }
                 Err(strands::conflict(
                     key,
                     format!("state changed since version {current} was read"),

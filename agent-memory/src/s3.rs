@@ -60,7 +60,7 @@ impl S3SessionStore {
             .bucket(&self.bucket)
             .key(key)
             .content_type("application/json")
-            .body(ByteStream::from(body));
+            .body(ByteStream::from(body.clone()));
         request = match condition {
             Condition::Absent => request.if_none_match("*"),
             Condition::Matches(etag) => request.if_match(etag),
@@ -69,10 +69,16 @@ impl S3SessionStore {
             Ok(out) => Ok(out.e_tag().map(str::to_owned)),
             Err(e) => {
                 let status = e.raw_response().map(|r| r.status().as_u16());
-                if matches!(status, Some(412 | 409)) {
-                    Err(PutError::Precondition)
-                } else {
-                    Err(PutError::Other(describe(&e)))
+                if !matches!(status, Some(412 | 409)) {
+                    return Err(PutError::Other(describe(&e)));
+                }
+                // The SDK retries a request whose response was lost; if the first attempt
+                // landed, the retry fails its own condition. The object then holds exactly
+                // these bytes (another writer's document differs: its timestamps, at least),
+                // and the write succeeded.
+                match self.get(key).await {
+                    Ok(Some((stored, etag))) if stored == body => Ok(etag),
+                    _ => Err(PutError::Precondition),
                 }
             }
         }

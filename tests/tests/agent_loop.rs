@@ -1037,3 +1037,67 @@ async fn tool_sources_are_reread_when_they_change_and_clashes_are_left_out() {
     assert_eq!(names(1), ["fixed", "beta"]);
     assert_eq!(agent.tools().len(), 2);
 }
+
+#[tokio::test]
+async fn a_slow_call_does_not_hold_a_slot_once_the_calls_after_it_finish() {
+    // Two slots; the first call waits until the fourth has run. That needs the second slot to
+    // run calls two, three and four one after another while the first still runs: with slots
+    // held by finished calls until the first ends, it would wait out its 10 s and say so.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (r1, r2) = (release.clone(), release.clone());
+    let waiter = FnTool::new(
+        "wait_for_last",
+        "Waits.",
+        json!({"type": "object"}),
+        move |_, _| {
+            let release = r1.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(10), release.notified()).await {
+                    Ok(()) => Ok(ToolOutput::text("released")),
+                    Err(_) => Ok(ToolOutput::text("never released")),
+                }
+            }
+        },
+    );
+    let quick = FnTool::new(
+        "quick",
+        "Returns at once.",
+        json!({"type": "object", "properties": {"n": {"type": "integer"}}}),
+        move |input, _| {
+            let release = r2.clone();
+            async move {
+                if input["n"] == 3 {
+                    release.notify_one();
+                }
+                Ok(ToolOutput::text(format!("quick {}", input["n"])))
+            }
+        },
+    );
+    let s = setup(vec![
+        Turn::tool_call("wait_for_last", json!({}))
+            .and_tool_call("quick", json!({"n": 1}))
+            .and_tool_call("quick", json!({"n": 2}))
+            .and_tool_call("quick", json!({"n": 3})),
+        Turn::text("done"),
+    ])
+    .await;
+    let agent = s
+        .builder()
+        .tool(waiter)
+        .tool(quick)
+        .max_tool_concurrency(2)
+        .build()
+        .expect("agent");
+    agent.session("slots").invoke("go").await.expect("invoke");
+    let stored = s.stored("slots").await;
+    let results: Vec<String> = stored[2]
+        .content
+        .iter()
+        .map(|b| match b {
+            ContentBlock::ToolResult(r) => r.text(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // In request order, whatever order they finished in.
+    assert_eq!(results, ["released", "quick 1", "quick 2", "quick 3"]);
+}

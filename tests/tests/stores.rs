@@ -596,3 +596,133 @@ async fn temporary_files_of_a_killed_writer_are_cleaned_up() {
     assert!(!stale.exists(), "a stale temporary file is removed");
     assert!(fresh.exists(), "one that may still be written is kept");
 }
+
+/// Loses the response of the first successful write (it arrives as a 503), so the SDK retries a
+/// request that already took effect, as it does when a response is lost on the network.
+#[derive(Debug)]
+struct LoseFirstWriteResponse {
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the request in flight is a write (S3 `PUT`, DynamoDB `PutItem`).
+    writing: std::sync::atomic::AtomicBool,
+}
+
+// The S3 and DynamoDB SDKs share these types (aws-smithy-runtime-api).
+use aws_sdk_s3::config::interceptors::{
+    BeforeDeserializationInterceptorContextMut, BeforeTransmitInterceptorContextRef,
+};
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+
+impl Intercept for LoseFirstWriteResponse {
+    fn name(&self) -> &'static str {
+        "LoseFirstWriteResponse"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let request = context.request();
+        let write = request.method() == "PUT"
+            || request
+                .headers()
+                .get("x-amz-target")
+                .is_some_and(|t| t.ends_with(".PutItem"));
+        self.writing
+            .store(write, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.writing.load(std::sync::atomic::Ordering::SeqCst)
+            && context.response().status().is_success()
+            && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            *context.response_mut().status_mut() = 503u16.try_into()?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_write_retried_after_a_lost_response_is_not_a_false_conflict() {
+    let (s3, ddb) = clients().await;
+    let bucket = bucket(&s3).await;
+    let table_name = unique("sessions");
+    DynamoDbSessionStore::new(ddb.clone(), &table_name)
+        .create_table()
+        .await
+        .expect("create table");
+    let user = Message::new(Role::User, vec![ContentBlock::Text("hi".into())]);
+    let answer = Message::new(Role::Assistant, vec![ContentBlock::Text("hello".into())]);
+    let mut state = SessionState::default();
+    state.agent_state.insert("k".into(), json!(1));
+    for name in [
+        "s3-message",
+        "s3-state",
+        "dynamodb-message",
+        "dynamodb-state",
+    ] {
+        // Each case loses its first write's response, on a client of its own.
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let interceptor = LoseFirstWriteResponse {
+            lost: lost.clone(),
+            writing: Default::default(),
+        };
+        let (plain, lossy): (Arc<dyn SessionStore>, Arc<dyn SessionStore>) =
+            if name.starts_with("s3") {
+                let conf = s3.config().to_builder().interceptor(interceptor).build();
+                (
+                    Arc::new(S3SessionStore::new(s3.clone(), &bucket)),
+                    Arc::new(S3SessionStore::new(
+                        aws_sdk_s3::Client::from_conf(conf),
+                        &bucket,
+                    )),
+                )
+            } else {
+                let conf = ddb.config().to_builder().interceptor(interceptor).build();
+                (
+                    Arc::new(DynamoDbSessionStore::new(ddb.clone(), &table_name)),
+                    Arc::new(DynamoDbSessionStore::new(
+                        aws_sdk_dynamodb::Client::from_conf(conf),
+                        &table_name,
+                    )),
+                )
+            };
+        let key = SessionKey::new(name, "default").unwrap();
+        plain.append(&key, 0, &[user.clone()]).await.unwrap();
+        if name.ends_with("state") {
+            plain.append(&key, 1, &[answer.clone()]).await.unwrap();
+            let loaded = plain.load(&key).await.unwrap().unwrap();
+            let version = lossy
+                .save_state(&key, &state, &loaded.state_version)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let again = plain.load(&key).await.unwrap().unwrap();
+            assert_eq!(again.state_version, version, "{name}");
+            assert_eq!(again.state.agent_state["k"], 1, "{name}");
+        } else {
+            lossy
+                .append(&key, 1, &[answer.clone()])
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(plain.load(&key).await.unwrap().unwrap().messages.len(), 2);
+        }
+        assert!(
+            lost.load(std::sync::atomic::Ordering::SeqCst),
+            "{name}: a response was lost and the write retried"
+        );
+        // A real second writer still gets its conflict.
+        let err = lossy
+            .append(&key, 1, &[answer.clone()])
+            .await
+            .expect_err("taken");
+        assert!(matches!(err, StoreError::Conflict { .. }), "{name}: {err}");
+    }
+}

@@ -36,6 +36,28 @@ pub const FINAL_ANSWER_NOTE: &str = "Tool use has ended for this request: no mor
 called. Answer the user now, using only the tool results above. If they do not contain what the \
 user asked for, say what is missing instead of guessing.";
 
+/// How long a store call may take past the invocation's deadline: the writes that end a run
+/// (the results of calls the time limit stopped, the state) must still land for the session to
+/// stay valid, but not wait forever.
+const STORE_GRACE: Duration = Duration::from_secs(10);
+
+/// A store call bounded by the invocation's deadline, or by [`STORE_GRACE`] from now if that
+/// is later. It is not cut by cancellation: a store call is short, and cutting a write would
+/// leave its outcome unknown.
+async fn within<T>(
+    deadline: Option<Instant>,
+    operation: &'static str,
+    call: impl Future<Output = Result<T, crate::session::StoreError>>,
+) -> Result<T, crate::session::StoreError> {
+    let Some(deadline) = deadline else {
+        return call.await;
+    };
+    let bound = deadline.max(Instant::now() + STORE_GRACE);
+    tokio::time::timeout_at(bound, call)
+        .await
+        .unwrap_or(Err(crate::session::StoreError::Timeout { operation }))
+}
+
 type Sender = mpsc::Sender<Result<AgentEvent, AgentError>>;
 
 /// Sends events to a stream consumer, if there is one.
@@ -163,7 +185,9 @@ async fn run_traced(
             session_id: session_id.to_owned(),
         })?;
 
-    let stored = agent.store.load(&key).await?.unwrap_or_default();
+    let stored = within(deadline, "load", agent.store.load(&key))
+        .await?
+        .unwrap_or_default();
     let history = History::restore(stored.messages)?;
     let SessionState {
         agent_state,
@@ -197,7 +221,17 @@ async fn run_traced(
                 _ => None,
             })
             .collect();
-        if let Some(remembered) = crate::memory::injection(memory, actor, &prompt_text).await {
+        let injection = crate::memory::injection(memory, actor, &prompt_text);
+        let remembered = match deadline {
+            Some(d) => tokio::time::timeout_at(d, injection)
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!("memory search timed out: no memories injected");
+                    None
+                }),
+            None => injection.await,
+        };
+        if let Some(remembered) = remembered {
             // Injected into the system context of this invocation only, never into history.
             run.system_prompt = Some(std::borrow::Cow::Owned(match &agent.system_prompt {
                 Some(p) => format!("{p}\n\n{remembered}"),
@@ -327,10 +361,14 @@ async fn run_traced(
             agent_state: run.state.to_map(),
             window: run.window,
         };
-        agent
-            .store
-            .save_state(&run.key, &state, &stored.state_version)
-            .await?;
+        within(
+            run.deadline,
+            "save_state",
+            agent
+                .store
+                .save_state(&run.key, &state, &stored.state_version),
+        )
+        .await?;
     }
     if let (Some(memory), Some(actor)) = (&agent.memory, actor_id)
         && memory.extract
@@ -381,7 +419,12 @@ impl Run<'_> {
         let expected = self.history.len();
         self.history.push(message)?;
         let stored = &self.history.messages()[expected..];
-        self.agent.store.append(&self.key, expected, stored).await?;
+        within(
+            self.deadline,
+            "append",
+            self.agent.store.append(&self.key, expected, stored),
+        )
+        .await?;
         if self.emitter.active() {
             self.emitter
                 .send(AgentEvent::MessageAdded {
@@ -619,13 +662,13 @@ impl Run<'_> {
                     }
                 }
             }
-            let mut slots = results
+            // The executor's index is a position in `to_run`; this maps it to the batch's.
+            let slots: Vec<usize> = results
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| r.is_none())
                 .map(|(i, _)| i)
-                .collect::<Vec<_>>()
-                .into_iter();
+                .collect();
             let mut stream = std::pin::pin!(execute_stream(
                 &tools,
                 &agent.executor,
@@ -637,12 +680,11 @@ impl Run<'_> {
                 tokio::select! {
                     biased;
                     item = stream.next() => match item {
-                        Some((result, cancelled)) => {
+                        Some((index, result, cancelled)) => {
                             if self.emitter.active() {
                                 self.emitter.send(AgentEvent::ToolResult { result: result.clone() }).await;
                             }
-                            // The executor yields in request order: the next empty slot.
-                            if let Some(i) = slots.next() {
+                            if let Some(&i) = slots.get(index) {
                                 if !cancelled && let Some(u) = uses.get(i) {
                                     self.calls.remember(u, &result);
                                 }

@@ -79,7 +79,7 @@ pub struct BatchOutcome {
 }
 
 /// Runs `uses` and returns their results in request order. `on_result` sees each result as soon
-/// as it and all results before it are done.
+/// as it is done.
 pub async fn execute_batch(
     registry: &ToolRegistry,
     config: &ExecutorConfig,
@@ -89,28 +89,35 @@ pub async fn execute_batch(
     mut on_result: impl FnMut(&ToolResult),
 ) -> BatchOutcome {
     let mut stream = std::pin::pin!(execute_stream(registry, config, uses, scope, cancel));
-    let mut results = Vec::with_capacity(uses.len());
+    let mut slots: Vec<Option<ToolResult>> = vec![None; uses.len()];
     let mut cancelled = false;
-    while let Some((result, was_cancelled)) = stream.next().await {
+    while let Some((index, result, was_cancelled)) = stream.next().await {
         cancelled |= was_cancelled;
         on_result(&result);
-        results.push(result);
+        if let Some(slot) = slots.get_mut(index) {
+            *slot = Some(result);
+        }
     }
-    BatchOutcome { results, cancelled }
+    BatchOutcome {
+        results: slots.into_iter().flatten().collect(),
+        cancelled,
+    }
 }
 
-/// Runs `uses` and yields `(result, cancelled)` pairs in request order, as they complete.
+/// Runs `uses`, at most `config.max_concurrency` at once, and yields `(index, result,
+/// cancelled)` as each completes (`index` is the use's position in `uses`). A slot is free as
+/// soon as its call ends: a slow call never keeps finished ones from making room.
 pub fn execute_stream<'a>(
     registry: &'a ToolRegistry,
     config: &'a ExecutorConfig,
     uses: &'a [&'a ToolUse],
     scope: &'a CallScope,
     cancel: &'a CancellationToken,
-) -> impl futures::Stream<Item = (ToolResult, bool)> + Send + 'a {
-    let calls = uses
-        .iter()
-        .map(move |u| run_one(registry, config, u, scope, cancel));
-    futures::stream::iter(calls).buffered(config.max_concurrency.max(1))
+) -> impl futures::Stream<Item = (usize, ToolResult, bool)> + Send + 'a {
+    let calls = uses.iter().enumerate().map(move |(i, u)| {
+        run_one(registry, config, u, scope, cancel).map(move |(r, cancelled)| (i, r, cancelled))
+    });
+    futures::stream::iter(calls).buffer_unordered(config.max_concurrency.max(1))
 }
 
 async fn run_one(
