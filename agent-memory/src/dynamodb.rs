@@ -16,9 +16,14 @@
 //! and nothing is half-written. (Offloading such messages to S3 is a possible extension.)
 //!
 //! TTL (optional, [`DynamoDbSessionStore::with_ttl`]): every item gets `expire_at` = write time +
-//! TTL, and [`DynamoDbSessionStore::create_table`] enables DynamoDB's TTL on that attribute.
-//! Reads skip items already expired but not yet deleted; a session whose first message expired
-//! reads as absent.
+//! TTL, and [`DynamoDbSessionStore::create_table`] enables DynamoDB's TTL on that attribute. A
+//! load re-stamps the session's items whose expiry is less than half the TTL away, so a session
+//! expires a TTL after it was last used, never in the middle of use (about one `UpdateItem` per
+//! item per half TTL). Reads skip items already expired but not yet deleted; a session whose
+//! first message expired reads as absent.
+//!
+//! Ids are percent-encoded where they become key parts (`#` as `%23`, `%` as `%25`), so no id's
+//! keys can fall under another id's prefix.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -160,6 +165,39 @@ impl DynamoDbSessionStore {
         Ok(())
     }
 
+    /// Gives the items `sks` of a session in use a full TTL again, so a session that stays in
+    /// use never loses its first messages to expiry (each item's TTL is stamped when it is
+    /// written). Items deleted meanwhile are not recreated.
+    async fn refresh_expiry(&self, key: &SessionKey, sks: Vec<String>) -> Result<(), StoreError> {
+        let Some(expire_at) = self.expire_at() else {
+            return Ok(());
+        };
+        let updates = sks.into_iter().map(|sk| {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", AttributeValue::S(pk(key)))
+                .key("sk", AttributeValue::S(sk))
+                .update_expression("SET expire_at = :t")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":t", expire_at.clone())
+                .send()
+        });
+        use futures::StreamExt as _;
+        let mut results = futures::stream::iter(updates).buffer_unordered(16);
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(_) => {}
+                // Expired and deleted in between: nothing to refresh.
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
+                Err(e) => return Err(backend("refreshing the session's expiry", &e)),
+            }
+        }
+        Ok(())
+    }
+
     fn expire_at(&self) -> Option<AttributeValue> {
         self.ttl
             .map(|ttl| AttributeValue::N((epoch_seconds() + ttl.as_secs()).to_string()))
@@ -223,12 +261,21 @@ impl SessionStore for DynamoDbSessionStore {
         let mut messages: Vec<(usize, Message)> = Vec::new();
         let mut state = None;
         let state_key = state_sk(key);
+        // Live items whose expiry is less than half the TTL away: re-stamped below.
+        let mut fading: Vec<String> = Vec::new();
+        let refresh_before = self.ttl.map(|ttl| now + ttl.as_secs() / 2);
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| backend("reading the session", &e))?;
-            if number_attr(&item, "expire_at").is_some_and(|t| t <= now) {
+            let expire_at = number_attr(&item, "expire_at");
+            if expire_at.is_some_and(|t| t <= now) {
                 continue;
             }
             let sk = string_attr(&item, "sk").unwrap_or_default();
+            if let Some(before) = refresh_before
+                && expire_at.is_none_or(|t| t < before)
+            {
+                fading.push(sk.to_owned());
+            }
             if sk == state_key {
                 let json = string_attr(&item, "state")
                     .ok_or_else(|| strands::corrupt(key, "state item without `state`".into()))?;
@@ -254,6 +301,9 @@ impl SessionStore for DynamoDbSessionStore {
             return Ok(None);
         }
         strands::check_contiguous(key, &messages.iter().map(|(i, _)| *i).collect::<Vec<_>>())?;
+        if !fading.is_empty() {
+            self.refresh_expiry(key, fading).await?;
+        }
         let (state, state_version) = state.unwrap_or_default();
         Ok(Some(StoredSession {
             messages: messages.into_iter().map(|(_, m)| m).collect(),

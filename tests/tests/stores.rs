@@ -726,3 +726,58 @@ async fn a_write_retried_after_a_lost_response_is_not_a_false_conflict() {
         assert!(matches!(err, StoreError::Conflict { .. }), "{name}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_dynamodb_session_in_use_never_expires_under_its_user() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let (_, ddb) = clients().await;
+    let table_name = unique("sessions");
+    let store = DynamoDbSessionStore::new(ddb.clone(), &table_name)
+        .with_ttl(std::time::Duration::from_secs(1000));
+    store.create_table().await.expect("create table");
+    let key = SessionKey::new("long-lived", "default").unwrap();
+    let user = Message::new(Role::User, vec![ContentBlock::Text("hi".into())]);
+    let answer = Message::new(Role::Assistant, vec![ContentBlock::Text("hello".into())]);
+    store.append(&key, 0, &[user, answer]).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiry = |sk: &'static str| {
+        let ddb = ddb.clone();
+        let table_name = table_name.clone();
+        async move {
+            let item = ddb
+                .get_item()
+                .table_name(&table_name)
+                .key("pk", AttributeValue::S("session#long-lived".into()))
+                .key("sk", AttributeValue::S(sk.into()))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap();
+            item.item().unwrap()["expire_at"]
+                .as_n()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    let first = "agent#default#msg#00000000000000000000";
+    // The first message was written long ago: 100 s of its TTL are left.
+    ddb.update_item()
+        .table_name(&table_name)
+        .key("pk", AttributeValue::S("session#long-lived".into()))
+        .key("sk", AttributeValue::S(first.into()))
+        .update_expression("SET expire_at = :t")
+        .expression_attribute_values(":t", AttributeValue::N((now + 100).to_string()))
+        .send()
+        .await
+        .unwrap();
+    let second = "agent#default#msg#00000000000000000001";
+    let untouched = expiry(second).await;
+    assert_eq!(store.load(&key).await.unwrap().unwrap().messages.len(), 2);
+    // Using the session gave the fading item a full TTL again; the fresh one was left alone.
+    assert!(expiry(first).await >= now + 1000, "refreshed");
+    assert_eq!(expiry(second).await, untouched);
+}
