@@ -43,6 +43,12 @@ pub enum AgentError {
     /// The prompt has no content.
     #[error("the prompt is empty")]
     EmptyPrompt,
+    /// [`crate::Session::resume`] on a session with no messages.
+    #[error("session `{session_id}` has no run to resume")]
+    NothingToResume {
+        /// The session.
+        session_id: String,
+    },
     /// The run panicked (in a model, tool source or store implementation, say); a streamed run
     /// ends with this error instead of a stream that just stops.
     #[error("the run panicked: {message}")]
@@ -65,6 +71,7 @@ impl AgentError {
             Self::SessionBusy { .. } => "session_busy",
             Self::EmptyPrompt => "empty_prompt",
             Self::Panicked { .. } => "panicked",
+            Self::NothingToResume { .. } => "nothing_to_resume",
         }
     }
 }

@@ -103,6 +103,43 @@ pub struct SessionState {
     /// What the model sees of the history.
     #[serde(default)]
     pub window: ContextWindow,
+    /// Progress of the run in flight, for a replica that resumes it.
+    #[serde(default, skip_serializing_if = "RunCheckpoint::is_empty")]
+    pub checkpoint: RunCheckpoint,
+}
+
+/// What a run records, besides its messages, so that another process can resume it: the
+/// results of tool calls that completed while others of the same batch were still running
+/// (the batch's message is written when all are done), and the invocation an idempotency key
+/// names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunCheckpoint {
+    /// Results of the last message's tool uses that completed, in completion order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub completed_tool_results: Vec<crate::message::ToolResult>,
+    /// The last invocation made with an idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<InvocationRecord>,
+}
+
+impl RunCheckpoint {
+    /// Whether there is nothing recorded.
+    pub fn is_empty(&self) -> bool {
+        self.completed_tool_results.is_empty() && self.invocation.is_none()
+    }
+}
+
+/// An invocation made with an idempotency key: a retry with the same key resumes it, or gets
+/// its outcome, instead of running the prompt again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    /// The caller's idempotency key.
+    pub key: String,
+    /// Index of the invocation's prompt message.
+    pub first_message: usize,
+    /// How it ended (`StopReason`'s JSON name), once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 /// An opaque token of a stored state's version: a counter, an S3 ETag, ...; empty before the

@@ -354,3 +354,19 @@ fn misuse_fails_to_compile_with_a_helpful_message() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");
 }
+
+/// Looks a code up.
+#[tool(idempotent, name = "lookup-code")]
+fn lookup_code(
+    /// The code.
+    code: String,
+) -> String {
+    code
+}
+
+#[test]
+fn idempotent_is_declared_by_the_attribute() {
+    assert!(lookup_code.idempotent());
+    assert_eq!(lookup_code.spec().name, "lookup-code");
+    assert!(!get_weather.idempotent(), "not declared, not idempotent");
+}

@@ -180,6 +180,11 @@ pub(crate) fn agent_doc(
             internal.remove("rust_state_version");
         }
     }
+    if state.checkpoint.is_empty() {
+        internal.remove("rust_checkpoint");
+    } else {
+        internal.insert("rust_checkpoint".into(), json!(state.checkpoint));
+    }
     doc.insert("_internal_state".into(), Value::Object(internal));
     doc.entry("created_at").or_insert_with(|| json!(ts));
     doc.insert("updated_at".into(), json!(ts));
@@ -219,10 +224,20 @@ pub(crate) fn parse_agent(
         .as_ref()
         .and_then(|i| i.get("rust_state_version"))
         .and_then(Value::as_u64);
+    let checkpoint = match doc
+        .internal_state
+        .as_ref()
+        .and_then(|i| i.get("rust_checkpoint"))
+    {
+        Some(c) => serde_json::from_value(c.clone())
+            .map_err(|e| corrupt(key, format!("agent.json checkpoint: {e}")))?,
+        None => Default::default(),
+    };
     Ok((
         SessionState {
             agent_state: doc.state,
             window,
+            checkpoint,
         },
         version,
     ))

@@ -55,6 +55,7 @@ fn core_path() -> TokenStream2 {
 struct ToolAttr {
     name: Option<LitStr>,
     description: Option<LitStr>,
+    idempotent: bool,
 }
 
 fn parse_attr(attr: TokenStream2) -> syn::Result<ToolAttr> {
@@ -64,6 +65,12 @@ fn parse_attr(attr: TokenStream2) -> syn::Result<ToolAttr> {
     }
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     for meta in metas {
+        if let Meta::Path(path) = &meta
+            && path.is_ident("idempotent")
+        {
+            out.idempotent = true;
+            continue;
+        }
         let Meta::NameValue(nv) = &meta else {
             return Err(syn::Error::new(
                 meta.span(),
@@ -157,6 +164,7 @@ struct Analysed {
     context: Option<(usize, bool)>,
     is_async: bool,
     returns_result: bool,
+    idempotent: bool,
 }
 
 /// Checks a signature and collects what the expansion needs; strips `///` from parameters.
@@ -260,6 +268,7 @@ fn analyse(
         context,
         is_async: sig.asyncness.is_some(),
         returns_result,
+        idempotent: attr.idempotent,
     })
 }
 
@@ -273,6 +282,15 @@ fn tool_impl(
     needs_owned_self: bool,
 ) -> TokenStream2 {
     let m = quote!(#core::tool::__macro);
+    let idempotent = if a.idempotent {
+        quote!(
+            fn idempotent(&self) -> bool {
+                true
+            }
+        )
+    } else {
+        quote!()
+    };
     let name = LitStr::new(&a.name, a.name_span);
     let description = &a.description;
     let props = a.params.iter().map(|p| {
@@ -345,6 +363,8 @@ fn tool_impl(
                     input_schema: #m::object_schema(__properties, __required),
                 }
             }
+
+            #idempotent
 
             fn call(
                 &self,

@@ -214,6 +214,22 @@ pub(crate) struct AgentInner {
     pub(crate) memory: Option<MemoryConfig>,
     pub(crate) loop_guard: LoopGuard,
     pub(crate) final_answer_timeout: Option<Duration>,
+    pub(crate) resume_policy: ResumePolicy,
+}
+
+/// What a resumed run does with the tool calls its interrupted run left pending (calls whose
+/// results were recorded are never run again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ResumePolicy {
+    /// Run again the calls of tools declared idempotent ([`Tool::idempotent`]); answer the
+    /// others as interrupted, since they may have taken effect (the default).
+    #[default]
+    RerunIdempotent,
+    /// Run every pending call again.
+    RerunAll,
+    /// Answer every pending call as interrupted; the model decides what to do.
+    InterruptAll,
 }
 
 impl std::fmt::Debug for Agent {
@@ -257,6 +273,7 @@ impl Agent {
             session_id: session_id.into(),
             actor_id: None,
             cancel: None,
+            idempotency_key: None,
         }
     }
 }
@@ -280,6 +297,7 @@ pub struct AgentBuilder {
     memory: Option<MemoryConfig>,
     loop_guard: LoopGuard,
     final_answer_timeout: Option<Duration>,
+    resume_policy: ResumePolicy,
 }
 
 impl Default for AgentBuilder {
@@ -302,6 +320,7 @@ impl Default for AgentBuilder {
             memory: None,
             loop_guard: LoopGuard::default(),
             final_answer_timeout: Some(Duration::from_secs(30)),
+            resume_policy: ResumePolicy::default(),
         }
     }
 }
@@ -446,6 +465,13 @@ impl AgentBuilder {
         self
     }
 
+    /// What [`Session::resume`] does with pending tool calls (default
+    /// [`ResumePolicy::RerunIdempotent`]).
+    pub fn resume_policy(mut self, policy: ResumePolicy) -> Self {
+        self.resume_policy = policy;
+        self
+    }
+
     /// Builds the agent.
     pub fn build(self) -> Result<Agent, BuildError> {
         let model = self.model.ok_or(BuildError::MissingModel)?;
@@ -483,6 +509,7 @@ impl AgentBuilder {
                 memory: self.memory,
                 loop_guard: self.loop_guard,
                 final_answer_timeout: self.final_answer_timeout,
+                resume_policy: self.resume_policy,
             }),
         })
     }
@@ -495,6 +522,7 @@ pub struct Session {
     session_id: String,
     actor_id: Option<String>,
     cancel: Option<CancellationToken>,
+    idempotency_key: Option<String>,
 }
 
 impl Session {
@@ -511,14 +539,51 @@ impl Session {
         self
     }
 
+    /// Makes the next invocation idempotent under `key` (a client's retry token, an HTTP
+    /// `Idempotency-Key`): the key is recorded with the session before the prompt is written,
+    /// and a later invocation with the same key does not write the prompt again. If the first
+    /// finished, it gets that outcome (its final message and stop reason; usage and turns are
+    /// not kept); if it failed or its process died, it resumes the run where it stopped (see
+    /// [`Session::resume`]). Only the session's latest keyed invocation is remembered.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    fn invocation(&self, start: run::Start) -> run::Invocation {
+        run::Invocation {
+            start,
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+
     /// Runs an invocation to its end.
     pub async fn invoke(&self, prompt: impl Into<Prompt>) -> Result<AgentResult, AgentError> {
+        self.run_to_end(run::Start::Prompt(prompt.into())).await
+    }
+
+    /// Continues the session's interrupted run, on any replica, without a new prompt: after a
+    /// process died (or an invocation failed) between the prompt and the answer. Tool calls
+    /// whose results were recorded are not run again; pending calls are run again or answered
+    /// as interrupted as the agent's [`ResumePolicy`] says; then the loop goes on to an answer.
+    /// A session whose last run ended gets that run's final message, with no model call;
+    /// an empty session is [`AgentError::NothingToResume`].
+    pub async fn resume(&self) -> Result<AgentResult, AgentError> {
+        self.run_to_end(run::Start::Resume).await
+    }
+
+    /// [`Session::resume`], streamed as [`Session::stream`] streams.
+    pub fn resume_stream(&self) -> AgentStream {
+        self.spawn(run::Start::Resume)
+    }
+
+    async fn run_to_end(&self, start: run::Start) -> Result<AgentResult, AgentError> {
         let cancel = self.cancel.clone().unwrap_or_default();
         run::run(
             &self.agent.inner,
             &self.session_id,
             self.actor_id.as_deref(),
-            prompt.into(),
+            self.invocation(start),
             cancel,
             None,
         )
@@ -529,13 +594,17 @@ impl Session {
     /// [`AgentEvent::Stop`] or an error. Dropping the stream cancels the run. Must be called
     /// within a Tokio runtime.
     pub fn stream(&self, prompt: impl Into<Prompt>) -> AgentStream {
+        self.spawn(run::Start::Prompt(prompt.into()))
+    }
+
+    fn spawn(&self, start: run::Start) -> AgentStream {
         let (tx, rx) = mpsc::channel(64);
         let cancel = self.cancel.clone().unwrap_or_default().child_token();
         let guard = cancel.clone().drop_guard();
         let agent = self.agent.clone();
         let session_id = self.session_id.clone();
         let actor_id = self.actor_id.clone();
-        let prompt = prompt.into();
+        let invocation = self.invocation(start);
         // The caller's trace context, so the run's `invoke_agent` span is its child as with
         // `invoke`, not a new root.
         let trace = opentelemetry::Context::current();
@@ -546,7 +615,7 @@ impl Session {
                 &agent.inner,
                 &session_id,
                 actor_id.as_deref(),
-                prompt,
+                invocation,
                 cancel,
                 Some(tx.clone()),
             )

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::CallMemory;
-use super::{AgentInner, AgentResult, Prompt, StopReason, TurnMetrics};
+use super::{AgentInner, AgentResult, Prompt, ResumePolicy, StopReason, TurnMetrics};
 use crate::conversation::ContextWindow;
 use crate::error::AgentError;
 use crate::event::AgentEvent;
@@ -20,7 +20,9 @@ use crate::message::{ContentBlock, Message, Role, ToolResult, ToolUse};
 use crate::model::{
     ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, ToolChoice, Usage,
 };
-use crate::session::{SessionKey, SessionState, validate_id};
+use crate::session::{
+    InvocationRecord, RunCheckpoint, SessionKey, SessionState, StateVersion, validate_id,
+};
 use crate::tool::executor::{CallScope, execute_stream};
 use crate::tool::{AgentState, ProgressReporter};
 
@@ -113,6 +115,44 @@ struct Run<'a> {
     tools: Option<std::sync::Arc<crate::tool::ToolRegistry>>,
     /// The calls of this invocation, for the loop guard.
     calls: CallMemory,
+    /// What the run records for a resume besides messages.
+    checkpoint: RunCheckpoint,
+    /// The state as last saved, and its version.
+    saved: Saved,
+}
+
+/// The state as last saved: what [`Run::save_if_changed`] compares against.
+struct Saved {
+    version: StateVersion,
+    window: ContextWindow,
+    checkpoint: RunCheckpoint,
+}
+
+/// Saves the session state (conditional on the version last read or written), within the
+/// invocation's bounds.
+async fn persist(
+    agent: &AgentInner,
+    key: &SessionKey,
+    deadline: Option<Instant>,
+    state: &AgentState,
+    window: ContextWindow,
+    checkpoint: &RunCheckpoint,
+    saved: &mut Saved,
+) -> Result<(), AgentError> {
+    let session_state = SessionState {
+        agent_state: state.to_map(),
+        window,
+        checkpoint: checkpoint.clone(),
+    };
+    saved.version = within(
+        deadline,
+        "save_state",
+        agent.store.save_state(key, &session_state, &saved.version),
+    )
+    .await?;
+    saved.window = window;
+    saved.checkpoint = checkpoint.clone();
+    Ok(())
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -126,11 +166,26 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How an invocation starts.
+pub(super) enum Start {
+    /// A new prompt.
+    Prompt(Prompt),
+    /// No prompt: continue the session's interrupted run.
+    Resume,
+}
+
+/// What an invocation is asked to do.
+pub(super) struct Invocation {
+    pub(super) start: Start,
+    /// A retry with the same key resumes the invocation, or gets its outcome.
+    pub(super) idempotency_key: Option<String>,
+}
+
 pub(super) async fn run(
     agent: &AgentInner,
     session_id: &str,
     actor_id: Option<&str>,
-    prompt: Prompt,
+    invocation: Invocation,
     cancel: CancellationToken,
     tx: Option<Sender>,
 ) -> Result<AgentResult, AgentError> {
@@ -141,7 +196,7 @@ pub(super) async fn run(
         agent,
         session_id,
         actor_id,
-        prompt,
+        invocation,
         cancel,
         tx,
         trace.clone(),
@@ -160,16 +215,41 @@ pub(super) async fn run(
     outcome
 }
 
+/// The outcome of a finished run, read back from the history: its last assistant message.
+fn recorded_outcome(
+    history: &History,
+    first_message: usize,
+    stop_reason: StopReason,
+) -> AgentResult {
+    AgentResult {
+        stop_reason,
+        message: history
+            .messages()
+            .get(first_message..)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::Assistant)
+            .cloned(),
+        usage: Usage::default(),
+        turns: Vec::new(),
+    }
+}
+
 async fn run_traced(
     agent: &AgentInner,
     session_id: &str,
     actor_id: Option<&str>,
-    prompt: Prompt,
+    invocation: Invocation,
     cancel: CancellationToken,
     tx: Option<Sender>,
     trace: Option<Context>,
 ) -> Result<AgentResult, AgentError> {
-    if prompt.0.is_empty() {
+    let Invocation {
+        mut start,
+        idempotency_key,
+    } = invocation;
+    if matches!(&start, Start::Prompt(p) if p.0.is_empty()) {
         return Err(AgentError::EmptyPrompt);
     }
     let key = SessionKey::new(session_id, &agent.id)?;
@@ -192,7 +272,21 @@ async fn run_traced(
     let SessionState {
         agent_state,
         window,
+        checkpoint,
     } = stored.state;
+    // A retry of an invocation with the same key: its outcome if it finished, else a resume.
+    let mut record_index = None;
+    if let Some(k) = &idempotency_key
+        && let Some(record) = checkpoint.invocation.as_ref().filter(|r| &r.key == k)
+    {
+        if let Some(reason) = &record.stop_reason {
+            let reason = serde_json::from_value(serde_json::Value::String(reason.clone()))
+                .unwrap_or(StopReason::EndTurn);
+            return Ok(recorded_outcome(&history, record.first_message, reason));
+        }
+        record_index = Some(record.first_message);
+        start = Start::Resume;
+    }
     let mut run = Run {
         agent,
         key,
@@ -205,22 +299,31 @@ async fn run_traced(
         deadline,
         tools: None,
         calls: CallMemory::default(),
+        saved: Saved {
+            version: stored.state_version,
+            window,
+            checkpoint: checkpoint.clone(),
+        },
+        checkpoint,
         trace,
         system_prompt: agent
             .system_prompt
             .as_deref()
             .map(std::borrow::Cow::Borrowed),
     };
-    let initial_window = run.window;
     if let (Some(memory), Some(actor)) = (&agent.memory, actor_id) {
-        let prompt_text: String = prompt
-            .0
-            .iter()
-            .filter_map(|b| match b {
-                ContentBlock::Text(t) => Some(t.as_str()),
-                _ => None,
-            })
-            .collect();
+        let prompt_text: String = match &start {
+            Start::Prompt(prompt) => text_of(&prompt.0),
+            // The prompt of the run being resumed.
+            Start::Resume => run
+                .history
+                .messages()
+                .iter()
+                .rev()
+                .find(|m| m.is_prompt())
+                .map(|m| text_of(&m.content))
+                .unwrap_or_default(),
+        };
         let injection = crate::memory::injection(memory, actor, &prompt_text);
         let remembered = match deadline {
             Some(d) => tokio::time::timeout_at(d, injection)
@@ -239,78 +342,146 @@ async fn run_traced(
             }));
         }
     }
-    let first_new = run.history.len();
 
-    // Answer tool uses an earlier run left pending, in the same user message as the prompt.
-    let mut content: Vec<ContentBlock> = run
-        .history
-        .pending_tool_uses()
-        .into_iter()
-        .map(|u| ContentBlock::ToolResult(ToolResult::error(&u.tool_use_id, INTERRUPTED_TEXT)))
-        .collect();
-    content.extend(prompt.0);
-    run.append(Message::new(Role::User, content)).await?;
+    let first_new;
+    let mut resume_batch = false;
+    match start {
+        Start::Prompt(prompt) => {
+            first_new = run.history.len();
+            if let Some(k) = &idempotency_key {
+                // Recorded before the prompt is written: a retry finds the record either way.
+                run.checkpoint.invocation = Some(InvocationRecord {
+                    key: k.clone(),
+                    first_message: first_new,
+                    stop_reason: None,
+                });
+                run.save_now().await?;
+            }
+            // Tool uses an earlier run left pending are answered in the same user message as
+            // the prompt: with their recorded results, or as interrupted.
+            let mut content: Vec<ContentBlock> = run
+                .history
+                .pending_tool_uses()
+                .into_iter()
+                .map(|u| {
+                    let recorded = run
+                        .checkpoint
+                        .completed_tool_results
+                        .iter()
+                        .find(|r| r.tool_use_id == u.tool_use_id)
+                        .cloned();
+                    ContentBlock::ToolResult(
+                        recorded
+                            .unwrap_or_else(|| ToolResult::error(&u.tool_use_id, INTERRUPTED_TEXT)),
+                    )
+                })
+                .collect();
+            content.extend(prompt.0);
+            run.append(Message::new(Role::User, content)).await?;
+            run.checkpoint.completed_tool_results.clear();
+        }
+        Start::Resume => {
+            first_new = record_index.unwrap_or_else(|| {
+                // The prompt of the run being resumed: the last message that is one.
+                run.history
+                    .messages()
+                    .iter()
+                    .rposition(Message::is_prompt)
+                    .unwrap_or(0)
+            });
+            match run.history.messages().last() {
+                None => {
+                    return Err(AgentError::NothingToResume {
+                        session_id: session_id.to_owned(),
+                    });
+                }
+                Some(m) if m.role == Role::Assistant && m.tool_uses().next().is_none() => {
+                    // The run had ended: nothing to do but report it.
+                    let outcome = recorded_outcome(&run.history, first_new, StopReason::EndTurn);
+                    if let Some(record) = run.checkpoint.invocation.as_mut()
+                        && idempotency_key.as_deref() == Some(record.key.as_str())
+                    {
+                        record.stop_reason = Some(StopReason::EndTurn.as_str().to_owned());
+                        run.save_now().await?;
+                    }
+                    return Ok(outcome);
+                }
+                Some(m) if m.role == Role::Assistant => resume_batch = true,
+                // A prompt or tool results with no answer yet: the next model turn.
+                Some(_) => {}
+            }
+        }
+    }
 
     let mut usage = Usage::default();
     let mut turns: Vec<TurnMetrics> = Vec::new();
     let limits = agent.limits;
-    let stop_reason = loop {
-        if run.cancel.is_cancelled() {
-            break StopReason::Cancelled;
-        }
-        if limits
-            .max_turns
-            .is_some_and(|max| turns.len() as u64 >= u64::from(max))
-        {
-            break StopReason::LimitTurns;
-        }
-        if limits
-            .max_total_tokens
-            .is_some_and(|max| usage.total_tokens >= max)
-        {
-            break StopReason::LimitTokens;
-        }
-        if run.deadline.is_some_and(|d| Instant::now() >= d) {
-            break StopReason::Timeout;
-        }
-        agent.conversation.apply(&run.history, &mut run.window);
-        let (response, mut metrics) = match run.model_turn(false).await? {
-            TurnOutcome::Done(r, m) => (r, m),
-            TurnOutcome::Stopped(reason) => break reason,
-        };
-        usage.add(&response.usage);
-        if run.emitter.active() {
-            run.emitter
-                .send(AgentEvent::Usage {
-                    usage: response.usage,
-                })
-                .await;
-        }
-        let mut content = response.content;
-        if content.is_empty() {
-            content.push(ContentBlock::Text(String::new()));
-        }
-        let has_tools = content
-            .iter()
-            .any(|b| matches!(b, ContentBlock::ToolUse(_)));
-        run.append(Message::new(Role::Assistant, content)).await?;
-        if has_tools {
-            let started = Instant::now();
-            let (calls, stopped) = run.tool_batch().await?;
-            metrics.tool_calls = calls;
-            metrics.tools_ms = millis(started.elapsed());
-            turns.push(metrics);
-            if let Some(reason) = stopped {
-                break reason;
+    let resumed_stop = if resume_batch {
+        run.tool_batch(true).await?.1
+    } else {
+        None
+    };
+    let stop_reason = if let Some(reason) = resumed_stop {
+        reason
+    } else {
+        loop {
+            if run.cancel.is_cancelled() {
+                break StopReason::Cancelled;
             }
-            continue;
+            if limits
+                .max_turns
+                .is_some_and(|max| turns.len() as u64 >= u64::from(max))
+            {
+                break StopReason::LimitTurns;
+            }
+            if limits
+                .max_total_tokens
+                .is_some_and(|max| usage.total_tokens >= max)
+            {
+                break StopReason::LimitTokens;
+            }
+            if run.deadline.is_some_and(|d| Instant::now() >= d) {
+                break StopReason::Timeout;
+            }
+            agent.conversation.apply(&run.history, &mut run.window);
+            let (response, mut metrics) = match run.model_turn(false).await? {
+                TurnOutcome::Done(r, m) => (r, m),
+                TurnOutcome::Stopped(reason) => break reason,
+            };
+            usage.add(&response.usage);
+            if run.emitter.active() {
+                run.emitter
+                    .send(AgentEvent::Usage {
+                        usage: response.usage,
+                    })
+                    .await;
+            }
+            let mut content = response.content;
+            if content.is_empty() {
+                content.push(ContentBlock::Text(String::new()));
+            }
+            let has_tools = content
+                .iter()
+                .any(|b| matches!(b, ContentBlock::ToolUse(_)));
+            run.append(Message::new(Role::Assistant, content)).await?;
+            if has_tools {
+                let started = Instant::now();
+                let (calls, stopped) = run.tool_batch(false).await?;
+                metrics.tool_calls = calls;
+                metrics.tools_ms = millis(started.elapsed());
+                turns.push(metrics);
+                if let Some(reason) = stopped {
+                    break reason;
+                }
+                continue;
+            }
+            turns.push(metrics);
+            break match response.stop_reason {
+                ModelStopReason::MaxTokens => StopReason::MaxTokens,
+                ModelStopReason::ContentFiltered => StopReason::ContentFiltered,
+                _ => StopReason::EndTurn,
+            };
         }
-        turns.push(metrics);
-        break match response.stop_reason {
-            ModelStopReason::MaxTokens => StopReason::MaxTokens,
-            ModelStopReason::ContentFiltered => StopReason::ContentFiltered,
-            _ => StopReason::EndTurn,
-        };
     };
 
     // The graceful end: a limit or the loop guard stopped tool use before the model answered.
@@ -356,20 +527,12 @@ async fn run_traced(
         }
     }
 
-    if run.state.take_dirty() || run.window != initial_window {
-        let state = SessionState {
-            agent_state: run.state.to_map(),
-            window: run.window,
-        };
-        within(
-            run.deadline,
-            "save_state",
-            agent
-                .store
-                .save_state(&run.key, &state, &stored.state_version),
-        )
-        .await?;
+    if let Some(record) = run.checkpoint.invocation.as_mut()
+        && idempotency_key.as_deref() == Some(record.key.as_str())
+    {
+        record.stop_reason = Some(stop_reason.as_str().to_owned());
     }
+    run.save_if_changed().await?;
     if let (Some(memory), Some(actor)) = (&agent.memory, actor_id)
         && memory.extract
     {
@@ -414,7 +577,42 @@ fn spawn_extraction(
     });
 }
 
+/// The text blocks of a message's content.
+fn text_of(content: &[ContentBlock]) -> String {
+    content
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 impl Run<'_> {
+    /// Saves the state now.
+    async fn save_now(&mut self) -> Result<(), AgentError> {
+        persist(
+            self.agent,
+            &self.key,
+            self.deadline,
+            &self.state,
+            self.window,
+            &self.checkpoint,
+            &mut self.saved,
+        )
+        .await
+    }
+
+    /// Saves the state if a tool changed it, the window moved or the checkpoint changed since
+    /// the last save: after every tool batch and at the end of the run.
+    async fn save_if_changed(&mut self) -> Result<(), AgentError> {
+        let dirty = self.state.take_dirty();
+        if dirty || self.window != self.saved.window || self.checkpoint != self.saved.checkpoint {
+            self.save_now().await?;
+        }
+        Ok(())
+    }
+
     async fn append(&mut self, message: Message) -> Result<(), AgentError> {
         let expected = self.history.len();
         self.history.push(message)?;
@@ -605,7 +803,7 @@ impl Run<'_> {
 
     /// Runs the tool uses of the last message and appends their results. Returns the number of
     /// calls and, if the run must stop, why.
-    async fn tool_batch(&mut self) -> Result<(u32, Option<StopReason>), AgentError> {
+    async fn tool_batch(&mut self, resume: bool) -> Result<(u32, Option<StopReason>), AgentError> {
         let agent = self.agent;
         let tools = self.tools.clone().unwrap_or_else(|| agent.tools.current());
         let scope = CallScope {
@@ -645,6 +843,26 @@ impl Run<'_> {
             results = Vec::with_capacity(uses.len());
             let mut to_run: Vec<&ToolUse> = Vec::with_capacity(uses.len());
             for (u, answer) in uses.iter().zip(screened.answers) {
+                // A result recorded before the process died, or (resuming) the policy's answer
+                // for a call that may or may not have taken effect.
+                let answer = self
+                    .checkpoint
+                    .completed_tool_results
+                    .iter()
+                    .find(|r| r.tool_use_id == u.tool_use_id)
+                    .cloned()
+                    .or_else(|| {
+                        let rerun = match agent.resume_policy {
+                            ResumePolicy::RerunAll => true,
+                            ResumePolicy::InterruptAll => false,
+                            ResumePolicy::RerunIdempotent => {
+                                tools.get(&u.name).is_some_and(|t| t.idempotent())
+                            }
+                        };
+                        (resume && !rerun)
+                            .then(|| ToolResult::error(&u.tool_use_id, INTERRUPTED_TEXT))
+                    })
+                    .or(answer);
                 match answer {
                     Some(result) => {
                         if self.emitter.active() {
@@ -669,6 +887,7 @@ impl Run<'_> {
                 .filter(|(_, r)| r.is_none())
                 .map(|(i, _)| i)
                 .collect();
+            let mut running = to_run.len();
             let mut stream = std::pin::pin!(execute_stream(
                 &tools,
                 &agent.executor,
@@ -681,8 +900,26 @@ impl Run<'_> {
                     biased;
                     item = stream.next() => match item {
                         Some((index, result, cancelled)) => {
+                            running -= 1;
                             if self.emitter.active() {
                                 self.emitter.send(AgentEvent::ToolResult { result: result.clone() }).await;
+                            }
+                            // The batch's message is written when every call is done; a result
+                            // that completes while others still run is checkpointed now, so a
+                            // process that dies meanwhile does not lose it (and a resumed run
+                            // does not run it again).
+                            if running > 0 && !cancelled {
+                                self.checkpoint.completed_tool_results.push(result.clone());
+                                persist(
+                                    agent,
+                                    &self.key,
+                                    self.deadline,
+                                    &self.state,
+                                    self.window,
+                                    &self.checkpoint,
+                                    &mut self.saved,
+                                )
+                                .await?;
                             }
                             if let Some(&i) = slots.get(index) {
                                 if !cancelled && let Some(u) = uses.get(i) {
@@ -714,6 +951,9 @@ impl Run<'_> {
             })
             .collect();
         self.append(Message::new(Role::User, content)).await?;
+        // Recorded results now live in the history; the checkpoint forgets them at the next save.
+        self.checkpoint.completed_tool_results.clear();
+        self.save_if_changed().await?;
         let stop = if user_cancelled {
             Some(StopReason::Cancelled)
         } else if timed_out {

@@ -323,6 +323,14 @@ pub trait Tool: Send + Sync + 'static {
     fn timeout(&self) -> Option<Duration> {
         None
     }
+
+    /// Whether calling the tool twice with the same input has the effect of calling it once (a
+    /// search, a read; not a booking). When a run is resumed after its process died, pending
+    /// calls of idempotent tools run again; the others are answered as interrupted, since they
+    /// may have taken effect. Default `false`.
+    fn idempotent(&self) -> bool {
+        false
+    }
 }
 
 type ToolFn =
@@ -347,6 +355,7 @@ type ToolFn =
 pub struct FnTool {
     spec: ToolSpec,
     timeout: Option<Duration>,
+    idempotent: bool,
     f: Box<ToolFn>,
 }
 
@@ -369,6 +378,7 @@ impl FnTool {
                 input_schema,
             },
             timeout: None,
+            idempotent: false,
             f: Box::new(move |input, ctx| Box::pin(f(input, ctx))),
         }
     }
@@ -376,6 +386,12 @@ impl FnTool {
     /// Sets this tool's own timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Declares the tool idempotent (see [`Tool::idempotent`]).
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
         self
     }
 }
@@ -399,5 +415,9 @@ impl Tool for FnTool {
 
     fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    fn idempotent(&self) -> bool {
+        self.idempotent
     }
 }

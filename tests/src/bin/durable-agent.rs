@@ -1,0 +1,119 @@
+//! An agent process for the durable-run tests (`tests/tests/durable.rs`): it runs or resumes
+//! one session on a file store, so a test can kill it (SIGKILL) at any point and resume the run
+//! in a second process.
+//!
+//! ```text
+//! durable-agent <store dir> <model base URL> <calls log> run "<prompt>"
+//! durable-agent <store dir> <model base URL> <calls log> resume
+//! ```
+//!
+//! Tools, each writing `<tool> start <arg>` / `<tool> done <arg>` lines to the calls log (one
+//! `write` per line, so lines from concurrent calls do not mix):
+//! - `lookup` (idempotent) returns at once;
+//! - `book` (not idempotent) returns at once, or waits forever when `BOOK_BLOCKS=1`;
+//! - `slow_lookup` (idempotent) returns at once, or waits forever when `SLOW_BLOCKS=1`.
+//!
+//! Prints the answer and then `stop: <reason>` on stdout.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agent_core::prelude::*;
+use agent_memory::FileSessionStore;
+use serde_json::json;
+
+fn log_line(path: &PathBuf, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+fn tool(name: &'static str, log: PathBuf, blocks: bool, idempotent: bool) -> FnTool {
+    let t = FnTool::new(
+        name,
+        "A test tool.",
+        json!({"type": "object", "properties": {"arg": {"type": "string"}}, "required": ["arg"]}),
+        move |input, _ctx| {
+            let log = log.clone();
+            async move {
+                let arg = input["arg"].as_str().unwrap_or_default().to_owned();
+                log_line(&log, &format!("{name} start {arg}"));
+                if blocks {
+                    std::future::pending::<()>().await;
+                }
+                log_line(&log, &format!("{name} done {arg}"));
+                Ok(ToolOutput::text(format!("{name} result for {arg}")))
+            }
+        },
+    )
+    .with_timeout(std::time::Duration::from_secs(3600));
+    if idempotent { t.idempotent() } else { t }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [store, base_url, log, mode, rest @ ..] = args.as_slice() else {
+        eprintln!(
+            "usage: durable-agent <store dir> <model base URL> <calls log> run <prompt> | resume"
+        );
+        return ExitCode::from(2);
+    };
+    let log = PathBuf::from(log);
+    let blocks = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
+    let model = match OpenAiCompatible::builder()
+        .base_url(base_url)
+        .model("qwen3-8b")
+        .build()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let agent = match Agent::builder()
+        .model(model)
+        .session_store(FileSessionStore::new(store))
+        .tool(tool("lookup", log.clone(), false, true))
+        .tool(tool("book", log.clone(), blocks("BOOK_BLOCKS"), false))
+        .tool(tool(
+            "slow_lookup",
+            log.clone(),
+            blocks("SLOW_BLOCKS"),
+            true,
+        ))
+        .build()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let session = agent.session("durable");
+    let outcome = match (mode.as_str(), rest) {
+        ("run", [prompt]) => session.invoke(prompt.as_str()).await,
+        ("resume", []) => session.resume().await,
+        _ => {
+            eprintln!("unknown mode `{mode}`");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(r) => {
+            println!("{}", r.text());
+            println!("stop: {}", r.stop_reason.as_str());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
