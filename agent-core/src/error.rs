@@ -5,6 +5,49 @@ use crate::model::ModelError;
 use crate::session::{InvalidId, StoreError};
 use crate::tool::RegistryError;
 
+/// The underlying error of a failure (an I/O error, an SDK error, an HTTP client error), kept so
+/// that [`std::error::Error::source`] walks the whole chain. Cheap to clone (shared); compared by
+/// its text.
+#[derive(Clone)]
+pub struct Cause(std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    /// Wraps an error.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(error))
+    }
+
+    /// The wrapped error.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    /// The wrapped error itself, so walking the chain reaches it (and can downcast to it).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
 /// Why an invocation failed. Limits, cancellation and timeouts are not errors: they end the run
 /// with their own [`crate::agent::StopReason`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -14,6 +57,7 @@ pub enum AgentError {
     #[error("{error} (after {attempts} attempt(s))")]
     Model {
         /// The last error.
+        #[source]
         error: ModelError,
         /// Attempts made.
         attempts: u32,

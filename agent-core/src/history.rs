@@ -342,4 +342,43 @@ mod tests {
         h2.push(Message::user("again"))
             .expect("consecutive prompts are allowed");
     }
+
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        /// Any stored message sequence (as JSON a peer or a corrupt store could hold): a typed
+        /// error or a history that keeps the invariants, never a panic.
+        #[test]
+        fn fuzz_stored_histories(
+            messages in proptest::collection::vec(
+                (
+                    proptest::bool::ANY,
+                    proptest::collection::vec(
+                        proptest::prop_oneof![
+                            "[a-z]{0,3}".prop_map(|t| json!({"text": t})),
+                            (0u8..3).prop_map(|i| json!({"toolUse": {"toolUseId": i.to_string(), "name": "t", "input": {}}})),
+                            (0u8..3, proptest::bool::ANY).prop_map(|(i, ok)| json!({"toolResult": {"toolUseId": i.to_string(), "status": if ok { "success" } else { "error" }, "content": [{"text": "r"}]}})),
+                            proptest::strategy::Just(json!({"unknown": 1})),
+                        ],
+                        0..4,
+                    ),
+                ),
+                0..8,
+            ),
+        ) {
+            let parsed: Vec<Message> = messages
+                .into_iter()
+                .filter_map(|(user, content)| {
+                    serde_json::from_value(json!({"role": if user { "user" } else { "assistant" }, "content": content})).ok()
+                })
+                .collect();
+            if let Ok(history) = History::restore(parsed) {
+                // What was restored is accepted again, message by message.
+                let mut again = History::default();
+                for m in history.messages() {
+                    prop_assert!(again.push(m.clone()).is_ok());
+                }
+            }
+        }
+    }
 }

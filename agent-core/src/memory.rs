@@ -74,9 +74,28 @@ pub enum MemoryError {
     /// An actor id or namespace was refused.
     #[error(transparent)]
     InvalidId(#[from] crate::session::InvalidId),
-    /// The backend failed.
-    #[error("memory store error: {0}")]
-    Backend(String),
+    /// The backend failed; `source` is the backend's own error.
+    #[error("memory store error: {message}")]
+    Backend {
+        /// What failed.
+        message: String,
+        /// The backend's error, when there is one.
+        #[source]
+        source: Option<crate::error::Cause>,
+    },
+}
+
+impl MemoryError {
+    /// A backend failure with its cause.
+    pub fn backend(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: Some(crate::error::Cause::new(source)),
+        }
+    }
 }
 
 /// Long-term memory storage. `search` ranks by keyword relevance unless a store does better.
@@ -369,7 +388,7 @@ pub async fn extract_memories(
     let response = model
         .complete(&request)
         .await
-        .map_err(|e| MemoryError::Backend(format!("extraction model call: {e}")))?;
+        .map_err(|e| MemoryError::backend("extraction model call", e))?;
     let text: String = response
         .content
         .iter()
@@ -385,10 +404,13 @@ pub async fn extract_memories(
         .trim_end_matches("```")
         .trim();
     let parsed: Value = serde_json::from_str(json_text).map_err(|e| {
-        MemoryError::Backend(format!(
-            "extraction reply is not JSON ({e}): {}",
-            text.chars().take(200).collect::<String>()
-        ))
+        MemoryError::backend(
+            format!(
+                "extraction reply is not JSON: {}",
+                text.chars().take(200).collect::<String>()
+            ),
+            e,
+        )
     })?;
     let mut written = Vec::new();
     for item in parsed["memories"].as_array().into_iter().flatten() {

@@ -201,9 +201,15 @@ pub enum StoreError {
         /// The store's limit.
         limit: usize,
     },
-    /// The backend failed (network, permissions, ...).
-    #[error("session store error: {0}")]
-    Backend(String),
+    /// The backend failed (network, permissions, ...); `source` is the backend's own error.
+    #[error("session store error: {message}")]
+    Backend {
+        /// What failed.
+        message: String,
+        /// The backend's error, when there is one.
+        #[source]
+        source: Option<crate::error::Cause>,
+    },
     /// The store did not answer within the invocation's bound; whether the operation took
     /// effect is unknown (a conditional write that did is found by the next load).
     #[error("the session store did not answer `{operation}` within the invocation's time limit")]
@@ -211,6 +217,27 @@ pub enum StoreError {
         /// `load`, `append` or `save_state`.
         operation: &'static str,
     },
+}
+
+impl StoreError {
+    /// A backend failure with its cause.
+    pub fn backend(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: Some(crate::error::Cause::new(source)),
+        }
+    }
+
+    /// A backend failure with no underlying error.
+    pub fn backend_message(message: impl Into<String>) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: None,
+        }
+    }
 }
 
 /// Durable session storage. Implementations must make [`SessionStore::append`] and

@@ -295,6 +295,33 @@ pub(crate) fn map_content(block: ContentBlock) -> Option<ToolResultContent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Any structured content and text blocks: never the same JSON twice.
+        #[test]
+        fn fuzz_results_give_each_fact_once(
+            structured in proptest::option::of(proptest::prop_oneof![
+                proptest::strategy::Just(serde_json::json!({"content": "hello"})),
+                "[a-z]{0,4}".prop_map(|t| serde_json::json!({"t": t})),
+                proptest::num::i64::ANY.prop_map(|n| serde_json::json!(n)),
+            ]),
+            texts in proptest::collection::vec(proptest::prop_oneof![
+                "[a-z{}\":]{0,10}",
+                proptest::strategy::Just("{\"content\": \"hello\"}".to_owned()),
+                proptest::strategy::Just("hello".to_owned()),
+            ], 0..3),
+        ) {
+            let blocks: Vec<ContentBlock> = texts.iter().map(|t| ContentBlock::text(t.clone())).collect();
+            let out = result_content(structured.clone(), blocks);
+            if let Some(s) = &structured {
+                let json_blocks = out.iter().filter(|c| matches!(c, ToolResultContent::Json(_))).count();
+                let rendered = out.iter().filter(|c| matches!(c, ToolResultContent::Text(t) if serde_json::from_str::<Value>(t).is_ok_and(|v| &v == s))).count();
+                proptest::prop_assert!(json_blocks + rendered <= texts.len().max(1));
+                proptest::prop_assert!(json_blocks == 0 || rendered == 0, "{out:?}");
+            }
+        }
+    }
 
     #[test]
     fn structured_content_and_its_text_reach_the_model_once() {

@@ -53,12 +53,12 @@ pub struct DynamoDbSessionStore {
     ttl: Option<Duration>,
 }
 
-fn backend<E: std::fmt::Display, R>(what: &str, e: &SdkError<E, R>) -> StoreError {
-    let detail = match e {
-        SdkError::ServiceError(s) => s.err().to_string(),
-        other => other.to_string(),
-    };
-    StoreError::Backend(format!("{what}: {detail}"))
+fn backend<E, R>(what: &str, e: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    crate::sdk_error(what, e)
 }
 
 fn epoch_seconds() -> u64 {
@@ -103,10 +103,20 @@ impl DynamoDbSessionStore {
             .create_table()
             .table_name(&self.table)
             .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attribute("pk").map_err(|e| StoreError::Backend(e.to_string()))?)
-            .attribute_definitions(attribute("sk").map_err(|e| StoreError::Backend(e.to_string()))?)
-            .key_schema(key("pk", KeyType::Hash).map_err(|e| StoreError::Backend(e.to_string()))?)
-            .key_schema(key("sk", KeyType::Range).map_err(|e| StoreError::Backend(e.to_string()))?)
+            .attribute_definitions(
+                attribute("pk").map_err(|e| StoreError::backend("building a request", e))?,
+            )
+            .attribute_definitions(
+                attribute("sk").map_err(|e| StoreError::backend("building a request", e))?,
+            )
+            .key_schema(
+                key("pk", KeyType::Hash)
+                    .map_err(|e| StoreError::backend("building a request", e))?,
+            )
+            .key_schema(
+                key("sk", KeyType::Range)
+                    .map_err(|e| StoreError::backend("building a request", e))?,
+            )
             .send()
             .await;
         match created {
@@ -114,7 +124,7 @@ impl DynamoDbSessionStore {
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_in_use_exception()) => {}
-            Err(e) => return Err(backend("creating the table", &e)),
+            Err(e) => return Err(backend("creating the table", e)),
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -125,14 +135,14 @@ impl DynamoDbSessionStore {
                 .send()
                 .await;
             let status = described
-                .map_err(|e| backend("describing the table", &e))?
+                .map_err(|e| backend("describing the table", e))?
                 .table()
                 .and_then(|t| t.table_status().cloned());
             if status == Some(TableStatus::Active) {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::Backend(format!(
+                return Err(StoreError::backend_message(format!(
                     "table {} not active after 60 s",
                     self.table
                 )));
@@ -144,7 +154,7 @@ impl DynamoDbSessionStore {
                 .attribute_name("expire_at")
                 .enabled(true)
                 .build()
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
+                .map_err(|e| StoreError::backend("building a request", e))?;
             let result = self
                 .client
                 .update_time_to_live()
@@ -158,7 +168,7 @@ impl DynamoDbSessionStore {
                     .as_service_error()
                     .is_some_and(|s| s.to_string().contains("already enabled"));
                 if !already {
-                    return Err(backend("enabling TTL", &e));
+                    return Err(backend("enabling TTL", e));
                 }
             }
         }
@@ -192,7 +202,7 @@ impl DynamoDbSessionStore {
                 Err(e)
                     if e.as_service_error()
                         .is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
-                Err(e) => return Err(backend("refreshing the session's expiry", &e)),
+                Err(e) => return Err(backend("refreshing the session's expiry", e)),
             }
         }
         Ok(())
@@ -265,7 +275,7 @@ impl SessionStore for DynamoDbSessionStore {
         let mut fading: Vec<String> = Vec::new();
         let refresh_before = self.ttl.map(|ttl| now + ttl.as_secs() / 2);
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| backend("reading the session", &e))?;
+            let item = item.map_err(|e| backend("reading the session", e))?;
             let expire_at = number_attr(&item, "expire_at");
             if expire_at.is_some_and(|t| t <= now) {
                 continue;
@@ -321,7 +331,9 @@ impl SessionStore for DynamoDbSessionStore {
         // Check every size first, so a too-large message writes nothing at all.
         let encoded: Vec<String> = messages
             .iter()
-            .map(|m| serde_json::to_string(m).map_err(|e| StoreError::Backend(e.to_string())))
+            .map(|m| {
+                serde_json::to_string(m).map_err(|e| StoreError::backend("building a request", e))
+            })
             .collect::<Result<_, _>>()?;
         if let Some(big) = encoded.iter().find(|j| j.len() > MAX_MESSAGE_BYTES) {
             return Err(StoreError::TooLarge {
@@ -364,7 +376,7 @@ impl SessionStore for DynamoDbSessionStore {
                         .consistent_read(true)
                         .send()
                         .await
-                        .map_err(|e| backend("reading a message back", &e))?;
+                        .map_err(|e| backend("reading a message back", e))?;
                     let ours = stored.item().is_some_and(|item| {
                         string_attr(item, "message") == Some(json.as_str())
                             && string_attr(item, "created_at") == Some(created_at.as_str())
@@ -376,7 +388,7 @@ impl SessionStore for DynamoDbSessionStore {
                         ));
                     }
                 }
-                Err(e) => return Err(backend("writing a message", &e)),
+                Err(e) => return Err(backend("writing a message", e)),
             }
         }
         Ok(())
@@ -395,7 +407,8 @@ impl SessionStore for DynamoDbSessionStore {
             })?,
         };
         let next = current + 1;
-        let json = serde_json::to_string(state).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let json = serde_json::to_string(state)
+            .map_err(|e| StoreError::backend("building a request", e))?;
         let updated_at = strands::now();
         let mut put = self
             .client
@@ -432,7 +445,7 @@ impl SessionStore for DynamoDbSessionStore {
                     .consistent_read(true)
                     .send()
                     .await
-                    .map_err(|e| backend("reading the state back", &e))?;
+                    .map_err(|e| backend("reading the state back", e))?;
                 let next_text = next.to_string();
                 let ours = stored.item().is_some_and(|item| {
                     string_attr(item, "state") == Some(json.as_str())
@@ -447,7 +460,7 @@ impl SessionStore for DynamoDbSessionStore {
                     format!("state changed since version {current} was read"),
                 ))
             }
-            Err(e) => Err(backend("writing the state", &e)),
+            Err(e) => Err(backend("writing the state", e)),
         }
     }
 }

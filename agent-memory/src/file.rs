@@ -32,8 +32,8 @@ impl FileSessionStore {
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::backend(e.to_string(), e)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -47,7 +47,7 @@ fn temp_file(target: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
     use std::io::Write as _;
     let dir = target
         .parent()
-        .ok_or_else(|| backend("path without a parent"))?;
+        .ok_or_else(|| StoreError::backend_message("path without a parent"))?;
     std::fs::create_dir_all(dir).map_err(backend)?;
     let temp = dir.join(format!(
         ".tmp-{}-{:016x}",
@@ -145,7 +145,7 @@ impl SessionStore for FileSessionStore {
         if expected_len == 0 {
             writes.push((
                 self.path(&layout.session()),
-                strands::session_doc(&key.session_id()),
+                strands::session_doc(key.session_id()),
                 true,
             ));
         }
@@ -195,7 +195,7 @@ impl SessionStore for FileSessionStore {
         blocking(move || {
             let dir = agent_path
                 .parent()
-                .ok_or_else(|| backend("path without a parent"))?;
+                .ok_or_else(|| StoreError::backend_message("path without a parent"))?;
             std::fs::create_dir_all(dir).map_err(backend)?;
             let lock = std::fs::OpenOptions::new()
                 .create(true)

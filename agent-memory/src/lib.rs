@@ -45,3 +45,20 @@ pub async fn clients_from_env() -> (aws_sdk_s3::Client, aws_sdk_dynamodb::Client
         aws_sdk_dynamodb::Client::new(&config),
     )
 }
+
+/// A store error from an AWS SDK error: the service's own message in the text (`what` failed:
+/// message), the SDK error itself as the source.
+pub(crate) fn sdk_error<E, R>(
+    what: &str,
+    e: aws_sdk_s3::error::SdkError<E, R>,
+) -> agent_core::session::StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let detail = match &e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => s.err().to_string(),
+        other => other.to_string(),
+    };
+    agent_core::session::StoreError::backend(format!("{what}: {detail}"), e)
+}

@@ -30,8 +30,11 @@ impl DynamoDbMemoryStore {
     }
 }
 
-fn backend(what: &str, e: impl std::fmt::Display) -> MemoryError {
-    MemoryError::Backend(format!("{what}: {e}"))
+/// A memory error from an SDK error: the full error context in the text, the error itself as
+/// the source.
+fn backend(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> MemoryError {
+    let detail = aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string();
+    MemoryError::backend(format!("{what}: {detail}"), e)
 }
 
 fn record_from(item: &HashMap<String, AttributeValue>, actor_id: &str) -> Option<MemoryRecord> {
@@ -86,12 +89,7 @@ impl MemoryStore for DynamoDbMemoryStore {
             )
             .send()
             .await
-            .map_err(|e| {
-                backend(
-                    "writing a memory",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                )
-            })?;
+            .map_err(|e| backend("writing a memory", e))?;
         Ok(())
     }
 
@@ -124,12 +122,7 @@ impl MemoryStore for DynamoDbMemoryStore {
             .send();
         let mut out = Vec::new();
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| {
-                backend(
-                    "reading memories",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                )
-            })?;
+            let item = item.map_err(|e| backend("reading memories", e))?;
             if let Some(r) = record_from(&item, actor_id) {
                 out.push(r);
             }
@@ -155,12 +148,7 @@ impl MemoryStore for DynamoDbMemoryStore {
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await
-            .map_err(|e| {
-                backend(
-                    "deleting a memory",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                )
-            })?;
+            .map_err(|e| backend("deleting a memory", e))?;
         Ok(out.attributes().is_some_and(|a| !a.is_empty()))
     }
 }

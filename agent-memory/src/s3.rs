@@ -15,7 +15,6 @@ use agent_core::session::{
     SessionKey, SessionState, SessionStore, StateVersion, StoreError, StoredSession,
 };
 use async_trait::async_trait;
-use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use futures::{StreamExt, TryStreamExt};
 
@@ -70,7 +69,10 @@ impl S3SessionStore {
             Err(e) => {
                 let status = e.raw_response().map(|r| r.status().as_u16());
                 if !matches!(status, Some(412 | 409)) {
-                    return Err(PutError::Other(describe(&e)));
+                    return Err(PutError::Other(crate::sdk_error(
+                        &format!("writing {key}"),
+                        e,
+                    )));
                 }
                 // The SDK retries a request whose response was lost; if the first attempt
                 // landed, the retry fails its own condition. The object then holds exactly
@@ -99,14 +101,11 @@ impl S3SessionStore {
                     .body
                     .collect()
                     .await
-                    .map_err(|e| StoreError::Backend(format!("reading {key}: {e}")))?;
+                    .map_err(|e| StoreError::backend(format!("reading {key}"), e))?;
                 Ok(Some((bytes.into_bytes().to_vec(), etag)))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(StoreError::Backend(format!(
-                "reading {key}: {}",
-                describe(&e)
-            ))),
+            Err(e) => Err(crate::sdk_error(&format!("reading {key}"), e)),
         }
     }
 
@@ -120,8 +119,7 @@ impl S3SessionStore {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page
-                .map_err(|e| StoreError::Backend(format!("listing {prefix}: {}", describe(&e))))?;
+            let page = page.map_err(|e| crate::sdk_error(&format!("listing {prefix}"), e))?;
             for object in page.contents() {
                 if let Some(k) = object.key()
                     && let Some(i) = strands::message_index(k)
@@ -142,14 +140,7 @@ enum Condition<'a> {
 
 enum PutError {
     Precondition,
-    Other(String),
-}
-
-fn describe<E: std::fmt::Display, R>(e: &SdkError<E, R>) -> String {
-    match e {
-        SdkError::ServiceError(s) => s.err().to_string(),
-        other => other.to_string(),
-    }
+    Other(StoreError),
 }
 
 #[async_trait]
@@ -198,13 +189,13 @@ impl SessionStore for S3SessionStore {
             match self
                 .put(
                     &layout.session(),
-                    strands::session_doc(&key.session_id()),
+                    strands::session_doc(key.session_id()),
                     Condition::Absent,
                 )
                 .await
             {
                 Ok(_) | Err(PutError::Precondition) => {}
-                Err(PutError::Other(e)) => return Err(StoreError::Backend(e)),
+                Err(PutError::Other(e)) => return Err(e),
             }
         }
         for (i, message) in messages.iter().enumerate() {
@@ -225,9 +216,7 @@ impl SessionStore for S3SessionStore {
                         format!("{object} was written by another writer"),
                     ));
                 }
-                Err(PutError::Other(e)) => {
-                    return Err(StoreError::Backend(format!("writing {object}: {e}")));
-                }
+                Err(PutError::Other(e)) => return Err(e),
             }
         }
         Ok(())
@@ -265,7 +254,7 @@ impl SessionStore for S3SessionStore {
                 key,
                 format!("{object} changed since it was read"),
             )),
-            Err(PutError::Other(e)) => Err(StoreError::Backend(format!("writing {object}: {e}"))),
+            Err(PutError::Other(e)) => Err(e),
         }
     }
 }

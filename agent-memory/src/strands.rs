@@ -274,3 +274,76 @@ fn pretty(v: &Value) -> Vec<u8> {
     // Serialising a Value built from serialisable parts cannot fail.
     serde_json::to_vec_pretty(v).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> SessionKey {
+        SessionKey::new("s", "a").expect("key")
+    }
+
+    /// Pieces of the documents Strands and we write, so the fuzzer reaches past the parser.
+    fn document() -> impl Strategy<Value = Vec<u8>> {
+        let value = prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            ".{0,6}".prop_map(Value::from),
+            Just(json!({"role": "user", "content": [{"text": "hi"}]})),
+            Just(json!({"start": 3, "pinned": null})),
+            Just(
+                json!({"completed_tool_results": [{"toolUseId": "x", "status": "success", "content": []}]})
+            ),
+        ];
+        let keys = prop_oneof![
+            Just("message"),
+            Just("message_id"),
+            Just("redact_message"),
+            Just("state"),
+            Just("conversation_manager_state"),
+            Just("_internal_state"),
+            Just("rust_window"),
+            Just("removed_message_count"),
+            Just("rust_state_version"),
+            Just("rust_checkpoint"),
+        ];
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            proptest::collection::vec((keys, value.clone()), 0..6).prop_map(|fields| {
+                let mut doc = Map::new();
+                for (k, v) in fields {
+                    doc.insert(k.to_owned(), v);
+                }
+                // Nest the window and checkpoint fields where the readers look for them.
+                let nested = json!({"rust_window": doc.get("rust_window"), "rust_checkpoint": doc.get("rust_checkpoint"), "rust_state_version": doc.get("rust_state_version"), "removed_message_count": doc.get("removed_message_count")});
+                doc.insert("conversation_manager_state".into(), nested.clone());
+                doc.insert("_internal_state".into(), nested);
+                serde_json::to_vec(&doc).unwrap_or_default()
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Any stored document, from any writer: parsed, or a typed corruption error naming
+        /// the session, never a panic.
+        #[test]
+        fn fuzz_stored_documents(bytes in document()) {
+            match parse_message(&key(), "message_0.json", &bytes) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(matches!(e, StoreError::Corrupt { .. }), "{e}"),
+            }
+            match parse_agent(&key(), &bytes) {
+                Ok((state, _)) => {
+                    // What we read we can write back, and read again the same.
+                    let again = agent_doc(Some(&bytes), "a", &state, Some(1));
+                    let (reread, version) = parse_agent(&key(), &again).expect("our own document");
+                    prop_assert_eq!(reread, state);
+                    prop_assert_eq!(version, Some(1));
+                }
+                Err(e) => prop_assert!(matches!(e, StoreError::Corrupt { .. }), "{e}"),
+            }
+        }
+    }
+}

@@ -244,3 +244,76 @@ async fn a_panic_inside_a_streamed_run_ends_the_stream_with_a_typed_error() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The chain of `source()`s below an error.
+fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push(e);
+        next = e.source();
+    }
+    out
+}
+
+#[tokio::test]
+async fn errors_keep_their_cause_down_to_the_client_and_the_file_system() {
+    // Nothing listens on this port: the connection fails, and the reqwest error is in the chain.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let model = agent_core::model::openai::OpenAiCompatible::builder()
+        .base_url(format!("http://127.0.0.1:{port}/v1"))
+        .model("m")
+        .build()
+        .unwrap();
+    let agent = Agent::builder()
+        .model(model)
+        .retry(no_retries())
+        .build()
+        .unwrap();
+    let err = bounded(agent.session("down").invoke("hi"))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            &err,
+            AgentError::Model {
+                error: ModelError::Connection { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        chain(&err)
+            .iter()
+            .any(|e| e.downcast_ref::<reqwest::Error>().is_some()),
+        "{:?}",
+        chain(&err)
+    );
+
+    // A file store whose root is a file: the io::Error is in the chain.
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let server = MockVllm::start([Turn::text("x")]).await.unwrap();
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .session_store(agent_memory::FileSessionStore::new(&not_a_dir))
+        .build()
+        .unwrap();
+    let err = bounded(agent.session("s").invoke("hi"))
+        .await
+        .expect_err("not a directory");
+    assert!(
+        chain(&err)
+            .iter()
+            .any(|e| e.downcast_ref::<std::io::Error>().is_some()),
+        "{err:?}"
+    );
+}

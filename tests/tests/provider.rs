@@ -327,16 +327,19 @@ async fn classifies_every_error_shape() {
         "{:?}",
         errors[7]
     );
+    // A cut connection and a read timeout: connection errors, retried, with the client's
+    // error as their source.
     assert!(
-        matches!(&errors[8], ModelError::Transient { .. }),
+        matches!(&errors[8], ModelError::Connection { .. }) && errors[8].is_retryable(),
         "{:?}",
         errors[8]
     );
     assert!(
-        matches!(&errors[9], ModelError::Transient { message } if message.contains("timed out")),
+        matches!(&errors[9], ModelError::Connection { message, .. } if message.contains("timed out")),
         "{:?}",
         errors[9]
     );
+    assert!(std::error::Error::source(&errors[9]).is_some());
     assert!(
         errors.iter().all(|e| !e.to_string().contains("test-key")),
         "secrets never in errors"
@@ -403,12 +406,15 @@ async fn configuration_errors_are_typed() {
         .header("bad header", "x")
         .build();
     assert!(matches!(r, Err(ModelError::Config(_))));
-    // Nothing listens on port 1: a connection failure is transient (retried by the loop).
+    // Nothing listens on port 1: a connection failure, retried by the loop.
     let model = agent_core::model::openai::OpenAiCompatible::builder()
         .base_url("http://127.0.0.1:1/v1")
         .model("m")
         .build()
         .expect("model");
     let (_, r) = call(&model, &ToolChoice::Auto).await;
-    assert!(matches!(r, Err(ModelError::Transient { .. })), "{r:?}");
+    assert!(
+        matches!(&r, Err(e @ ModelError::Connection { .. }) if e.is_retryable()),
+        "{r:?}"
+    );
 }

@@ -696,9 +696,15 @@ async fn a_write_retried_after_a_lost_response_is_not_a_false_conflict() {
                 )
             };
         let key = SessionKey::new(name, "default").unwrap();
-        plain.append(&key, 0, &[user.clone()]).await.unwrap();
+        plain
+            .append(&key, 0, std::slice::from_ref(&user))
+            .await
+            .unwrap();
         if name.ends_with("state") {
-            plain.append(&key, 1, &[answer.clone()]).await.unwrap();
+            plain
+                .append(&key, 1, std::slice::from_ref(&answer))
+                .await
+                .unwrap();
             let loaded = plain.load(&key).await.unwrap().unwrap();
             let version = lossy
                 .save_state(&key, &state, &loaded.state_version)
@@ -709,7 +715,7 @@ async fn a_write_retried_after_a_lost_response_is_not_a_false_conflict() {
             assert_eq!(again.state.agent_state["k"], 1, "{name}");
         } else {
             lossy
-                .append(&key, 1, &[answer.clone()])
+                .append(&key, 1, std::slice::from_ref(&answer))
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(plain.load(&key).await.unwrap().unwrap().messages.len(), 2);
@@ -720,7 +726,7 @@ async fn a_write_retried_after_a_lost_response_is_not_a_false_conflict() {
         );
         // A real second writer still gets its conflict.
         let err = lossy
-            .append(&key, 1, &[answer.clone()])
+            .append(&key, 1, std::slice::from_ref(&answer))
             .await
             .expect_err("taken");
         assert!(matches!(err, StoreError::Conflict { .. }), "{name}: {err}");

@@ -672,7 +672,7 @@ impl Run<'_> {
                     agent.telemetry.start_chat(
                         cx,
                         &agent.descriptor,
-                        &self.key.session_id(),
+                        self.key.session_id(),
                         &request,
                     )
                 });

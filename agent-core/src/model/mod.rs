@@ -157,6 +157,16 @@ pub enum ModelError {
         /// What happened.
         message: String,
     },
+    /// The connection failed or broke (refused, reset, timed out, cut in the middle of a
+    /// stream). Retried like a transient error; `source` is the HTTP client's error.
+    #[error("transient model error: {message}")]
+    Connection {
+        /// What happened.
+        message: String,
+        /// The HTTP client's error.
+        #[source]
+        source: crate::error::Cause,
+    },
     /// A failure that retrying will not fix.
     #[error("model error{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
     Fatal {
@@ -194,7 +204,10 @@ impl ModelError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Throttled { .. } | Self::Transient { .. } | Self::InvalidReply { .. }
+            Self::Throttled { .. }
+                | Self::Transient { .. }
+                | Self::Connection { .. }
+                | Self::InvalidReply { .. }
         )
     }
 
@@ -237,6 +250,10 @@ impl ModelError {
             Self::Transient { message } => Self::Transient {
                 message: clean(message),
             },
+            Self::Connection { message, source } => Self::Connection {
+                message: clean(message),
+                source,
+            },
             Self::Fatal { status, message } => Self::Fatal {
                 status,
                 message: clean(message),
@@ -257,7 +274,7 @@ impl ModelError {
         match self {
             Self::ContextOverflow { .. } => "context_overflow",
             Self::Throttled { .. } => "throttled",
-            Self::Transient { .. } => "transient",
+            Self::Transient { .. } | Self::Connection { .. } => "transient",
             Self::Fatal { .. } => "fatal",
             Self::InvalidReply { .. } => "invalid_reply",
             Self::Redirected { .. } => "redirected",

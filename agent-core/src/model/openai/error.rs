@@ -28,8 +28,9 @@ pub(super) fn transport_error(e: reqwest::Error) -> ModelError {
     } else {
         "request failed"
     };
-    ModelError::Transient {
+    ModelError::Connection {
         message: format!("{what}: {e}"),
+        source: crate::error::Cause::new(e),
     }
 }
 
@@ -98,8 +99,9 @@ pub(super) async fn error_from_response(response: reqwest::Response) -> ModelErr
     let body = match read_prefix(response, MAX_ERROR_BODY).await {
         Ok(b) => b,
         Err(e) => {
-            return ModelError::Transient {
+            return ModelError::Connection {
                 message: format!("HTTP {status}, body unreadable: {e}"),
+                source: crate::error::Cause::new(e),
             };
         }
     };
