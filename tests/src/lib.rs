@@ -781,3 +781,22 @@ pub fn fast_retry() -> agent_core::retry::RetryPolicy {
         max_delay: Duration::from_millis(50),
     }
 }
+
+/// One replica of the racing tests (the store test and the soak): an agent with one
+/// `get_weather` tool on `server`, on a store client of its own.
+pub fn racing_replica(
+    server: &MockVllm,
+    store: std::sync::Arc<dyn agent_core::session::SessionStore>,
+) -> Result<agent_core::Agent, agent_core::BuildError> {
+    use agent_core::tool::{FnTool, ToolOutput};
+    agent_core::Agent::builder()
+        .model(provider(server))
+        .tool(FnTool::new(
+            "get_weather",
+            "Weather.",
+            json!({"type": "object"}),
+            |_, _| async { Ok(ToolOutput::text("sunny")) },
+        ))
+        .shared_session_store(store)
+        .build()
+}

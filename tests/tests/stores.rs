@@ -321,19 +321,7 @@ async fn racing_writers(store: Arc<dyn SessionStore>, session: &str) {
 /// with every successful answer in it.
 async fn racing_replicas(make_store: impl Fn() -> Arc<dyn SessionStore>) {
     let server = MockVllm::start_bench("127.0.0.1:0").await.expect("server");
-    let replica = || {
-        Agent::builder()
-            .model(provider(&server))
-            .tool(FnTool::new(
-                "get_weather",
-                "Weather.",
-                json!({"type": "object"}),
-                |_, _| async { Ok(ToolOutput::text("sunny")) },
-            ))
-            .shared_session_store(make_store())
-            .build()
-            .expect("agent")
-    };
+    let replica = || agent_tests::racing_replica(&server, make_store()).expect("agent");
     let (a, b) = (replica(), replica());
     let mut successes = 0;
     let mut conflicts = 0;

@@ -449,13 +449,6 @@ async fn run_traced(
                 TurnOutcome::Stopped(reason) => break reason,
             };
             usage.add(&response.usage);
-            if run.emitter.active() {
-                run.emitter
-                    .send(AgentEvent::Usage {
-                        usage: response.usage,
-                    })
-                    .await;
-            }
             let mut content = response.content;
             if content.is_empty() {
                 content.push(ContentBlock::Text(String::new()));
@@ -507,13 +500,6 @@ async fn run_traced(
         agent.conversation.apply(&run.history, &mut run.window);
         if let TurnOutcome::Done(response, metrics) = run.model_turn(true).await? {
             usage.add(&response.usage);
-            if run.emitter.active() {
-                run.emitter
-                    .send(AgentEvent::Usage {
-                        usage: response.usage,
-                    })
-                    .await;
-            }
             turns.push(metrics);
             // Text only: a tool use here would be one nobody answers.
             let content: Vec<ContentBlock> = response
@@ -719,6 +705,14 @@ impl Run<'_> {
             }
             let error = match outcome {
                 Ok(response) => {
+                    // Every model call's usage is an event, as soon as the call is complete.
+                    if self.emitter.active() {
+                        self.emitter
+                            .send(AgentEvent::Usage {
+                                usage: response.usage,
+                            })
+                            .await;
+                    }
                     let metrics = TurnMetrics {
                         model_latency_ms: millis(started.elapsed()),
                         time_to_first_chunk_ms: first_event.map(millis),

@@ -6,13 +6,13 @@ use std::process::Command;
 
 use agent_tests::MockVllm;
 
-#[tokio::test]
-async fn answers_with_a_tool_result_against_a_vllm_endpoint() {
-    let server = MockVllm::start_bench("127.0.0.1:0").await.expect("server");
+/// Runs the binary with one prompt against `server`, with no model name or key from the
+/// environment.
+async fn ask(server: &MockVllm, prompt: &'static str) -> std::process::Output {
     let base_url = server.base_url();
-    let output = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_travel-agent"))
-            .arg("Weather in Lisbon?")
+            .arg(prompt)
             .env("OPENAI_BASE_URL", base_url)
             .env_remove("OPENAI_MODEL")
             .env_remove("OPENAI_API_KEY")
@@ -20,7 +20,13 @@ async fn answers_with_a_tool_result_against_a_vllm_endpoint() {
     })
     .await
     .expect("join")
-    .expect("runs");
+    .expect("runs")
+}
+
+#[tokio::test]
+async fn answers_with_a_tool_result_against_a_vllm_endpoint() {
+    let server = MockVllm::start_bench("127.0.0.1:0").await.expect("server");
+    let output = ask(&server, "Weather in Lisbon?").await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -61,17 +67,7 @@ async fn a_run_that_ends_without_an_answer_fails_with_a_clear_message() {
     let server = MockVllm::start([lisbon(), lisbon(), lisbon(), lisbon(), lisbon()])
         .await
         .expect("server");
-    let base_url = server.base_url();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_travel-agent"))
-            .arg("Weather in Lisbon?")
-            .env("OPENAI_BASE_URL", base_url)
-            .env_remove("OPENAI_MODEL")
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("runs");
+    let output = ask(&server, "Weather in Lisbon?").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(

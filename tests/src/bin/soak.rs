@@ -20,8 +20,7 @@ use agent_core::message::Role;
 use agent_core::prelude::*;
 use agent_core::session::{SessionKey, SessionStore, StoreError};
 use agent_memory::{DynamoDbSessionStore, FileSessionStore, S3SessionStore};
-use agent_tests::{MockVllm, provider};
-use serde_json::json;
+use agent_tests::MockVllm;
 
 struct Outcome {
     successes: usize,
@@ -72,18 +71,7 @@ async fn soak_session(
     server: &MockVllm,
     make_store: &dyn Fn() -> Arc<dyn SessionStore>,
 ) -> Outcome {
-    let replica = || {
-        Agent::builder()
-            .model(provider(server))
-            .tool(FnTool::new(
-                "get_weather",
-                "Weather.",
-                json!({"type": "object"}),
-                |_, _| async { Ok(ToolOutput::text("sunny")) },
-            ))
-            .shared_session_store(make_store())
-            .build()
-    };
+    let replica = || agent_tests::racing_replica(server, make_store());
     let (a, b) = match (replica(), replica()) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
