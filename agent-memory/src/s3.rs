@@ -86,6 +86,7 @@ impl S3SessionStore {
         }
     }
 
+    /// Reads an object and its ETag, at most [`MAX_OBJECT_BYTES`] of it.
     async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
         match self
             .client
@@ -95,14 +96,23 @@ impl S3SessionStore {
             .send()
             .await
         {
-            Ok(out) => {
+            Ok(mut out) => {
                 let etag = out.e_tag().map(str::to_owned);
-                let bytes = out
+                // A session document is at most a few megabytes; an object past the cap is
+                // refused while it is read, not collected whole.
+                let mut bytes = Vec::new();
+                while let Some(chunk) = out
                     .body
-                    .collect()
+                    .try_next()
                     .await
-                    .map_err(|e| StoreError::backend(format!("reading {key}"), e))?;
-                Ok(Some((bytes.into_bytes().to_vec(), etag)))
+                    .map_err(|e| StoreError::backend(format!("reading {key}"), e))?
+                {
+                    if bytes.len() + chunk.len() > MAX_OBJECT_BYTES {
+                        return Err(object_too_large(key));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(Some((bytes, etag)))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => Err(crate::sdk_error(&format!("reading {key}"), e)),
@@ -136,6 +146,15 @@ impl S3SessionStore {
 enum Condition<'a> {
     Absent,
     Matches(&'a str),
+}
+
+/// The largest object read from the bucket.
+const MAX_OBJECT_BYTES: usize = 64 * 1024 * 1024;
+
+fn object_too_large(key: &str) -> StoreError {
+    StoreError::backend_message(format!(
+        "{key} is larger than {MAX_OBJECT_BYTES} bytes; it was not read"
+    ))
 }
 
 enum PutError {

@@ -775,3 +775,24 @@ async fn a_dynamodb_session_in_use_never_expires_under_its_user() {
     assert!(expiry(first).await >= now + 1000, "refreshed");
     assert_eq!(expiry(second).await, untouched);
 }
+
+#[tokio::test]
+async fn an_oversized_s3_object_is_refused_while_it_is_read() {
+    let (s3, _) = clients().await;
+    let bucket = bucket(&s3).await;
+    // 65 MiB where a message document should be: the store stops reading at its 64 MiB cap.
+    s3.put_object()
+        .bucket(&bucket)
+        .key("session_big/agents/agent_default/messages/message_0.json")
+        .body(ByteStream::from(vec![b' '; 65 * 1024 * 1024]))
+        .send()
+        .await
+        .unwrap();
+    let store = S3SessionStore::new(s3, &bucket);
+    let key = SessionKey::new("big", "default").unwrap();
+    let err = store.load(&key).await.expect_err("too large");
+    assert!(
+        matches!(&err, StoreError::Backend { message, .. } if message.contains("larger than")),
+        "{err}"
+    );
+}
