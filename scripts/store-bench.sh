@@ -7,4 +7,4 @@ cargo build --release --locked -p agent-tests --bin store_bench
 trap 'scripts/aws-local.sh stop' EXIT
 AWS_ENDPOINT_URL=$(scripts/aws-local.sh start)
 export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
-./target/release/store_bench
+./target/release/store_bench "$@"

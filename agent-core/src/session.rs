@@ -6,8 +6,9 @@
 //! whose expectation is stale gets [`StoreError::Conflict`] and nothing is overwritten, which is
 //! what keeps several replicas from losing or interleaving messages.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -266,11 +267,15 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<StateVersion, StoreError>;
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Record {
     messages: Vec<Message>,
     state: SessionState,
+    /// The version token of the last save (store-wide counter, so that a session evicted and
+    /// created again never hands out a token an old writer still holds); 0 before the first.
     version: u64,
+    /// Its position in the recency order.
+    tick: u64,
 }
 
 impl Record {
@@ -279,21 +284,146 @@ impl Record {
     }
 }
 
+/// Sessions kept by default before the least recently used is evicted.
+pub const DEFAULT_SESSION_CAPACITY: usize = 10_000;
+
+/// Idle time after which a session is forgotten by default.
+pub const DEFAULT_SESSION_IDLE_EXPIRY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug)]
+struct Sessions {
+    map: HashMap<SessionKey, Record>,
+    /// Keys and the time of their last use (load or write) by the tick of that use, least
+    /// recent first.
+    recency: BTreeMap<u64, (SessionKey, Instant)>,
+    tick: u64,
+    versions: u64,
+    capacity: usize,
+    idle_expiry: Option<Duration>,
+    evicted: u64,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            recency: BTreeMap::new(),
+            tick: 0,
+            versions: 0,
+            capacity: DEFAULT_SESSION_CAPACITY,
+            idle_expiry: Some(DEFAULT_SESSION_IDLE_EXPIRY),
+            evicted: 0,
+        }
+    }
+}
+
+impl Sessions {
+    /// Drops sessions idle for longer than the expiry, and the least recently used ones while
+    /// more than `keep` are stored. Only the oldest entries are looked at, without hashing.
+    fn sweep(&mut self, now: Instant, keep: usize) {
+        while let Some(entry) = self.recency.first_entry() {
+            let (_, last_used) = entry.get();
+            let expired = self
+                .idle_expiry
+                .is_some_and(|ttl| now.saturating_duration_since(*last_used) >= ttl);
+            if !expired && self.map.len() <= keep {
+                break;
+            }
+            let (key, _) = entry.remove();
+            self.map.remove(&key);
+            self.evicted += 1;
+        }
+    }
+
+    /// The record of `key`, marked as used now; created if `create`.
+    fn touch(&mut self, key: &SessionKey, create: bool) -> Option<&mut Record> {
+        let now = Instant::now();
+        // Room for a new session, counted before it exists (looked up only when full).
+        let keep = if create && self.map.len() >= self.capacity && !self.map.contains_key(key) {
+            self.capacity.saturating_sub(1)
+        } else {
+            self.capacity
+        };
+        self.sweep(now, keep);
+        self.tick += 1;
+        let tick = self.tick;
+        let record = match self.map.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let record = e.into_mut();
+                self.recency.remove(&record.tick);
+                record.tick = tick;
+                record
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                if !create {
+                    return None;
+                }
+                e.insert(Record {
+                    messages: Vec::new(),
+                    state: SessionState::default(),
+                    version: 0,
+                    tick,
+                })
+            }
+        };
+        self.recency.insert(tick, (key.clone(), now));
+        Some(record)
+    }
+}
+
 /// Sessions in process memory: the embedded default, for tests and single-replica services.
+///
+/// The store is bounded so that a long-running service with fresh session ids keeps a flat
+/// memory footprint:
+/// - a session not loaded or written for the **idle expiry** (default one hour) is forgotten;
+/// - when a new session would exceed the **capacity** (default 10,000), the least recently
+///   used session is forgotten first.
+///
+/// A forgotten session loads as `None`: its next invocation starts a new conversation. A run
+/// still writing to a session that was forgotten under it gets [`StoreError::Conflict`] (its
+/// expected message count and state version no longer match), never a silent overwrite; the
+/// run's own session is the most recently used one, so this needs `capacity` other sessions
+/// used in the meantime. Sessions that must survive restarts, replicas or eviction belong in a
+/// durable store (S3, DynamoDB, files).
 #[derive(Debug, Default, Clone)]
 pub struct InMemorySessionStore {
-    sessions: Arc<Mutex<HashMap<SessionKey, Record>>>,
+    sessions: Arc<Mutex<Sessions>>,
 }
 
 impl InMemorySessionStore {
-    /// An empty store.
+    /// An empty store with the default bounds ([`DEFAULT_SESSION_CAPACITY`] sessions,
+    /// [`DEFAULT_SESSION_IDLE_EXPIRY`] of idleness).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Number of sessions stored.
+    /// Sets how many sessions are kept (at least one); the least recently used is forgotten
+    /// first. `usize::MAX` keeps every session. Clones share their sessions and these bounds.
+    pub fn capacity(self, sessions: usize) -> Self {
+        {
+            let mut s = self.lock();
+            s.capacity = sessions.max(1);
+            let keep = s.capacity;
+            s.sweep(Instant::now(), keep);
+        }
+        self
+    }
+
+    /// Sets how long a session may stay unused before it is forgotten; `None` keeps idle
+    /// sessions until the capacity evicts them. Clones share their sessions and these bounds.
+    pub fn idle_expiry(self, expiry: Option<Duration>) -> Self {
+        {
+            let mut s = self.lock();
+            s.idle_expiry = expiry;
+            let keep = s.capacity;
+            s.sweep(Instant::now(), keep);
+        }
+        self
+    }
+
+    /// Number of sessions stored (idle ones past their expiry included until the next access).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     /// Whether the store is empty.
@@ -301,7 +431,12 @@ impl InMemorySessionStore {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, Record>> {
+    /// Number of sessions forgotten so far, by idle expiry or capacity.
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
         // Every critical section below leaves the map consistent, so a poisoned lock is usable.
         self.sessions
             .lock()
@@ -312,7 +447,7 @@ impl InMemorySessionStore {
 #[async_trait]
 impl SessionStore for InMemorySessionStore {
     async fn load(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
-        Ok(self.lock().get(key).map(|r| StoredSession {
+        Ok(self.lock().touch(key, false).map(|r| StoredSession {
             messages: r.messages.clone(),
             state: r.state.clone(),
             state_version: r.version_token(),
@@ -325,16 +460,17 @@ impl SessionStore for InMemorySessionStore {
         expected_len: usize,
         messages: &[Message],
     ) -> Result<(), StoreError> {
-        let mut map = self.lock();
-        let record = map.entry(key.clone()).or_default();
+        let mut sessions = self.lock();
+        let conflict = |found: usize| StoreError::Conflict {
+            session_id: key.session_id.to_string(),
+            detail: format!("expected {expected_len} stored messages, found {found}"),
+        };
+        // Only an append of the first messages creates a session.
+        let Some(record) = sessions.touch(key, expected_len == 0) else {
+            return Err(conflict(0));
+        };
         if record.messages.len() != expected_len {
-            return Err(StoreError::Conflict {
-                session_id: key.session_id.to_string(),
-                detail: format!(
-                    "expected {expected_len} stored messages, found {}",
-                    record.messages.len()
-                ),
-            });
+            return Err(conflict(record.messages.len()));
         }
         record.messages.extend_from_slice(messages);
         Ok(())
@@ -346,20 +482,26 @@ impl SessionStore for InMemorySessionStore {
         state: &SessionState,
         expected: &StateVersion,
     ) -> Result<StateVersion, StoreError> {
-        let mut map = self.lock();
-        let record = map.entry(key.clone()).or_default();
+        let mut sessions = self.lock();
+        let conflict = |found: &StateVersion| StoreError::Conflict {
+            session_id: key.session_id.to_string(),
+            detail: format!(
+                "expected state version {:?}, found {:?}",
+                expected.0, found.0
+            ),
+        };
+        sessions.versions += 1;
+        let version = sessions.versions;
+        // Only a first save creates a session.
+        let Some(record) = sessions.touch(key, expected.0.is_none()) else {
+            return Err(conflict(&StateVersion::none()));
+        };
         let current = record.version_token();
         if &current != expected {
-            return Err(StoreError::Conflict {
-                session_id: key.session_id.to_string(),
-                detail: format!(
-                    "expected state version {:?}, found {:?}",
-                    expected.0, current.0
-                ),
-            });
+            return Err(conflict(&current));
         }
         record.state = state.clone();
-        record.version += 1;
+        record.version = version;
         Ok(record.version_token())
     }
 }
@@ -400,5 +542,90 @@ mod tests {
         let loaded = store.load(&key).await.expect("load").expect("exists");
         assert_eq!(loaded.messages, vec![Message::user("a")]);
         assert_eq!(loaded.state_version, v);
+    }
+
+    fn key(id: &str) -> SessionKey {
+        SessionKey::new(id, "default").expect("key")
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_session_is_evicted_at_capacity() {
+        let store = InMemorySessionStore::new().capacity(2);
+        store
+            .append(&key("a"), 0, &[Message::user("a")])
+            .await
+            .expect("a");
+        store
+            .append(&key("b"), 0, &[Message::user("b")])
+            .await
+            .expect("b");
+        // `a` is used again, so `b` is the least recently used when `c` arrives.
+        assert!(store.load(&key("a")).await.expect("load").is_some());
+        store
+            .append(&key("c"), 0, &[Message::user("c")])
+            .await
+            .expect("c");
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.evicted(), 1);
+        assert!(store.load(&key("b")).await.expect("load").is_none());
+        assert!(store.load(&key("a")).await.expect("load").is_some());
+        assert!(store.load(&key("c")).await.expect("load").is_some());
+        // A load of a missing session does not create one.
+        assert_eq!(store.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_expire() {
+        let store = InMemorySessionStore::new().idle_expiry(Some(Duration::ZERO));
+        store
+            .append(&key("a"), 0, &[Message::user("a")])
+            .await
+            .expect("a");
+        // Any later access sweeps it.
+        assert!(store.load(&key("a")).await.expect("load").is_none());
+        assert_eq!(store.evicted(), 1);
+        let kept = InMemorySessionStore::new().idle_expiry(None);
+        kept.append(&key("a"), 0, &[Message::user("a")])
+            .await
+            .expect("a");
+        assert!(kept.load(&key("a")).await.expect("load").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_writer_whose_session_was_evicted_gets_a_conflict_not_a_new_session() {
+        let store = InMemorySessionStore::new().capacity(1);
+        store
+            .append(&key("a"), 0, &[Message::user("a")])
+            .await
+            .expect("a");
+        let v = store
+            .save_state(&key("a"), &SessionState::default(), &StateVersion::none())
+            .await
+            .expect("save");
+        store
+            .append(&key("b"), 0, &[Message::user("b")])
+            .await
+            .expect("b");
+        assert!(matches!(
+            store.append(&key("a"), 1, &[Message::user("more")]).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            store
+                .save_state(&key("a"), &SessionState::default(), &v)
+                .await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(store.load(&key("a")).await.expect("load").is_none());
+        // A session created again never reuses a version an old writer may hold.
+        store
+            .append(&key("a"), 0, &[Message::user("again")])
+            .await
+            .expect("again");
+        let v2 = store
+            .save_state(&key("a"), &SessionState::default(), &StateVersion::none())
+            .await
+            .expect("save");
+        assert_ne!(v, v2);
     }
 }

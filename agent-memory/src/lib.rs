@@ -6,7 +6,8 @@
 //!   condition expressions and a state version;
 //! - [`FileSessionStore`]: the same layout on a local disk, atomic and exclusive writes;
 //! - [`DynamoDbMemoryStore`]: long-term memory records per actor and namespace
-//!   (`agent_core::memory::MemoryStore`).
+//!   (`agent_core::memory::MemoryStore`), searched through an index kept per actor and checked
+//!   against the actor's version counter, so a recall costs one request.
 //!
 //! All implement `agent_core::session::SessionStore`: a second writer of a session gets a typed
 //! `StoreError::Conflict` and nothing is overwritten.
@@ -29,7 +30,9 @@ mod strands;
 pub use agent_core::session::{SessionStore, StoreError};
 pub use dynamodb::{DynamoDbSessionStore, MAX_MESSAGE_BYTES};
 pub use file::FileSessionStore;
-pub use long_term::DynamoDbMemoryStore;
+pub use long_term::{
+    DEFAULT_RECALL_CACHE_ACTORS, DEFAULT_RECALL_CACHE_MAX_AGE, DynamoDbMemoryStore,
+};
 pub use s3::S3SessionStore;
 
 /// AWS clients for local servers and tests: the endpoint from `AWS_ENDPOINT_URL` (the SDK's own

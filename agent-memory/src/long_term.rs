@@ -2,31 +2,206 @@
 //!
 //! Items live in the session table's key schema (`pk`, `sk` strings), in their own partition per
 //! actor: `pk` = `actor#<actor_id>`, `sk` = `mem#<namespace>#<id>`, attributes `content`,
-//! `created_at`, `updated_at` (N, epoch seconds). `list` is a paginated consistent `Query`;
-//! `search` ranks the actor's records with BM25 keyword scoring (DynamoDB has no text search).
+//! `created_at`, `updated_at` (N, epoch seconds). `list` is a paginated consistent `Query`.
+//!
+//! DynamoDB has no text search, so `search` ranks with BM25 over an in-process
+//! [`MemoryIndex`] of the actor's records, kept between calls. Every write also adds one to the
+//! actor's version counter (`sk` = `ver#memory`, attribute `v`); a search reads that counter (one
+//! consistent `GetItem`) and uses the kept index when it is current, so a recall reads what it
+//! returns rather than the actor's whole memory. The index is read again when another writer
+//! changed the actor's memory, and at the latest after the cache's maximum age (which also
+//! covers a writer that stopped between its write and the counter, or one that does not keep
+//! the counter).
 
 use crate::dynamodb::key_part;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use agent_core::memory::{MemoryError, MemoryRecord, MemoryStore};
+use agent_core::memory::{MemoryError, MemoryIndex, MemoryRecord, MemoryStore, ScoredRecord};
 use agent_core::session::validate_id;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
+
+/// Sort key of an actor's memory version counter.
+const VERSION_SK: &str = "ver#memory";
+
+/// Actors whose index is kept by default.
+pub const DEFAULT_RECALL_CACHE_ACTORS: usize = 64;
+
+/// Age after which a kept index is read again by default, even if the counter did not move.
+pub const DEFAULT_RECALL_CACHE_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// Memory records in a DynamoDB table (create it with `DynamoDbSessionStore::create_table`).
 #[derive(Debug, Clone)]
 pub struct DynamoDbMemoryStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    cache: Arc<Mutex<RecallCache>>,
+}
+
+#[derive(Debug, Default)]
+struct RecallCache {
+    actors: HashMap<String, Cached>,
+    capacity: usize,
+    max_age: Option<Duration>,
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Cached {
+    /// The actor's version counter the index reflects.
+    version: u64,
+    index: Arc<MemoryIndex>,
+    loaded: Instant,
+    used: u64,
+}
+
+impl RecallCache {
+    /// The kept index of `actor` if it reflects `version` and is young enough.
+    fn fresh(&mut self, actor: &str, version: u64) -> Option<Arc<MemoryIndex>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let max_age = self.max_age;
+        let entry = self.actors.get_mut(actor)?;
+        let young = max_age.is_none_or(|age| entry.loaded.elapsed() < age);
+        if entry.version != version || !young {
+            return None;
+        }
+        entry.used = tick;
+        Some(entry.index.clone())
+    }
+
+    /// Keeps an index read at `version`, unless a newer one is kept already.
+    fn keep(&mut self, actor: &str, version: u64, index: Arc<MemoryIndex>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.actors.get(actor).is_some_and(|e| e.version > version) {
+            return;
+        }
+        if !self.actors.contains_key(actor) && self.actors.len() >= self.capacity {
+            let oldest = self
+                .actors
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.actors.remove(&oldest);
+            }
+        }
+        self.tick += 1;
+        self.actors.insert(
+            actor.to_owned(),
+            Cached {
+                version,
+                index,
+                loaded: Instant::now(),
+                used: self.tick,
+            },
+        );
+    }
+
+    /// After this process's write moved the counter to `version`: the change is applied to
+    /// the kept index if it was exactly one behind (no other writer in between), and the index
+    /// is dropped otherwise.
+    fn apply(&mut self, actor: &str, version: u64, change: impl FnOnce(&mut MemoryIndex)) {
+        match self.actors.get_mut(actor) {
+            Some(entry) if entry.version + 1 == version => {
+                change(Arc::make_mut(&mut entry.index));
+                entry.version = version;
+            }
+            Some(_) => {
+                self.actors.remove(actor);
+            }
+            None => {}
+        }
+    }
 }
 
 impl DynamoDbMemoryStore {
-    /// A store in `table`.
+    /// A store in `table`, keeping the index of up to [`DEFAULT_RECALL_CACHE_ACTORS`] actors for
+    /// at most [`DEFAULT_RECALL_CACHE_MAX_AGE`].
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
+            cache: Arc::default(),
         }
+        .recall_cache(
+            DEFAULT_RECALL_CACHE_ACTORS,
+            Some(DEFAULT_RECALL_CACHE_MAX_AGE),
+        )
+    }
+
+    /// Sets how many actors' indexes are kept (the least recently searched is dropped first;
+    /// `0` reads the actor's records on every search) and how old a kept index may get before it
+    /// is read again (`None`: only when the version counter moves). An index holds every record
+    /// of its actor, so memory grows with `actors` times the largest actor's memory.
+    ///
+    /// The returned store starts with its own empty cache; clones of it share that cache.
+    pub fn recall_cache(mut self, actors: usize, max_age: Option<Duration>) -> Self {
+        self.cache = Arc::new(Mutex::new(RecallCache {
+            actors: HashMap::new(),
+            capacity: actors,
+            max_age,
+            tick: 0,
+        }));
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecallCache> {
+        // Every critical section leaves the cache consistent, so a poisoned lock is usable.
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn actor_pk(actor_id: &str) -> AttributeValue {
+        AttributeValue::S(format!("actor#{}", key_part(actor_id)))
+    }
+
+    /// The actor's version counter (0 before the first counted write).
+    async fn version(&self, actor_id: &str) -> Result<u64, MemoryError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key("pk", Self::actor_pk(actor_id))
+            .key("sk", AttributeValue::S(VERSION_SK.to_owned()))
+            .projection_expression("v")
+            .send()
+            .await
+            .map_err(|e| backend("reading the memory version", e))?;
+        Ok(out
+            .item()
+            .and_then(|i| i.get("v"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Adds one to the actor's version counter; the new value.
+    async fn bump(&self, actor_id: &str) -> Result<u64, MemoryError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::actor_pk(actor_id))
+            .key("sk", AttributeValue::S(VERSION_SK.to_owned()))
+            .update_expression("ADD v :one")
+            .expression_attribute_values(":one", AttributeValue::N("1".to_owned()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| backend("counting a memory write", e))?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get("v"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
     }
 }
 
@@ -90,6 +265,12 @@ impl MemoryStore for DynamoDbMemoryStore {
             .send()
             .await
             .map_err(|e| backend("writing a memory", e))?;
+        let version = self.bump(&record.actor_id).await?;
+        let record = record.clone();
+        self.lock()
+            .apply(&record.actor_id.clone(), version, |index| {
+                index.insert(record)
+            });
         Ok(())
     }
 
@@ -149,6 +330,39 @@ impl MemoryStore for DynamoDbMemoryStore {
             .send()
             .await
             .map_err(|e| backend("deleting a memory", e))?;
-        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+        let existed = out.attributes().is_some_and(|a| !a.is_empty());
+        if existed {
+            let version = self.bump(actor_id).await?;
+            self.lock().apply(actor_id, version, |index| {
+                index.remove(namespace, id);
+            });
+        }
+        Ok(existed)
+    }
+
+    async fn search(
+        &self,
+        actor_id: &str,
+        namespace: Option<&str>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<ScoredRecord>, MemoryError> {
+        validate_id("actor", actor_id)?;
+        if let Some(n) = namespace {
+            validate_id("namespace", n)?;
+        }
+        // The counter is read before the records, so an index kept under it can only be older
+        // than the records it holds, never newer.
+        let version = self.version(actor_id).await?;
+        let kept = self.lock().fresh(actor_id, version);
+        let index = match kept {
+            Some(index) => index,
+            None => {
+                let index = Arc::new(MemoryIndex::from_records(self.list(actor_id, None).await?));
+                self.lock().keep(actor_id, version, index.clone());
+                index
+            }
+        };
+        Ok(index.search(namespace, query, limit))
     }
 }

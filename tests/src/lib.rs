@@ -226,6 +226,8 @@ struct ServerState {
     record: bool,
     bench_call: Bytes,
     bench_answer: Bytes,
+    bench_call_json: Value,
+    bench_answer_json: Value,
 }
 
 /// The scripted vLLM-format server. Stops when dropped.
@@ -267,6 +269,8 @@ impl MockVllm {
             record,
             bench_call: render_stream(&bench_call_turn(), "chatcmpl-bench", true),
             bench_answer: render_stream(&bench_answer_turn(), "chatcmpl-bench", true),
+            bench_call_json: render_completion(&bench_call_turn(), "chatcmpl-bench"),
+            bench_answer_json: render_completion(&bench_answer_turn(), "chatcmpl-bench"),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -376,6 +380,14 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
                     .and_then(|m| m.last())
                     .is_some_and(|m| m["role"] == "tool");
                 drop(responder);
+                if !streaming {
+                    let body = if last_is_tool {
+                        &state.bench_answer_json
+                    } else {
+                        &state.bench_call_json
+                    };
+                    return json_response(200, body);
+                }
                 let bytes = if last_is_tool {
                     state.bench_answer.clone()
                 } else {
@@ -425,7 +437,13 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
             return error_response(*code, message, retry_after.as_deref(), false);
         }
         Some(Fault::ContextOverflow { legacy }) => {
-            let message = "This model's maximum context length is 32768 tokens. However, you requested 1024 output tokens and your prompt contains at least 31745 input tokens, for a total of at least 32769 tokens. Please reduce the length of the input prompt or the number of requested output tokens. (parameter=input_tokens, value=31745)";
+            // Older vLLM releases: a flat body, another text, and no `param`, so matching the
+            // legacy shape rests on the message alone.
+            let message = if *legacy {
+                "This model's maximum context length is 32768 tokens. However, you requested 33793 tokens (32769 in the messages, 1024 in the completion). Please reduce the length of the messages or completion."
+            } else {
+                "This model's maximum context length is 32768 tokens. However, you requested 1024 output tokens and your prompt contains at least 31745 input tokens, for a total of at least 32769 tokens. Please reduce the length of the input prompt or the number of requested output tokens. (parameter=input_tokens, value=31745)"
+            };
             return error_response(400, message, None, *legacy);
         }
         Some(Fault::SlowFirstByte(d)) => tokio::time::sleep(*d).await,
@@ -505,8 +523,32 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
             let filler = Bytes::from(b": ping\n".repeat(64 * 1024 / 7));
             endless(first, Bytes::new(), filler, *max_bytes)
         }
-        _ => sse_response(chunks),
+        _ => {
+            // A pause (one yield) before every write makes the server flush each one on its
+            // own instead of coalescing them.
+            let paced = futures::stream::iter(as_real_servers_send(chunks)).then(|b| async move {
+                tokio::task::yield_now().await;
+                Ok::<_, Infallible>(b)
+            });
+            streaming_response(Body::from_stream(paced))
+        }
     }
+}
+
+/// The chunks as real servers deliver them: a `: ping` keep-alive comment before every third
+/// event, and each event split across two writes mid-line, so clients are tested on partial
+/// lines and comments in every scripted stream.
+fn as_real_servers_send(chunks: Vec<Bytes>) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(chunks.len() * 3);
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        if i % 3 == 2 {
+            out.push(Bytes::from_static(b": ping\n\n"));
+        }
+        let mid = chunk.len() / 2;
+        out.push(chunk.slice(..mid));
+        out.push(chunk.slice(mid..));
+    }
+    out
 }
 
 /// `first`, then `head`, then `filler` again and again up to `max_bytes`: a peer that talks
@@ -699,7 +741,7 @@ fn error_response(code: u16, message: &str, retry_after: Option<&str>, legacy: b
         503 => "ServiceUnavailableError",
         _ => "InternalServerError",
     };
-    let param = if message.contains("maximum context length") {
+    let param = if message.contains("(parameter=input_tokens") {
         json!("input_tokens")
     } else {
         Value::Null

@@ -49,6 +49,25 @@ fn slow_tool() -> FnTool {
     )
 }
 
+/// `slow_tool`, telling `started` when it begins.
+fn signalling_slow_tool(started: Arc<tokio::sync::Notify>) -> FnTool {
+    FnTool::new(
+        "wait",
+        "Waits.",
+        json!({"type": "object"}),
+        move |_, ctx| {
+            let started = started.clone();
+            async move {
+                started.notify_one();
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(30)) => Ok(ToolOutput::text("done")),
+                    () = ctx.cancel.cancelled() => Err(ToolError::new("stopped")),
+                }
+            }
+        },
+    )
+}
+
 struct Setup {
     server: MockVllm,
     store: InMemorySessionStore,
@@ -622,6 +641,7 @@ async fn slow_first_byte_beyond_the_read_timeout_is_retried() {
 
 #[tokio::test]
 async fn cancellation_stops_the_model_stream_and_running_tools() {
+    let tool_started = Arc::new(tokio::sync::Notify::new());
     let s = setup(vec![
         Turn::text("late").with_fault(Fault::SlowFirstByte(Duration::from_secs(10))),
         Turn::tool_call("wait", json!({})),
@@ -636,28 +656,40 @@ async fn cancellation_stops_the_model_stream_and_running_tools() {
                 .build()
                 .expect("model"),
         )
-        .tool(slow_tool())
+        .tool(signalling_slow_tool(tool_started.clone()))
         .build()
         .expect("agent");
-    for _ in 0..2 {
+    for round in 0..2 {
         let token = CancellationToken::new();
-        let t2 = token.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            t2.cancel();
-        });
-        let started = Instant::now();
-        let r = agent
-            .session("cancel")
-            .cancel_token(token)
-            .invoke("go")
-            .await
-            .expect("invoke");
+        let received_before = s.server.received().len();
+        // Cancel once the run is inside the model call (round 0: the server has the request)
+        // or inside the tool (round 1: the tool says it started), not after a guessed delay.
+        let cancel_when_busy = async {
+            if round == 0 {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while s.server.received().len() == received_before {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the request never reached the server"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            } else {
+                tokio::time::timeout(Duration::from_secs(10), tool_started.notified())
+                    .await
+                    .expect("the tool never started");
+            }
+            token.cancel();
+            Instant::now()
+        };
+        let session = agent.session("cancel").cancel_token(token.clone());
+        let (r, cancelled_at) = tokio::join!(session.invoke("go"), cancel_when_busy);
+        let r = r.expect("invoke");
         assert_eq!(r.stop_reason, StopReason::Cancelled);
         assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
+            cancelled_at.elapsed() < Duration::from_secs(2),
+            "round {round}: ended {:?} after the cancellation",
+            cancelled_at.elapsed()
         );
     }
     let stored = s.stored("cancel").await;

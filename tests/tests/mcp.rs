@@ -428,8 +428,9 @@ async fn timed_out_and_cancelled_calls_are_cancelled_on_the_server() {
             .await
             .expect_err("cancelled");
         assert!(err.message().contains("was cancelled"), "{err}");
+        // Far below the 30 s the call asked for, with room for a loaded CI machine.
         assert!(
-            started.elapsed() < Duration::from_millis(300),
+            started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );

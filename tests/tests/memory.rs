@@ -287,3 +287,140 @@ async fn dynamodb_memory_store_against_the_local_server() {
         "ids are validated"
     );
 }
+
+/// Counts the requests a DynamoDB client sends.
+#[derive(Debug)]
+struct Requests(Arc<std::sync::atomic::AtomicUsize>);
+
+impl aws_sdk_dynamodb::config::Intercept for Requests {
+    fn name(&self) -> &'static str {
+        "request-counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Recall keeps an index per actor: a repeated search is one request (the version counter),
+/// a write by this replica updates the kept index without a read, and a write by another
+/// replica is seen by the next search.
+#[tokio::test]
+async fn dynamodb_recall_reads_the_version_not_the_whole_memory_and_sees_other_replicas() {
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        panic!(
+            "AWS_ENDPOINT_URL is not set: run scripts/test.sh, or `scripts/aws-local.sh start` and export AWS_ENDPOINT_URL=<url> AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
+        );
+    }
+    let (_, ddb) = agent_memory::clients_from_env().await;
+    let table = format!("recall-{:x}", fastrand::u64(..));
+    DynamoDbSessionStore::new(ddb.clone(), &table)
+        .create_table()
+        .await
+        .expect("table");
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = aws_sdk_dynamodb::Client::from_conf(
+        ddb.config()
+            .to_builder()
+            .interceptor(Requests(requests.clone()))
+            .build(),
+    );
+    let count = || requests.load(std::sync::atomic::Ordering::SeqCst);
+    let a = DynamoDbMemoryStore::new(counted, &table);
+    let b = DynamoDbMemoryStore::new(ddb, &table);
+    for i in 0..30 {
+        b.put(&MemoryRecord::new(
+            "gina",
+            "facts",
+            format!("note {i} about trains"),
+        ))
+        .await
+        .expect("put");
+    }
+    b.put(&MemoryRecord::new(
+        "gina",
+        "preferences",
+        "Prefers window seats",
+    ))
+    .await
+    .expect("put");
+
+    let first = a
+        .search("gina", None, "window seat", 3)
+        .await
+        .expect("search");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].record.content, "Prefers window seats");
+    let before = count();
+    let again = a
+        .search("gina", None, "window seat", 3)
+        .await
+        .expect("search");
+    assert_eq!(again, first);
+    assert_eq!(
+        count() - before,
+        1,
+        "a repeated search reads only the version counter"
+    );
+
+    // This replica's own write: the put and the counter, then a search with one request.
+    a.put(&MemoryRecord::new(
+        "gina",
+        "facts",
+        "Has a window seat voucher",
+    ))
+    .await
+    .expect("put");
+    let before = count();
+    let own = a
+        .search("gina", None, "window seat", 3)
+        .await
+        .expect("search");
+    assert_eq!(own.len(), 2, "{own:?}");
+    assert_eq!(
+        count() - before,
+        1,
+        "the kept index took this replica's write"
+    );
+
+    // Another replica's write and delete are seen by the next search.
+    let aisle = MemoryRecord::new("gina", "preferences", "Now prefers aisle seats");
+    b.put(&aisle).await.expect("put");
+    let other = a
+        .search("gina", Some("preferences"), "aisle seat", 3)
+        .await
+        .expect("search");
+    assert_eq!(other.len(), 2, "{other:?}");
+    assert_eq!(other[0].record.content, "Now prefers aisle seats");
+    assert!(
+        b.delete("gina", "preferences", &aisle.id)
+            .await
+            .expect("delete")
+    );
+    let gone = a
+        .search("gina", Some("preferences"), "aisle", 3)
+        .await
+        .expect("search");
+    assert!(gone.is_empty(), "{gone:?}");
+    // The version counter is not a memory.
+    assert_eq!(a.list("gina", None).await.expect("list").len(), 32);
+
+    // With the cache off, every search reads the actor's records again.
+    let uncached = a.clone().recall_cache(0, None);
+    let before = count();
+    uncached
+        .search("gina", None, "window", 3)
+        .await
+        .expect("search");
+    uncached
+        .search("gina", None, "window", 3)
+        .await
+        .expect("search");
+    assert!(count() - before >= 4, "two version reads and two queries");
+}

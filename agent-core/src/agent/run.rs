@@ -77,8 +77,13 @@ impl Emitter {
     /// deadline: a consumer that stops reading cannot hold the run forever.
     async fn send(&self, event: AgentEvent) {
         let Some(tx) = &self.tx else { return };
-        // A closed channel means the consumer dropped the stream, which cancels the run.
-        let send = tx.send(Ok(event));
+        // Room in the channel (the usual case) needs no timer.
+        let event = match tx.try_send(Ok(event)) {
+            // A closed channel means the consumer dropped the stream, which cancels the run.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        let send = tx.send(event);
         match self.deadline {
             Some(d) => {
                 if tokio::time::timeout_at(d, send).await.is_err() {
@@ -664,14 +669,18 @@ impl Run<'_> {
                 });
                 (agent.model.stream(&request), chat)
             };
+            // One cancellation future and one deadline timer for the whole call, not one per
+            // chunk: re-arming them on every event was most of the loop's own cost.
+            let mut cancelled = std::pin::pin!(self.cancel.clone().cancelled_owned());
+            let mut deadline = std::pin::pin!(sleep_until_opt(self.deadline));
             let outcome: Result<ModelResponse, ModelError> = loop {
                 let next = tokio::select! {
                     biased;
-                    () = self.cancel.cancelled() => {
+                    () = &mut cancelled => {
                         if let Some(c) = chat { c.end_interrupted("cancelled") }
                         return Ok(TurnOutcome::Stopped(StopReason::Cancelled));
                     }
-                    () = sleep_until_opt(self.deadline) => {
+                    () = &mut deadline => {
                         if let Some(c) = chat { c.end_interrupted("timeout") }
                         return Ok(TurnOutcome::Stopped(StopReason::Timeout));
                     }

@@ -14,7 +14,7 @@ mod constrained;
 #[cfg(feature = "openai")]
 pub mod openai;
 #[cfg(feature = "openai")]
-mod sse;
+pub mod sse;
 
 /// What the model is asked: the visible history, the system prompt, the tools and the tool choice.
 #[derive(Debug, Clone)]

@@ -10,13 +10,14 @@
 //! is dropped, as the specification says.
 
 /// The longest line accepted (bytes, without its line end).
-pub(crate) const MAX_LINE: usize = 4 * 1024 * 1024;
+pub const MAX_LINE: usize = 4 * 1024 * 1024;
 /// The most data one event may carry (bytes).
-pub(crate) const MAX_EVENT: usize = 8 * 1024 * 1024;
+pub const MAX_EVENT: usize = 8 * 1024 * 1024;
 
 /// Why a stream cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum SseError {
+#[non_exhaustive]
+pub enum SseError {
     /// A line passed the line cap before it ended.
     #[error("a server-sent event line exceeds {limit} bytes")]
     LineTooLong {
@@ -35,8 +36,26 @@ pub(crate) enum SseError {
 }
 
 /// The decoder. Feed it bytes as they arrive, then take events until it has none.
+///
+/// The OpenAI-compatible provider decodes its streams with it; a provider for another
+/// server-sent-events API can too:
+///
+/// ```
+/// use agent_core::model::sse::SseDecoder;
+///
+/// let mut decoder = SseDecoder::new();
+/// let mut events = Vec::new();
+/// for chunk in [&b"\xEF\xBB\xBFdata: {\"a\""[..], b":1}\r\n\r\n: ping\n\ndata: [DONE]\n\n"] {
+///     decoder.feed(chunk)?;
+///     while let Some(data) = decoder.next_event()? {
+///         events.push(data.to_owned());
+///     }
+/// }
+/// assert_eq!(events, ["{\"a\":1}", "[DONE]"]);
+/// # Ok::<(), agent_core::model::sse::SseError>(())
+/// ```
 #[derive(Debug)]
-pub(crate) struct SseDecoder {
+pub struct SseDecoder {
     /// Bytes received and not yet consumed start at `start`.
     buf: Vec<u8>,
     start: usize,
@@ -62,8 +81,13 @@ impl Default for SseDecoder {
 }
 
 impl SseDecoder {
-    /// A decoder with its own caps.
-    pub(crate) fn with_limits(max_line: usize, max_event: usize) -> Self {
+    /// A decoder with the default caps ([`MAX_LINE`], [`MAX_EVENT`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A decoder with its own caps: the longest line and the most data of one event, in bytes.
+    pub fn with_limits(max_line: usize, max_event: usize) -> Self {
         Self {
             buf: Vec::new(),
             start: 0,
@@ -80,7 +104,7 @@ impl SseDecoder {
     }
 
     /// Adds received bytes. Fails when the line in progress passes the line cap.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(), SseError> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), SseError> {
         // Consumed bytes are dropped before the buffer grows, so it holds at most one partial
         // line plus one chunk.
         if self.start > 0 && self.start == self.buf.len() {
@@ -122,7 +146,7 @@ impl SseDecoder {
 
     /// The next complete event's data, if one is buffered. The text is valid until the next
     /// call.
-    pub(crate) fn next_event(&mut self) -> Result<Option<&str>, SseError> {
+    pub fn next_event(&mut self) -> Result<Option<&str>, SseError> {
         if self.at_start {
             return Ok(None);
         }

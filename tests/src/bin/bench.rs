@@ -7,6 +7,8 @@
 //! 100 and 1000 concurrent sessions, and memory per idle session, each as a ratio to the floor.
 //!
 //! Run: `scripts/bench.sh` (or `cargo run --release -p agent-tests --bin bench -- [--quick]`).
+//! `--profile <floor|agent|agent-traced|floor-unary|agent-unary> [n]` runs only `n` invocations
+//! of one subject on one thread, for `perf record`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -98,14 +100,85 @@ struct Floor {
     client: reqwest::Client,
     url: String,
     tools: Value,
+    streaming: bool,
+}
+
+#[derive(Deserialize)]
+struct FCompletion {
+    choices: Vec<FUnaryChoice>,
+}
+
+#[derive(Deserialize)]
+struct FUnaryChoice {
+    message: FMessage,
+}
+
+#[derive(Deserialize)]
+struct FMessage {
+    content: Option<String>,
+    tool_calls: Option<Vec<FUnaryCall>>,
+}
+
+#[derive(Deserialize)]
+struct FUnaryCall {
+    id: String,
+    function: FUnaryFunction,
+}
+
+#[derive(Deserialize)]
+struct FUnaryFunction {
+    name: String,
+    arguments: String,
 }
 
 impl Floor {
+    fn new(base_url: &str, streaming: bool) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            url: format!("{base_url}/chat/completions"),
+            tools: json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", "parameters": weather_schema()}}]),
+            streaming,
+        }
+    }
+
+    /// One unary call; returns (text, tool call id, name, arguments).
+    async fn call_unary(
+        &self,
+        messages: &[Value],
+    ) -> Result<(String, Option<(String, String, String)>), String> {
+        let body = json!({"model": MODEL, "messages": messages, "stream": false, "tools": self.tools, "tool_choice": "auto"});
+        let response = self
+            .client
+            .post(&self.url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        let completion: FCompletion = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let message = completion
+            .choices
+            .into_iter()
+            .next()
+            .ok_or("no choice")?
+            .message;
+        let call = message
+            .tool_calls
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|c| (c.id, c.function.name, c.function.arguments));
+        Ok((message.content.unwrap_or_default(), call))
+    }
+
     /// One streamed call; returns (text, tool call id, name, arguments).
     async fn call(
         &self,
         messages: &[Value],
     ) -> Result<(String, Option<(String, String, String)>), String> {
+        if !self.streaming {
+            return self.call_unary(messages).await;
+        }
         let body = json!({"model": MODEL, "messages": messages, "stream": true, "stream_options": {"include_usage": true},
             "tools": self.tools, "tool_choice": "auto"});
         let response = self
@@ -180,6 +253,7 @@ fn build_agent(base_url: &str, store: InMemorySessionStore) -> Agent {
         base_url,
         store,
         agent_core::telemetry::Telemetry::disabled(),
+        true,
     )
 }
 
@@ -195,10 +269,12 @@ fn build_agent_with(
     base_url: &str,
     store: InMemorySessionStore,
     telemetry: agent_core::telemetry::Telemetry,
+    streaming: bool,
 ) -> Agent {
     let model = OpenAiCompatible::builder()
         .base_url(base_url)
         .model(MODEL)
+        .streaming(streaming)
         .build()
         .unwrap_or_else(|e| panic!("model: {e}"));
     Agent::builder()
@@ -225,22 +301,51 @@ enum Who {
     Floor,
     Agent,
     AgentTraced,
+    FloorUnary,
+    AgentUnary,
 }
 
 struct Subjects {
     floor: Floor,
     agent: Agent,
     traced: Agent,
+    floor_unary: Floor,
+    agent_unary: Agent,
     next_session: AtomicUsize,
 }
 
 impl Subjects {
+    fn new(base_url: &str) -> Self {
+        Self {
+            floor: Floor::new(base_url, true),
+            agent: build_agent(base_url, InMemorySessionStore::new()),
+            traced: build_agent_with(
+                base_url,
+                InMemorySessionStore::new(),
+                recording_telemetry(),
+                true,
+            ),
+            floor_unary: Floor::new(base_url, false),
+            agent_unary: build_agent_with(
+                base_url,
+                InMemorySessionStore::new(),
+                agent_core::telemetry::Telemetry::disabled(),
+                false,
+            ),
+            next_session: AtomicUsize::new(0),
+        }
+    }
+
     async fn one(&self, who: Who) {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
         match who {
-            Who::Floor => {
-                let conv = self
-                    .floor
+            Who::Floor | Who::FloorUnary => {
+                let floor = if who == Who::Floor {
+                    &self.floor
+                } else {
+                    &self.floor_unary
+                };
+                let conv = floor
                     .invoke("Weather in Lisbon?")
                     .await
                     .unwrap_or_else(|e| panic!("floor: {e}"));
@@ -255,9 +360,13 @@ impl Subjects {
                     .unwrap_or_else(|e| panic!("agent: {e}"));
                 assert_eq!(r.stop_reason, StopReason::EndTurn);
             }
-            Who::Agent => {
-                let r = self
-                    .agent
+            Who::Agent | Who::AgentUnary => {
+                let agent = if who == Who::Agent {
+                    &self.agent
+                } else {
+                    &self.agent_unary
+                };
+                let r = agent
                     .session(format!("s{n}"))
                     .invoke("Weather in Lisbon?")
                     .await
@@ -292,6 +401,93 @@ async fn throughput(s: &Arc<Subjects>, who: Who, concurrency: usize, total: usiz
         t.await.unwrap_or_else(|e| panic!("task: {e}"));
     }
     total as f64 / started.elapsed().as_secs_f64()
+}
+
+// ------------------------------------------------------------------ memory over a long run
+
+/// A model in process that answers at once: the long-run stage measures what the agent keeps,
+/// not the network.
+struct Instant1;
+
+impl Model for Instant1 {
+    fn stream(
+        &self,
+        _request: &agent_core::model::ModelRequest<'_>,
+    ) -> agent_core::model::ModelStream {
+        Box::pin(futures::stream::iter([Ok(
+            agent_core::model::ModelEvent::Completed(agent_core::model::ModelResponse {
+                content: vec![ContentBlock::Text("Sunny in Lisbon, 24 degrees.".into())],
+                stop_reason: agent_core::model::ModelStopReason::EndTurn,
+                finish_reason: Some("stop".into()),
+                usage: agent_core::model::Usage::default(),
+                response_id: None,
+                response_model: None,
+            }),
+        )]))
+    }
+
+    fn descriptor(&self) -> agent_core::model::ModelDescriptor {
+        agent_core::model::ModelDescriptor::default()
+    }
+}
+
+/// Resident set size of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    pages * page
+}
+
+/// Runs `total` invocations, each on a fresh session id, through an agent on `store`, 8 at a
+/// time; returns (invocations done, RSS in MiB) at each checkpoint.
+async fn long_run(
+    store: InMemorySessionStore,
+    total: usize,
+    checkpoints: &[usize],
+) -> Vec<(usize, f64)> {
+    let agent = Arc::new(
+        Agent::builder()
+            .model(Instant1)
+            .system_prompt("You plan trips.")
+            .session_store(store)
+            .build()
+            .unwrap_or_else(|e| panic!("agent: {e}")),
+    );
+    let mut out = Vec::new();
+    let mut done = 0;
+    for &mark in checkpoints.iter().filter(|&&m| m <= total) {
+        let next = Arc::new(AtomicUsize::new(done));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (agent, next) = (agent.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= mark {
+                            break;
+                        }
+                        agent
+                            .session(format!("long-{n}"))
+                            .invoke("Weather in Lisbon?")
+                            .await
+                            .unwrap_or_else(|e| panic!("agent: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap_or_else(|e| panic!("task: {e}"));
+        }
+        done = mark;
+        out.push((done, rss() as f64 / (1024.0 * 1024.0)));
+    }
+    out
 }
 
 fn raise_fd_limit() {
@@ -351,47 +547,94 @@ fn main() {
         .unwrap_or_else(|e| panic!("port {line:?}: {e}"));
     let base_url = format!("http://127.0.0.1:{port}/v1");
 
+    // `--profile <subject> [n]`: only `n` invocations of one subject, for `perf record`.
+    if let Some(who) = args.iter().skip_while(|a| *a != "--profile").nth(1) {
+        let who = match who.as_str() {
+            "floor" => Who::Floor,
+            "agent" => Who::Agent,
+            "agent-traced" => Who::AgentTraced,
+            "floor-unary" => Who::FloorUnary,
+            "agent-unary" => Who::AgentUnary,
+            other => panic!(
+                "--profile takes floor, agent, agent-traced, floor-unary or agent-unary, not {other}"
+            ),
+        };
+        let n: usize = args
+            .iter()
+            .skip_while(|a| *a != "--profile")
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20_000);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let per = rt.block_on(async {
+            let subjects = Subjects::new(&base_url);
+            cpu_per_invocation(&subjects, who, n).await
+        });
+        println!("{:.1} us of CPU per invocation", per.as_secs_f64() * 1e6);
+        drop(child.stdin.take());
+        let _ = child.wait();
+        return;
+    }
+    type Row = (String, f64, f64, &'static str);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
-    rt.block_on(async {
-        let store = InMemorySessionStore::new();
-        let subjects = Arc::new(Subjects {
-            floor: Floor {
-                client: reqwest::Client::new(),
-                url: format!("{base_url}/chat/completions"),
-                tools: json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", "parameters": weather_schema()}}]),
-            },
-            agent: build_agent(&base_url, store.clone()),
-            traced: build_agent_with(&base_url, InMemorySessionStore::new(), recording_telemetry()),
-            next_session: AtomicUsize::new(0),
-        });
+    let (mut rows, overhead, bounded, unbounded, cpu_ok, unary_ok) = rt.block_on(async {
+        let subjects = Arc::new(Subjects::new(&base_url));
         let cpu_n = if quick { 200 } else { 2000 };
-        // Warm up both (connections, allocator, caches).
-        cpu_per_invocation(&subjects, Who::Floor, 100).await;
-        cpu_per_invocation(&subjects, Who::Agent, 100).await;
-        cpu_per_invocation(&subjects, Who::AgentTraced, 100).await;
-        let mut floor_cpu = Duration::MAX;
-        let mut agent_cpu = Duration::MAX;
-        let mut traced_cpu = Duration::MAX;
-        for _ in 0..3 {
-            floor_cpu = floor_cpu.min(cpu_per_invocation(&subjects, Who::Floor, cpu_n).await);
-            agent_cpu = agent_cpu.min(cpu_per_invocation(&subjects, Who::Agent, cpu_n).await);
-            traced_cpu = traced_cpu.min(cpu_per_invocation(&subjects, Who::AgentTraced, cpu_n).await);
+        // Warm up every subject (connections, allocator, caches).
+        for who in [
+            Who::Floor,
+            Who::Agent,
+            Who::AgentTraced,
+            Who::FloorUnary,
+            Who::AgentUnary,
+        ] {
+            cpu_per_invocation(&subjects, who, 100).await;
         }
-        let mut rows = vec![(
-            "client CPU per invocation, telemetry off (us)".to_owned(),
-            floor_cpu.as_secs_f64() * 1e6,
-            agent_cpu.as_secs_f64() * 1e6,
-            "<= 1.5x",
-        )];
-        rows.push((
-            "client CPU per invocation, telemetry recording (us)".to_owned(),
-            floor_cpu.as_secs_f64() * 1e6,
-            traced_cpu.as_secs_f64() * 1e6,
-            "",
-        ));
+        // The least CPU of five rounds, floor and agent interleaved so that drift hits both.
+        let mut best = [Duration::MAX; 5];
+        for _ in 0..5 {
+            for (i, who) in [
+                Who::Floor,
+                Who::Agent,
+                Who::AgentTraced,
+                Who::FloorUnary,
+                Who::AgentUnary,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                best[i] = best[i].min(cpu_per_invocation(&subjects, who, cpu_n).await);
+            }
+        }
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let mut rows: Vec<Row> = vec![
+            (
+                "client CPU per invocation, streamed (us)".to_owned(),
+                us(best[0]),
+                us(best[1]),
+                "<= 1.15x",
+            ),
+            (
+                "client CPU per invocation, streamed, telemetry recording (us)".to_owned(),
+                us(best[0]),
+                us(best[2]),
+                "",
+            ),
+            (
+                "client CPU per invocation, unary (us)".to_owned(),
+                us(best[3]),
+                us(best[4]),
+                "<= 1.05x",
+            ),
+        ];
+        let cpu_ok = best[1].as_secs_f64() <= 1.15 * best[0].as_secs_f64();
+        let unary_ok = best[4].as_secs_f64() <= 1.05 * best[3].as_secs_f64();
         // Memory per idle session: sessions kept after one invocation each. Measured before the
         // throughput stages, whose thousand concurrent runs leave connections and tasks winding
         // down that would otherwise be counted here.
@@ -399,55 +642,184 @@ fn main() {
         let mut floor_sessions: HashMap<String, Vec<Value>> = HashMap::new();
         let before = ALLOCATED.load(Ordering::SeqCst);
         for i in 0..sessions {
-            let conv = subjects.floor.invoke("Weather in Lisbon?").await.unwrap_or_else(|e| panic!("floor: {e}"));
+            let conv = subjects
+                .floor
+                .invoke("Weather in Lisbon?")
+                .await
+                .unwrap_or_else(|e| panic!("floor: {e}"));
             floor_sessions.insert(format!("f{i}"), conv);
         }
         let floor_bytes = (ALLOCATED.load(Ordering::SeqCst) - before) as f64 / sessions as f64;
         let agent_store = InMemorySessionStore::new();
         let agent = build_agent(&base_url, agent_store.clone());
-        agent.session("warm").invoke("Weather in Lisbon?").await.unwrap_or_else(|e| panic!("agent: {e}"));
+        agent
+            .session("warm")
+            .invoke("Weather in Lisbon?")
+            .await
+            .unwrap_or_else(|e| panic!("agent: {e}"));
         let before = ALLOCATED.load(Ordering::SeqCst);
         for i in 0..sessions {
-            agent.session(format!("a{i}")).invoke("Weather in Lisbon?").await.unwrap_or_else(|e| panic!("agent: {e}"));
+            agent
+                .session(format!("a{i}"))
+                .invoke("Weather in Lisbon?")
+                .await
+                .unwrap_or_else(|e| panic!("agent: {e}"));
         }
         let agent_total = ALLOCATED.load(Ordering::SeqCst) - before;
         // The messages' own heap size: a deep copy of every session's messages.
         let before = ALLOCATED.load(Ordering::SeqCst);
         let mut copies = Vec::with_capacity(sessions);
         for i in 0..sessions {
-            let key = SessionKey::new(&format!("a{i}"), "default").unwrap_or_else(|e| panic!("key: {e}"));
-            let loaded = agent_store.load(&key).await.unwrap_or_else(|e| panic!("load: {e}")).unwrap_or_else(|| panic!("missing"));
+            let key =
+                SessionKey::new(&format!("a{i}"), "default").unwrap_or_else(|e| panic!("key: {e}"));
+            let loaded = agent_store
+                .load(&key)
+                .await
+                .unwrap_or_else(|e| panic!("load: {e}"))
+                .unwrap_or_else(|| panic!("missing"));
             copies.push(loaded.messages);
         }
         let message_bytes = ALLOCATED.load(Ordering::SeqCst) - before;
         let agent_bytes = agent_total as f64 / sessions as f64;
         let overhead = (agent_total - message_bytes) as f64 / sessions as f64;
         drop(copies);
-        rows.push(("memory per idle session, messages included (bytes)".to_owned(), floor_bytes, agent_bytes, ""));
+        rows.push((
+            "memory per idle session, messages included (bytes)".to_owned(),
+            floor_bytes,
+            agent_bytes,
+            "",
+        ));
         drop(floor_sessions);
-        for c in [1usize, 10, 100, 1000] {
-            let total = if quick { (c * 2).max(200) } else { (c * 4).max(1000) };
-            let f = throughput(&subjects, Who::Floor, c, total).await;
-            let a = throughput(&subjects, Who::Agent, c, total).await;
-            let target = if c == 1000 { ">= 0.7x" } else { "" };
-            rows.push((format!("throughput, {c} concurrent sessions (invocations/s)"), f, a, target));
-        }
+        rows.extend(throughput_rows(&subjects, quick, "multi-threaded runtime", "").await);
 
-
-        println!("\nagent-core invocation benchmark ({} mode): prompt -> tool call -> 50-token streamed answer", if quick { "quick" } else { "full" });
-        println!("{:<58} {:>12} {:>12} {:>8}  target", "metric", "floor", "agent", "ratio");
-        for (name, f, a, target) in &rows {
-            println!("{name:<58} {f:>12.1} {a:>12.1} {:>7.2}x  {target}", a / f);
-        }
-        println!("{:<58} {:>12} {:>12.1} {:>8}  <= 8192", "idle session cost beyond its messages (bytes)", "", overhead, "");
-        let cpu_ok = agent_cpu.as_secs_f64() <= 1.5 * floor_cpu.as_secs_f64();
-        let tp = &rows[5];
-        let tp_ok = tp.2 >= 0.7 * tp.1;
-        let mem_ok = overhead <= 8192.0;
-        println!("\ntargets: cpu {} / throughput@1000 {} / idle session {}", ok(cpu_ok), ok(tp_ok), ok(mem_ok));
+        // Memory over a long run: fresh session ids, the default (bounded) in-memory store, and
+        // the same with the bound lifted (what the store did before it had one).
+        let total = if quick { 200_000 } else { 1_000_000 };
+        let marks = [10_000, 100_000, 200_000, 500_000, 1_000_000];
+        let unbounded_total = if quick { 50_000 } else { 100_000 };
+        let bounded = long_run(InMemorySessionStore::new(), total, &marks).await;
+        let unbounded = long_run(
+            InMemorySessionStore::new()
+                .capacity(usize::MAX)
+                .idle_expiry(None),
+            unbounded_total,
+            &[10_000, 50_000, 100_000],
+        )
+        .await;
+        (rows, overhead, bounded, unbounded, cpu_ok, unary_ok)
     });
+    drop(rt);
+    // Throughput on one thread: the runtime a sidecar or a small pod runs.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let single = rt.block_on(async {
+        let subjects = Arc::new(Subjects::new(&base_url));
+        cpu_per_invocation(&subjects, Who::Floor, 100).await;
+        cpu_per_invocation(&subjects, Who::Agent, 100).await;
+        throughput_rows(&subjects, quick, "one thread", ">= 0.8x").await
+    });
+    drop(rt);
+    let tp_ok = single
+        .iter()
+        .filter(|r| r.3 == ">= 0.8x")
+        .all(|r| r.2 >= 0.8 * r.1);
+    rows.extend(single);
+
+    println!(
+        "\nagent-core invocation benchmark ({} mode): prompt -> tool call -> 50-token answer",
+        if quick { "quick" } else { "full" }
+    );
+    println!(
+        "{:<72} {:>10} {:>10} {:>8}  target",
+        "metric", "floor", "agent", "ratio"
+    );
+    for (name, f, a, target) in &rows {
+        println!("{name:<72} {f:>10.1} {a:>10.1} {:>7.2}x  {target}", a / f);
+    }
+    println!(
+        "{:<72} {:>10} {:>10.1} {:>8}  <= 8192",
+        "idle session cost beyond its messages (bytes)", "", overhead, ""
+    );
+    let mem_ok = overhead <= 8192.0;
+    println!("\nprocess RSS over a long run, a fresh session id per invocation (MiB):");
+    let row = |name: &str, points: &[(usize, f64)]| {
+        let cells: Vec<String> = points
+            .iter()
+            .map(|(n, mib)| format!("{}k: {mib:.0}", n / 1000))
+            .collect();
+        println!("  {name:<44} {}", cells.join("  "));
+    };
+    row("default store (10,000 sessions, 1 h idle)", &bounded);
+    row("store without a bound", &unbounded);
+    // Flat: from the first checkpoint at or past 100k invocations (ten times the capacity) to
+    // the end, RSS grows by less than a tenth (allocator noise).
+    let grow =
+        |points: &[(usize, f64)]| match (points.iter().find(|p| p.0 >= 100_000), points.last()) {
+            (Some(a), Some(b)) => (b.1 - a.1, b.0 - a.0),
+            _ => (f64::NAN, 0),
+        };
+    let (bounded_growth, over) = grow(&bounded);
+    let flat_ok = bounded
+        .first()
+        .is_some_and(|first| bounded_growth <= 0.1 * first.1.max(16.0));
+    println!(
+        "  default store, {}k to {}k invocations: {bounded_growth:+.1} MiB ({})",
+        (total_of(&bounded) - over) / 1000,
+        total_of(&bounded) / 1000,
+        if flat_ok { "flat" } else { "GROWING" }
+    );
+    if let (Some(a), Some(b)) = (unbounded.first(), unbounded.last()) {
+        println!(
+            "  without a bound, {}k to {}k invocations: {:+.1} MiB ({:.0} B per invocation)",
+            a.0 / 1000,
+            b.0 / 1000,
+            b.1 - a.1,
+            (b.1 - a.1) * 1024.0 * 1024.0 / (b.0 - a.0) as f64
+        );
+    }
+    println!(
+        "\ntargets: cpu streamed {} / cpu unary {} / throughput on one thread {} / idle session {} / flat memory {}",
+        ok(cpu_ok),
+        ok(unary_ok),
+        ok(tp_ok),
+        ok(mem_ok),
+        ok(flat_ok)
+    );
     drop(child.stdin.take());
     let _ = child.wait();
+}
+
+fn total_of(points: &[(usize, f64)]) -> usize {
+    points.last().map_or(0, |p| p.0)
+}
+
+/// Throughput of the floor and the agent at 1, 10, 100 and 1,000 concurrent sessions.
+async fn throughput_rows(
+    subjects: &Arc<Subjects>,
+    quick: bool,
+    runtime: &str,
+    target: &'static str,
+) -> Vec<(String, f64, f64, &'static str)> {
+    let mut rows = Vec::new();
+    for c in [1usize, 10, 100, 1000] {
+        let total = if quick {
+            (c * 2).max(200)
+        } else {
+            (c * 4).max(1000)
+        };
+        let f = throughput(subjects, Who::Floor, c, total).await;
+        let a = throughput(subjects, Who::Agent, c, total).await;
+        let target = if c >= 100 { target } else { "" };
+        rows.push((
+            format!("throughput, {c} concurrent, {runtime} (invocations/s)"),
+            f,
+            a,
+            target,
+        ));
+    }
+    rows
 }
 
 fn ok(b: bool) -> &'static str {

@@ -194,6 +194,27 @@ mod tests {
             ),
             ModelError::ContextOverflow { .. }
         ));
+        // The variant older vLLM releases sent when `max_tokens` was omitted, and llama.cpp's.
+        assert!(matches!(
+            classify(
+                400,
+                &e("Input length (40000) exceeds model's maximum context length (32768)."),
+                None
+            ),
+            ModelError::ContextOverflow { .. }
+        ));
+        let llama = WireError {
+            message: Some(
+                "the request exceeds the available context size, try increasing it".into(),
+            ),
+            param: None,
+            code: Some(json!(400)),
+            kind: Some("exceed_context_size_error".into()),
+        };
+        assert!(matches!(
+            classify(400, &llama, None),
+            ModelError::ContextOverflow { .. }
+        ));
         assert!(matches!(
             classify(400, &e("bad"), None),
             ModelError::Fatal {
