@@ -1,6 +1,8 @@
 //! Responses: streamed chunks (SSE) and whole bodies assembled into model events.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -325,109 +327,119 @@ pub(super) fn sse_events(
     response: reqwest::Response,
     constrained: bool,
 ) -> impl Stream<Item = Result<ModelEvent, ModelError>> + Send {
-    struct State<S> {
-        body: S,
-        decoder: SseDecoder,
-        assembler: Assembler,
-        done: bool,
+    SseEvents {
+        body: response.bytes_stream(),
+        decoder: SseDecoder::default(),
+        assembler: Assembler::new(constrained),
+        done: false,
+        quiet_chunks: 0,
     }
-    /// Chunks read in one poll without an event before the task yields, so a peer that talks
-    /// fast but says nothing (comments, empty lines) cannot hold the executor.
-    const CHUNKS_PER_YIELD: u32 = 32;
-    futures::stream::unfold(
-        State {
-            body: response.bytes_stream(),
-            decoder: SseDecoder::default(),
-            assembler: Assembler::new(constrained),
-            done: false,
-        },
-        |mut st| async move {
-            let mut quiet_chunks = 0u32;
-            loop {
-                if let Some(ev) = st.assembler.pending.pop_front() {
-                    return Some((Ok(ev), st));
-                }
-                if st.done {
-                    return None;
-                }
-                match st.decoder.next_event() {
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(invalid_stream(e)), st));
+}
+
+/// Chunks read in one poll without an event before the task yields, so a peer that talks fast
+/// but says nothing (comments, empty lines) cannot hold the executor.
+const CHUNKS_PER_YIELD: u32 = 32;
+
+/// Model events from a body of server-sent events. A hand-written stream rather than an
+/// `unfold`: the decoder and the assembler stay in place instead of moving in and out of a
+/// future for every event.
+struct SseEvents<B> {
+    body: B,
+    decoder: SseDecoder,
+    assembler: Assembler,
+    done: bool,
+    /// Chunks read since the last event.
+    quiet_chunks: u32,
+}
+
+impl<B> SseEvents<B> {
+    /// Ends the stream with `error`.
+    fn fail(&mut self, error: ModelError) -> Poll<Option<Result<ModelEvent, ModelError>>> {
+        self.done = true;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// Decodes the buffered events into the assembler; `Err` ends the stream.
+    fn decode_buffered(&mut self) -> Result<(), ModelError> {
+        while self.assembler.pending.is_empty() && !self.done {
+            let data = match self.decoder.next_event() {
+                Err(e) => return Err(invalid_stream(e)),
+                Ok(None) => return Ok(()),
+                Ok(Some(data)) => data.trim(),
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                self.done = true;
+                return self.assembler.complete();
+            }
+            let chunk: Chunk = serde_json::from_str(data).map_err(|e| ModelError::Transient {
+                message: format!("malformed stream chunk: {e}"),
+            })?;
+            self.assembler.feed(chunk)?;
+        }
+        Ok(())
+    }
+}
+
+impl<B, T> Stream for SseEvents<B>
+where
+    B: Stream<Item = Result<T, reqwest::Error>> + Unpin,
+    T: AsRef<[u8]>,
+{
+    type Item = Result<ModelEvent, ModelError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let st = self.get_mut();
+        loop {
+            if let Some(ev) = st.assembler.pending.pop_front() {
+                st.quiet_chunks = 0;
+                return Poll::Ready(Some(Ok(ev)));
+            }
+            if st.done {
+                return Poll::Ready(None);
+            }
+            if let Err(e) = st.decode_buffered() {
+                return st.fail(e);
+            }
+            if !st.assembler.pending.is_empty() || st.done {
+                continue;
+            }
+            st.quiet_chunks = st.quiet_chunks.wrapping_add(1);
+            if st.quiet_chunks.is_multiple_of(CHUNKS_PER_YIELD) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match std::task::ready!(st.body.poll_next_unpin(cx)) {
+                Some(Ok(bytes)) => {
+                    if let Err(e) = st.decoder.feed(bytes.as_ref()) {
+                        return st.fail(invalid_stream(e));
                     }
-                    Ok(Some(data)) => {
-                        let data = data.trim();
-                        if data.is_empty() {
-                            continue;
-                        }
-                        if data == "[DONE]" {
-                            st.done = true;
-                            if let Err(e) = st.assembler.complete() {
-                                return Some((Err(e), st));
-                            }
-                            continue;
-                        }
-                        let chunk: Chunk = match serde_json::from_str(data) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                st.done = true;
-                                return Some((
-                                    Err(ModelError::Transient {
-                                        message: format!("malformed stream chunk: {e}"),
-                                    }),
-                                    st,
-                                ));
-                            }
-                        };
-                        if let Err(e) = st.assembler.feed(chunk) {
-                            st.done = true;
-                            return Some((Err(e), st));
+                }
+                Some(Err(e)) => {
+                    return st.fail(ModelError::Connection {
+                        message: format!("stream interrupted: {e}"),
+                        source: crate::error::Cause::new(e),
+                    });
+                }
+                None => {
+                    st.done = true;
+                    // Some servers end without `[DONE]`; a finish reason says the response is
+                    // whole.
+                    if st.assembler.finish_reason.is_some() {
+                        if let Err(e) = st.assembler.complete() {
+                            return Poll::Ready(Some(Err(e)));
                         }
                         continue;
                     }
-                    Ok(None) => {}
-                }
-                quiet_chunks = quiet_chunks.wrapping_add(1);
-                if quiet_chunks.is_multiple_of(CHUNKS_PER_YIELD) {
-                    tokio::task::yield_now().await;
-                }
-                match st.body.next().await {
-                    Some(Ok(bytes)) => {
-                        if let Err(e) = st.decoder.feed(&bytes) {
-                            st.done = true;
-                            return Some((Err(invalid_stream(e)), st));
-                        }
-                    }
-                    Some(Err(e)) => {
-                        st.done = true;
-                        return Some((
-                            Err(ModelError::Connection {
-                                message: format!("stream interrupted: {e}"),
-                                source: crate::error::Cause::new(e),
-                            }),
-                            st,
-                        ));
-                    }
-                    None => {
-                        st.done = true;
-                        // Some servers end without `[DONE]`; a finish reason says the response is whole.
-                        if st.assembler.finish_reason.is_some() {
-                            if let Err(e) = st.assembler.complete() {
-                                return Some((Err(e), st));
-                            }
-                            continue;
-                        }
-                        return Some((
-                            Err(ModelError::Transient {
-                                message: "stream ended before the response was complete".into(),
-                            }),
-                            st,
-                        ));
-                    }
+                    return Poll::Ready(Some(Err(ModelError::Transient {
+                        message: "stream ended before the response was complete".into(),
+                    })));
                 }
             }
-        },
-    )
+        }
+    }
 }
 
 /// A stream the decoder refuses: a peer that does not speak server-sent events within bounds.
