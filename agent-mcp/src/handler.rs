@@ -97,6 +97,8 @@ impl SamplingHandler for ModelSampling {
                 system_prompt: request.system_prompt.as_deref(),
                 tools: &[],
                 tool_choice: &choice,
+                // The server's bound on the sampled answer.
+                max_tokens: Some(request.max_tokens),
             };
             let response = tokio::time::timeout(self.timeout, self.model.complete(&model_request))
                 .await

@@ -2,7 +2,8 @@
 //!
 //! Items live in the session table's key schema (`pk`, `sk` strings), in their own partition per
 //! actor: `pk` = `actor#<actor_id>`, `sk` = `mem#<namespace>#<id>`, attributes `content`,
-//! `created_at`, `updated_at` (N, epoch seconds). `list` is a paginated consistent `Query`.
+//! `created_at`, `updated_at` (N, epoch seconds) and, when known, the provenance
+//! `source_session` (S) and `source_message` (N). `list` is a paginated consistent `Query`.
 //!
 //! DynamoDB has no text search, so `search` ranks with BM25 over an in-process
 //! [`MemoryIndex`] of the actor's records, kept between calls. Every write also adds one to the
@@ -18,7 +19,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_core::memory::{MemoryError, MemoryIndex, MemoryRecord, MemoryStore, ScoredRecord};
+use agent_core::memory::{
+    MemoryError, MemoryIndex, MemoryRecord, MemorySource, MemoryStore, ScoredRecord,
+};
 use agent_core::session::validate_id;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -229,6 +232,16 @@ fn record_from(item: &HashMap<String, AttributeValue>, actor_id: &str) -> Option
         content: item.get("content")?.as_s().ok()?.clone(),
         created_at: number("created_at"),
         updated_at: number("updated_at"),
+        source: item
+            .get("source_session")
+            .and_then(|v| v.as_s().ok())
+            .map(|session| MemorySource {
+                session_id: session.clone(),
+                message: item
+                    .get("source_message")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok()),
+            }),
     })
 }
 
@@ -238,30 +251,48 @@ impl MemoryStore for DynamoDbMemoryStore {
         validate_id("actor", &record.actor_id)?;
         validate_id("namespace", &record.namespace)?;
         validate_id("memory", &record.id)?;
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item(
-                "pk",
+        let mut item = HashMap::from([
+            (
+                "pk".to_owned(),
                 AttributeValue::S(format!("actor#{}", key_part(&record.actor_id))),
-            )
-            .item(
-                "sk",
+            ),
+            (
+                "sk".to_owned(),
                 AttributeValue::S(format!(
                     "mem#{}#{}",
                     key_part(&record.namespace),
                     key_part(&record.id)
                 )),
-            )
-            .item("content", AttributeValue::S(record.content.clone()))
-            .item(
-                "created_at",
+            ),
+            (
+                "content".to_owned(),
+                AttributeValue::S(record.content.clone()),
+            ),
+            (
+                "created_at".to_owned(),
                 AttributeValue::N(record.created_at.to_string()),
-            )
-            .item(
-                "updated_at",
+            ),
+            (
+                "updated_at".to_owned(),
                 AttributeValue::N(record.updated_at.to_string()),
-            )
+            ),
+        ]);
+        if let Some(source) = &record.source {
+            item.insert(
+                "source_session".to_owned(),
+                AttributeValue::S(source.session_id.clone()),
+            );
+            if let Some(message) = source.message {
+                item.insert(
+                    "source_message".to_owned(),
+                    AttributeValue::N(message.to_string()),
+                );
+            }
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
             .send()
             .await
             .map_err(|e| backend("writing a memory", e))?;

@@ -33,6 +33,7 @@ async fn call(
         system_prompt: Some("You plan trips."),
         tools: &specs,
         tool_choice: choice,
+        max_tokens: None,
     };
     let mut stream = model.stream(&request);
     let mut events = Vec::new();

@@ -266,6 +266,13 @@ impl Agent {
         self.inner.tools.current()
     }
 
+    /// The long-term memory configuration, if the agent has one: its
+    /// [`MemoryConfig::settled`] waits for the background extractions of finished invocations
+    /// (before a service exits, or in a test).
+    pub fn memory(&self) -> Option<&MemoryConfig> {
+        self.inner.memory.as_ref()
+    }
+
     /// A handle on one session. Nothing is loaded until an invocation runs.
     pub fn session(&self, session_id: impl Into<String>) -> Session {
         Session {

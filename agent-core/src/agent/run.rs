@@ -103,7 +103,7 @@ enum TurnOutcome {
 }
 
 struct Run<'a> {
-    /// The system prompt of this invocation: the agent's, plus injected memories.
+    /// The system prompt of this invocation (the agent's; memories go with the prompt).
     system_prompt: Option<std::borrow::Cow<'a, str>>,
     /// The `invoke_agent` span's context, when telemetry is on.
     trace: Option<Context>,
@@ -122,6 +122,9 @@ struct Run<'a> {
     calls: CallMemory,
     /// What the run records for a resume besides messages.
     checkpoint: RunCheckpoint,
+    /// The invocation's prompt (its index in the history) as the model sees it: with the
+    /// actor's remembered records set before its text. Never stored.
+    remembered: Option<(usize, Message)>,
     /// The state as last saved, and its version.
     saved: Saved,
 }
@@ -310,12 +313,14 @@ async fn run_traced(
             checkpoint: checkpoint.clone(),
         },
         checkpoint,
+        remembered: None,
         trace,
         system_prompt: agent
             .system_prompt
             .as_deref()
             .map(std::borrow::Cow::Borrowed),
     };
+    let mut remembered = None;
     if let (Some(memory), Some(actor)) = (&agent.memory, actor_id) {
         let prompt_text: String = match &start {
             Start::Prompt(prompt) => text_of(&prompt.0),
@@ -330,7 +335,7 @@ async fn run_traced(
                 .unwrap_or_default(),
         };
         let injection = crate::memory::injection(memory, actor, &prompt_text);
-        let remembered = match deadline {
+        remembered = match deadline {
             Some(d) => tokio::time::timeout_at(d, injection)
                 .await
                 .unwrap_or_else(|_| {
@@ -339,13 +344,6 @@ async fn run_traced(
                 }),
             None => injection.await,
         };
-        if let Some(remembered) = remembered {
-            // Injected into the system context of this invocation only, never into history.
-            run.system_prompt = Some(std::borrow::Cow::Owned(match &agent.system_prompt {
-                Some(p) => format!("{p}\n\n{remembered}"),
-                None => remembered,
-            }));
-        }
     }
 
     let first_new;
@@ -415,6 +413,28 @@ async fn run_traced(
                 // A prompt or tool results with no answer yet: the next model turn.
                 Some(_) => {}
             }
+        }
+    }
+    if let Some(block) = remembered {
+        // Remembered records go with the prompt, as quoted context the user gave, for this
+        // invocation's model calls only: never into the system prompt, never into history.
+        let messages = run.history.messages();
+        let index = if first_new < messages.len() && messages[first_new].is_prompt() {
+            Some(first_new)
+        } else {
+            messages.iter().rposition(Message::is_prompt)
+        };
+        if let Some(index) = index {
+            let mut prompt = messages[index].clone();
+            // Before the prompt's text, in the same block, so the prompt stays one text.
+            match prompt.content.iter_mut().find_map(|b| match b {
+                ContentBlock::Text(t) => Some(t),
+                _ => None,
+            }) {
+                Some(text) => *text = format!("{block}\n\n{text}"),
+                None => prompt.content.push(ContentBlock::Text(block)),
+            }
+            run.remembered = Some((index, prompt));
         }
     }
 
@@ -524,15 +544,27 @@ async fn run_traced(
         record.stop_reason = Some(stop_reason.as_str().to_owned());
     }
     run.save_if_changed().await?;
+    // Only a run that ended with an answer is mined; a failed or stopped one may hold half a
+    // thought, and the extraction call would compete with the user's next request.
     if let (Some(memory), Some(actor)) = (&agent.memory, actor_id)
         && memory.extract
+        && stop_reason == StopReason::EndTurn
     {
-        spawn_extraction(
-            agent,
-            memory,
-            actor,
-            run.history.messages()[first_new..].to_vec(),
-        );
+        let messages = &run.history.messages()[first_new..];
+        let said_about_self = messages
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .any(|m| crate::memory::speaks_about_self(&m.text()));
+        if said_about_self {
+            spawn_extraction(
+                agent,
+                memory,
+                actor,
+                session_id,
+                first_new,
+                messages.to_vec(),
+            );
+        }
     }
     let message = run.history.messages()[first_new..]
         .iter()
@@ -552,16 +584,40 @@ fn spawn_extraction(
     agent: &AgentInner,
     memory: &crate::memory::MemoryConfig,
     actor: &str,
+    session_id: &str,
+    first_message: usize,
     conversation: Vec<Message>,
 ) {
+    let Some(slot) = memory.start_extraction() else {
+        tracing::warn!(
+            "memory extraction skipped: {} already running",
+            memory.pending_extractions()
+        );
+        return;
+    };
     let model = agent.model.clone();
     let store = memory.store.clone();
     let timeout = memory.extraction_timeout;
     let actor = actor.to_owned();
+    let session_id = session_id.to_owned();
     tokio::spawn(async move {
-        let work = crate::memory::extract_memories(&*model, &*store, &actor, &conversation);
+        let _slot = slot;
+        let work = crate::memory::extract_memories(
+            &*model,
+            &*store,
+            &actor,
+            crate::memory::Conversation {
+                messages: &conversation,
+                session_id: &session_id,
+                first_message,
+            },
+        );
         match tokio::time::timeout(timeout, work).await {
-            Ok(Ok(records)) => tracing::debug!(count = records.len(), "memories extracted"),
+            Ok(Ok(outcome)) => tracing::info!(
+                written = outcome.written.len(),
+                refused = outcome.refused.len(),
+                "memories extracted"
+            ),
             Ok(Err(e)) => tracing::warn!(error = %e, "memory extraction failed"),
             Err(_) => tracing::warn!("memory extraction timed out"),
         }
@@ -653,11 +709,19 @@ impl Run<'_> {
             let started = Instant::now();
             let mut first_event = None;
             let (mut stream, mut chat) = {
+                let mut messages = self.window.visible(&self.history);
+                if let Some((index, with_memory)) = &self.remembered
+                    && let Some(original) = self.history.messages().get(*index)
+                    && let Some(slot) = messages.iter_mut().find(|m| std::ptr::eq(**m, original))
+                {
+                    *slot = with_memory;
+                }
                 let request = ModelRequest {
-                    messages: self.window.visible(&self.history),
+                    messages,
                     system_prompt: final_prompt.as_deref().or(self.system_prompt.as_deref()),
                     tools: tools.specs(),
                     tool_choice,
+                    max_tokens: None,
                 };
                 let chat = self.trace.as_ref().and_then(|cx| {
                     agent.telemetry.start_chat(

@@ -27,6 +27,9 @@ pub struct ModelRequest<'a> {
     pub tools: &'a [ToolSpec],
     /// Whether and which tool the model must call.
     pub tool_choice: &'a ToolChoice,
+    /// A bound on the tokens this call may generate, below the provider's own default (for
+    /// example a small one for a background extraction); `None` uses the provider's.
+    pub max_tokens: Option<u32>,
 }
 
 /// Whether and which tool the model must call.

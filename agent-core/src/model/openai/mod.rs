@@ -30,6 +30,11 @@ use self::request::{build_body, constrained_schema};
 use self::response::{non_streaming_events, sse_events};
 use super::{Model, ModelDescriptor, ModelError, ModelRequest, ModelStream};
 
+/// The `max_tokens` every request carries unless the builder sets another: no call may
+/// generate without bound (a model that loops would otherwise hold a server slot until the read
+/// timeout).
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
 /// Sampling and length parameters sent with every request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RequestParams {
@@ -111,7 +116,10 @@ impl Default for OpenAiCompatibleBuilder {
             api_key: None,
             model: None,
             headers: Vec::new(),
-            params: RequestParams::default(),
+            params: RequestParams {
+                max_tokens: Some(DEFAULT_MAX_TOKENS),
+                ..RequestParams::default()
+            },
             streaming: true,
             tool_calling: None,
             provider_name: "openai".into(),
@@ -154,7 +162,8 @@ impl OpenAiCompatibleBuilder {
         self
     }
 
-    /// `max_tokens`.
+    /// `max_tokens`: the most tokens one call may generate (default [`DEFAULT_MAX_TOKENS`]). A
+    /// request's own [`ModelRequest::max_tokens`] may lower it for that call.
     pub fn max_tokens(mut self, max_tokens: u32) -> Self {
         self.params.max_tokens = Some(max_tokens);
         self

@@ -28,7 +28,7 @@ pub(super) struct ChatRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<Value>,
     #[serde(flatten)]
-    params: &'a RequestParams,
+    params: Cow<'a, RequestParams>,
 }
 
 #[derive(Serialize)]
@@ -160,7 +160,13 @@ pub(super) fn build_body(inner: &Inner, request: &ModelRequest<'_>) -> Result<Ve
         tools,
         tool_choice,
         response_format,
-        params: &inner.params,
+        params: match request.max_tokens {
+            Some(n) if inner.params.max_tokens.is_none_or(|m| n < m) => Cow::Owned(RequestParams {
+                max_tokens: Some(n),
+                ..inner.params.clone()
+            }),
+            _ => Cow::Borrowed(&inner.params),
+        },
     };
     serde_json::to_vec(&body)
         .map_err(|e| ModelError::Config(format!("cannot encode the request: {e}")))
