@@ -267,6 +267,32 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<StateVersion, StoreError>;
 }
 
+/// A shared store is a store: `Arc<dyn SessionStore>` (or `Arc<S>`) goes wherever a store does.
+#[async_trait]
+impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
+    async fn load(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
+        (**self).load(key).await
+    }
+
+    async fn append(
+        &self,
+        key: &SessionKey,
+        expected_len: usize,
+        messages: &[Message],
+    ) -> Result<(), StoreError> {
+        (**self).append(key, expected_len, messages).await
+    }
+
+    async fn save_state(
+        &self,
+        key: &SessionKey,
+        state: &SessionState,
+        expected: &StateVersion,
+    ) -> Result<StateVersion, StoreError> {
+        (**self).save_state(key, state, expected).await
+    }
+}
+
 #[derive(Debug)]
 struct Record {
     messages: Vec<Message>,

@@ -99,6 +99,7 @@ impl SamplingHandler for ModelSampling {
                 tool_choice: &choice,
                 // The server's bound on the sampled answer.
                 max_tokens: Some(request.max_tokens),
+                temperature: request.temperature,
             };
             let response = tokio::time::timeout(self.timeout, self.model.complete(&model_request))
                 .await

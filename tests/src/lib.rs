@@ -839,6 +839,6 @@ pub fn racing_replica(
             json!({"type": "object"}),
             |_, _| async { Ok(ToolOutput::text("sunny")) },
         ))
-        .shared_session_store(store)
+        .session_store(store)
         .build()
 }

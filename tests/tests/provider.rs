@@ -34,6 +34,7 @@ async fn call(
         tools: &specs,
         tool_choice: choice,
         max_tokens: None,
+        temperature: None,
     };
     let mut stream = model.stream(&request);
     let mut events = Vec::new();

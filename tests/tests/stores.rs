@@ -90,7 +90,7 @@ async fn continue_strands_session(store: Arc<dyn SessionStore>) {
         .expect("server");
     let agent = Agent::builder()
         .model(provider(&server))
-        .shared_session_store(store.clone())
+        .session_store(store.clone())
         .build()
         .expect("agent");
     let r = agent

@@ -345,15 +345,30 @@ impl AgentBuilder {
         self
     }
 
-    /// The model.
+    /// The model. A shared one (`Arc<dyn Model>`) is a model too, so agents can share one
+    /// provider and its connection pool:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use agent_core::model::{Model, openai::OpenAiCompatible};
+    /// use agent_core::prelude::*;
+    ///
+    /// let model: Arc<dyn Model> = Arc::new(
+    ///     OpenAiCompatible::builder()
+    ///         .base_url("http://127.0.0.1:8000/v1")
+    ///         .model("qwen3-8b")
+    ///         .build()?,
+    /// );
+    /// let planner = Agent::builder().model(model.clone()).build()?;
+    /// let booker = Agent::builder()
+    ///     .model(model)
+    ///     .system_prompt("You book what the planner chose.")
+    ///     .build()?;
+    /// # let _ = (planner, booker);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn model(mut self, model: impl Model) -> Self {
         self.model = Some(Arc::new(model));
-        self
-    }
-
-    /// A shared model.
-    pub fn shared_model(mut self, model: Arc<dyn Model>) -> Self {
-        self.model = Some(model);
         self
     }
 
@@ -426,15 +441,10 @@ impl AgentBuilder {
         self
     }
 
-    /// The session store (default in memory).
+    /// The session store (default in memory). A shared one (`Arc<dyn SessionStore>`) is a
+    /// store too.
     pub fn session_store(mut self, store: impl SessionStore) -> Self {
         self.store = Arc::new(store);
-        self
-    }
-
-    /// A shared session store.
-    pub fn shared_session_store(mut self, store: Arc<dyn SessionStore>) -> Self {
-        self.store = store;
         self
     }
 

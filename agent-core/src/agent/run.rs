@@ -615,10 +615,19 @@ fn spawn_extraction(
         match tokio::time::timeout(timeout, work).await {
             Ok(Ok(outcome)) => tracing::info!(
                 written = outcome.written.len(),
-                refused = outcome.refused.len(),
+                refused = ?outcome.refused,
                 "memories extracted"
             ),
-            Ok(Err(e)) => tracing::warn!(error = %e, "memory extraction failed"),
+            Ok(Err(e)) => {
+                // The whole chain: "extraction model call" alone does not say what failed.
+                let mut error = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    error.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                tracing::warn!(%error, "memory extraction failed");
+            }
             Err(_) => tracing::warn!("memory extraction timed out"),
         }
     });
@@ -722,6 +731,7 @@ impl Run<'_> {
                     tools: tools.specs(),
                     tool_choice,
                     max_tokens: None,
+                    temperature: None,
                 };
                 let chat = self.trace.as_ref().and_then(|cx| {
                     agent.telemetry.start_chat(

@@ -30,6 +30,9 @@ pub struct ModelRequest<'a> {
     /// A bound on the tokens this call may generate, below the provider's own default (for
     /// example a small one for a background extraction); `None` uses the provider's.
     pub max_tokens: Option<u32>,
+    /// A sampling temperature for this call, instead of the provider's (for example 0 for a
+    /// background extraction that should not vary from run to run); `None` uses the provider's.
+    pub temperature: Option<f32>,
 }
 
 /// Whether and which tool the model must call.
@@ -351,5 +354,23 @@ pub trait Model: Send + Sync + 'static {
                 message: "model stream ended without a response".into(),
             })
         })
+    }
+}
+
+/// A shared model is a model: `Arc<dyn Model>` (or `Arc<M>`) goes wherever a model does.
+impl<M: Model + ?Sized> Model for std::sync::Arc<M> {
+    fn stream(&self, request: &ModelRequest<'_>) -> ModelStream {
+        (**self).stream(request)
+    }
+
+    fn descriptor(&self) -> ModelDescriptor {
+        (**self).descriptor()
+    }
+
+    fn complete<'a>(
+        &'a self,
+        request: &ModelRequest<'_>,
+    ) -> Pin<Box<dyn Future<Output = Result<ModelResponse, ModelError>> + Send + 'a>> {
+        (**self).complete(request)
     }
 }

@@ -333,6 +333,25 @@ pub trait Tool: Send + Sync + 'static {
     }
 }
 
+/// A shared tool is a tool.
+impl<T: Tool + ?Sized> Tool for Arc<T> {
+    fn spec(&self) -> ToolSpec {
+        (**self).spec()
+    }
+
+    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        (**self).call(input, ctx)
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        (**self).timeout()
+    }
+
+    fn idempotent(&self) -> bool {
+        (**self).idempotent()
+    }
+}
+
 type ToolFn =
     dyn Fn(Value, ToolContext) -> BoxFuture<'static, Result<ToolOutput, ToolError>> + Send + Sync;
 

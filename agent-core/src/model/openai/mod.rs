@@ -272,7 +272,10 @@ impl OpenAiCompatibleBuilder {
             None => reqwest::Client::builder()
                 .connect_timeout(self.connect_timeout)
                 .read_timeout(self.read_timeout)
-                .pool_idle_timeout(Duration::from_secs(60))
+                // Below the 5 s keep-alive of uvicorn (vLLM) and cpp-httplib (llama.cpp): a
+                // connection the server has closed is never taken from the pool for a request,
+                // which would fail with "connection closed before message completed".
+                .pool_idle_timeout(Duration::from_secs(4))
                 .redirect(same_origin_redirects())
                 .build()
                 .map_err(|e| ModelError::Config(format!("cannot build the HTTP client: {e}")))?,

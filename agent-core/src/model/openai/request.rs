@@ -160,12 +160,19 @@ pub(super) fn build_body(inner: &Inner, request: &ModelRequest<'_>) -> Result<Ve
         tools,
         tool_choice,
         response_format,
-        params: match request.max_tokens {
-            Some(n) if inner.params.max_tokens.is_none_or(|m| n < m) => Cow::Owned(RequestParams {
-                max_tokens: Some(n),
-                ..inner.params.clone()
-            }),
-            _ => Cow::Borrowed(&inner.params),
+        params: {
+            let lower = request
+                .max_tokens
+                .filter(|n| inner.params.max_tokens.is_none_or(|m| *n < m));
+            if lower.is_none() && request.temperature.is_none() {
+                Cow::Borrowed(&inner.params)
+            } else {
+                Cow::Owned(RequestParams {
+                    max_tokens: lower.or(inner.params.max_tokens),
+                    temperature: request.temperature.or(inner.params.temperature),
+                    ..inner.params.clone()
+                })
+            }
         },
     };
     serde_json::to_vec(&body)
