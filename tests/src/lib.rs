@@ -842,3 +842,24 @@ pub fn racing_replica(
         .session_store(store)
         .build()
 }
+
+/// Counts the HTTP requests an AWS SDK client sends, retries included (S3 and DynamoDB share the
+/// interceptor trait): `aws_sdk_dynamodb::config::Builder::interceptor(RequestCounter(n))`.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounter(pub Arc<std::sync::atomic::AtomicUsize>);
+
+impl aws_sdk_dynamodb::config::Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "request-counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}

@@ -449,26 +449,6 @@ async fn dynamodb_memory_store_against_the_local_server() {
     );
 }
 
-/// Counts the requests a DynamoDB client sends.
-#[derive(Debug)]
-struct Requests(Arc<std::sync::atomic::AtomicUsize>);
-
-impl aws_sdk_dynamodb::config::Intercept for Requests {
-    fn name(&self) -> &'static str {
-        "request-counter"
-    }
-
-    fn read_before_transmit(
-        &self,
-        _context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
-        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
-        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
-    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 /// Recall keeps an index per actor: a repeated search is one request (the version counter),
 /// a write by this replica updates the kept index without a read, and a write by another
 /// replica is seen by the next search.
@@ -489,7 +469,7 @@ async fn dynamodb_recall_reads_the_version_not_the_whole_memory_and_sees_other_r
     let counted = aws_sdk_dynamodb::Client::from_conf(
         ddb.config()
             .to_builder()
-            .interceptor(Requests(requests.clone()))
+            .interceptor(agent_tests::RequestCounter(requests.clone()))
             .build(),
     );
     let count = || requests.load(std::sync::atomic::Ordering::SeqCst);

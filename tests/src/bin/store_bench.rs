@@ -12,25 +12,7 @@ use std::time::{Duration, Instant};
 use agent_core::message::Message;
 use agent_core::session::{SessionKey, SessionStore};
 use agent_memory::{DynamoDbSessionStore, FileSessionStore, S3SessionStore};
-
-#[derive(Debug, Default)]
-struct Counter(Arc<AtomicUsize>);
-
-impl aws_sdk_s3::config::Intercept for Counter {
-    fn name(&self) -> &'static str {
-        "request-counter"
-    }
-
-    fn read_before_transmit(
-        &self,
-        _context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
-        _components: &aws_sdk_s3::config::RuntimeComponents,
-        _cfg: &mut aws_sdk_s3::config::ConfigBag,
-    ) -> Result<(), aws_sdk_s3::error::BoxError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
+use agent_tests::RequestCounter;
 
 fn conversation(n: usize) -> Vec<Message> {
     (0..n)
@@ -98,12 +80,12 @@ async fn main() {
     let s3_requests = Arc::new(AtomicUsize::new(0));
     let s3_config = aws_sdk_s3::config::Builder::from(&config)
         .force_path_style(true)
-        .interceptor(Counter(s3_requests.clone()))
+        .interceptor(RequestCounter(s3_requests.clone()))
         .build();
     let s3 = aws_sdk_s3::Client::from_conf(s3_config);
     let ddb_requests = Arc::new(AtomicUsize::new(0));
     let ddb_config = aws_sdk_dynamodb::config::Builder::from(&config)
-        .interceptor(DdbCounter(ddb_requests.clone()))
+        .interceptor(RequestCounter(ddb_requests.clone()))
         .build();
     let ddb = aws_sdk_dynamodb::Client::from_conf(ddb_config);
     let suffix = std::time::SystemTime::now()
@@ -150,7 +132,7 @@ async fn main() {
     let memory_requests = Arc::new(AtomicUsize::new(0));
     let memory_client = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&config)
-            .interceptor(DdbCounter(memory_requests.clone()))
+            .interceptor(RequestCounter(memory_requests.clone()))
             .build(),
     );
     let dynamo_memory =
@@ -209,25 +191,6 @@ async fn main() {
     println!(
         "(read all + rank: what every recall did before the kept index, and still does once per\n actor after another replica's write; next search: median of 20 with the index kept)"
     );
-}
-
-#[derive(Debug)]
-struct DdbCounter(Arc<AtomicUsize>);
-
-impl aws_sdk_dynamodb::config::Intercept for DdbCounter {
-    fn name(&self) -> &'static str {
-        "request-counter"
-    }
-
-    fn read_before_transmit(
-        &self,
-        _context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
-        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
-        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
-    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
 }
 
 /// Recall timings over one actor's records.
