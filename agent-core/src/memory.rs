@@ -977,14 +977,10 @@ pub async fn extract_memories(
     }
     let prompt = Message::user(transcript);
     let tools = [save_spec()];
-    let request = ModelRequest {
-        messages: vec![&prompt],
-        system_prompt: Some(EXTRACTION_PROMPT),
-        tools: &tools,
-        tool_choice: &ToolChoice::Any,
-        max_tokens: Some(EXTRACTION_MAX_TOKENS),
-        temperature: Some(0.0),
-    };
+    let request = ModelRequest::new(vec![&prompt], &tools, &ToolChoice::Any)
+        .system_prompt(EXTRACTION_PROMPT)
+        .max_tokens(EXTRACTION_MAX_TOKENS)
+        .temperature(0.0);
     // One retry of a failure that may pass (a dropped connection, a busy server): the loop's
     // retry policy does not cover this background call.
     let response = match model.complete(&request).await {

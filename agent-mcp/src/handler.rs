@@ -92,15 +92,11 @@ impl SamplingHandler for ModelSampling {
                 return Err("sampling request without messages".to_owned());
             }
             let choice = ToolChoice::default();
-            let model_request = ModelRequest {
-                messages: messages.iter().collect(),
-                system_prompt: request.system_prompt.as_deref(),
-                tools: &[],
-                tool_choice: &choice,
-                // The server's bound on the sampled answer.
-                max_tokens: Some(request.max_tokens),
-                temperature: request.temperature,
-            };
+            // The server's bound on the sampled answer, and its temperature if it set one.
+            let mut model_request = ModelRequest::new(messages.iter().collect(), &[], &choice)
+                .max_tokens(request.max_tokens);
+            model_request.system_prompt = request.system_prompt.as_deref();
+            model_request.temperature = request.temperature;
             let response = tokio::time::timeout(self.timeout, self.model.complete(&model_request))
                 .await
                 .map_err(|_| {

@@ -28,14 +28,7 @@ async fn call(
 ) -> (Vec<ModelEvent>, Result<ModelResponse, ModelError>) {
     let prompt = Message::user("Weather in Lisbon?");
     let specs = [weather_spec()];
-    let request = ModelRequest {
-        messages: vec![&prompt],
-        system_prompt: Some("You plan trips."),
-        tools: &specs,
-        tool_choice: choice,
-        max_tokens: None,
-        temperature: None,
-    };
+    let request = ModelRequest::new(vec![&prompt], &specs, choice).system_prompt("You plan trips.");
     let mut stream = model.stream(&request);
     let mut events = Vec::new();
     while let Some(item) = stream.next().await {

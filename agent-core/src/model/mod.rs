@@ -17,7 +17,22 @@ pub mod openai;
 pub mod sse;
 
 /// What the model is asked: the visible history, the system prompt, the tools and the tool choice.
+///
+/// Made with [`ModelRequest::new`] and its setters, so that it can gain fields without breaking
+/// callers:
+///
+/// ```
+/// use agent_core::message::Message;
+/// use agent_core::model::{ModelRequest, ToolChoice};
+///
+/// let prompt = Message::user("Weather in Lisbon?");
+/// let request = ModelRequest::new(vec![&prompt], &[], &ToolChoice::Auto)
+///     .system_prompt("You plan trips.")
+///     .max_tokens(256);
+/// assert_eq!(request.max_tokens, Some(256));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ModelRequest<'a> {
     /// The messages the model sees, oldest first.
     pub messages: Vec<&'a Message>,
@@ -33,6 +48,43 @@ pub struct ModelRequest<'a> {
     /// A sampling temperature for this call, instead of the provider's (for example 0 for a
     /// background extraction that should not vary from run to run); `None` uses the provider's.
     pub temperature: Option<f32>,
+}
+
+impl<'a> ModelRequest<'a> {
+    /// A request for `messages` with `tools` offered under `tool_choice`; no system prompt, and
+    /// the provider's output bound and temperature.
+    pub fn new(
+        messages: Vec<&'a Message>,
+        tools: &'a [ToolSpec],
+        tool_choice: &'a ToolChoice,
+    ) -> Self {
+        Self {
+            messages,
+            system_prompt: None,
+            tools,
+            tool_choice,
+            max_tokens: None,
+            temperature: None,
+        }
+    }
+
+    /// Sets the system prompt.
+    pub fn system_prompt(mut self, prompt: &'a str) -> Self {
+        self.system_prompt = Some(prompt);
+        self
+    }
+
+    /// Bounds this call's output below the provider's own bound.
+    pub fn max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Sets this call's sampling temperature.
+    pub fn temperature(mut self, temperature: f32) -> Self {
+        self.temperature = Some(temperature);
+        self
+    }
 }
 
 /// Whether and which tool the model must call.
