@@ -814,25 +814,26 @@ pub fn is_instruction(content: &str) -> bool {
     let words: HashSet<&str> = lower
         .split(|c: char| !(c.is_alphanumeric() || c == '\''))
         .collect();
-    const ADDRESSING: &[&str] = &[
-        "you",
-        "your",
-        "you're",
-        "yourself",
-        "assistant",
-        "ai",
-        "chatbot",
-        "model",
-    ];
+    // Words that address the assistant; facts about the user are in the third person.
+    const ADDRESSING: &[&str] = &["you", "your", "you're", "yourself", "assistant", "chatbot"];
+    // Phrases of prompt injection and of orders about how to answer. Narrow on purpose: a
+    // user may well love pirate films or follow a doctor's instructions.
     const PHRASES: &[&str] = &[
-        "instruction",
+        "previous instruction",
+        "prior instruction",
+        "all instructions",
+        "new instructions",
+        "system instruction",
         "system prompt",
-        "ignore",
+        "ignore all",
+        "ignore previous",
+        "ignore the previous",
+        "ignore any",
         "disregard",
         "forget everything",
         "from now on",
         "act as",
-        "pretend",
+        "pretend to be",
         "role-play",
         "roleplay",
         "answer in",
@@ -842,11 +843,12 @@ pub fn is_instruction(content: &str) -> bool {
         "speak like",
         "talk like",
         "write in",
-        "pirate",
+        "pirate speak",
+        "like a pirate",
         "jailbreak",
         "developer mode",
-        "reveal",
-        "override",
+        "reveal the system",
+        "unfiltered",
     ];
     ADDRESSING.iter().any(|w| words.contains(w)) || PHRASES.iter().any(|p| lower.contains(p))
 }
@@ -1318,6 +1320,10 @@ mod tests {
             "Is vegetarian and always flies from Porto",
             "Never eats pork",
             "Travels with a dog called Bolt",
+            "Drives a Tesla Model 3",
+            "Works in AI research",
+            "Loves the Pirates of the Caribbean films",
+            "Follows the doctor's instructions on salt",
         ] {
             assert!(!is_instruction(fact), "{fact}");
         }
