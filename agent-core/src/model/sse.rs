@@ -151,7 +151,7 @@ impl SseDecoder {
             return Ok(None);
         }
         loop {
-            let found = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+            let found = memchr::memchr(b'\n', &self.buf[self.scanned..]);
             #[cfg(test)]
             {
                 self.searched += found.map_or(self.buf.len() - self.scanned, |o| o + 1);
@@ -177,7 +177,7 @@ impl SseDecoder {
             }
             let dispatch = line.is_empty();
             if !dispatch && !line.starts_with(b":") {
-                let (field, value) = match line.iter().position(|&b| b == b':') {
+                let (field, value) = match memchr::memchr(b':', line) {
                     Some(colon) => {
                         let value = &line[colon + 1..];
                         (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))

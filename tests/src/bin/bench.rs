@@ -28,11 +28,14 @@ use serde_json::{Value, json};
 struct Counting;
 
 static ALLOCATED: AtomicIsize = AtomicIsize::new(0);
+/// Allocations made (not bytes): reported by `--profile`.
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: delegates to the system allocator and only counts sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATED.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }
     }
@@ -569,11 +572,14 @@ fn main() {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("runtime: {e}"));
-        let per = rt.block_on(async {
+        let (per, allocations) = rt.block_on(async {
             let subjects = Subjects::new(&base_url);
-            cpu_per_invocation(&subjects, who, n).await
+            cpu_per_invocation(&subjects, who, 100).await;
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            let per = cpu_per_invocation(&subjects, who, n).await;
+            (per, (ALLOCATIONS.load(Ordering::Relaxed) - before) / n)
         });
-        println!("{:.1} us of CPU per invocation", per.as_secs_f64() * 1e6);
+        println!("{:.1} us of CPU and {allocations} allocations per invocation", per.as_secs_f64() * 1e6);
         drop(child.stdin.take());
         let _ = child.wait();
         return;
