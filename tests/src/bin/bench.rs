@@ -579,7 +579,10 @@ fn main() {
             let per = cpu_per_invocation(&subjects, who, n).await;
             (per, (ALLOCATIONS.load(Ordering::Relaxed) - before) / n)
         });
-        println!("{:.1} us of CPU and {allocations} allocations per invocation", per.as_secs_f64() * 1e6);
+        println!(
+            "{:.1} us of CPU and {allocations} allocations per invocation",
+            per.as_secs_f64() * 1e6
+        );
         drop(child.stdin.take());
         let _ = child.wait();
         return;
