@@ -107,17 +107,17 @@ impl RecallCache {
 
     /// After this process's write moved the counter to `version`: the change is applied to
     /// the kept index if it was exactly one behind (no other writer in between), and the index
-    /// is dropped otherwise.
-    fn apply(&mut self, actor: &str, version: u64, change: impl FnOnce(&mut MemoryIndex)) {
-        match self.actors.get_mut(actor) {
-            Some(entry) if entry.version + 1 == version => {
+    /// is dropped otherwise (also when the store did not answer with a counter).
+    fn apply(&mut self, actor: &str, version: Option<u64>, change: impl FnOnce(&mut MemoryIndex)) {
+        match (self.actors.get_mut(actor), version) {
+            (Some(entry), Some(version)) if entry.version.checked_add(1) == Some(version) => {
                 change(Arc::make_mut(&mut entry.index));
                 entry.version = version;
             }
-            Some(_) => {
+            (Some(_), _) => {
                 self.actors.remove(actor);
             }
-            None => {}
+            (None, _) => {}
         }
     }
 }
@@ -164,8 +164,9 @@ impl DynamoDbMemoryStore {
         AttributeValue::S(format!("actor#{}", key_part(actor_id)))
     }
 
-    /// The actor's version counter (0 before the first counted write).
-    async fn version(&self, actor_id: &str) -> Result<u64, MemoryError> {
+    /// The actor's version counter: 0 before the first counted write, `None` when what the
+    /// store holds is not a counter (then nothing is cached for the actor).
+    async fn version(&self, actor_id: &str) -> Result<Option<u64>, MemoryError> {
         let out = self
             .client
             .get_item()
@@ -177,16 +178,15 @@ impl DynamoDbMemoryStore {
             .send()
             .await
             .map_err(|e| backend("reading the memory version", e))?;
-        Ok(out
-            .item()
-            .and_then(|i| i.get("v"))
-            .and_then(|v| v.as_n().ok())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0))
+        Ok(match out.item() {
+            None => Some(0),
+            Some(item) => counter(item),
+        })
     }
 
-    /// Adds one to the actor's version counter; the new value.
-    async fn bump(&self, actor_id: &str) -> Result<u64, MemoryError> {
+    /// Adds one to the actor's version counter; the new value, `None` if the store's answer is
+    /// not a counter.
+    async fn bump(&self, actor_id: &str) -> Result<Option<u64>, MemoryError> {
         let out = self
             .client
             .update_item()
@@ -199,13 +199,13 @@ impl DynamoDbMemoryStore {
             .send()
             .await
             .map_err(|e| backend("counting a memory write", e))?;
-        Ok(out
-            .attributes()
-            .and_then(|a| a.get("v"))
-            .and_then(|v| v.as_n().ok())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0))
+        Ok(out.attributes().and_then(counter))
     }
+}
+
+/// The version counter `v` of an item or of returned attributes.
+fn counter(attributes: &HashMap<String, AttributeValue>) -> Option<u64> {
+    attributes.get("v")?.as_n().ok()?.parse().ok()
 }
 
 /// A memory error from an SDK error: the full error context in the text, the error itself as
@@ -297,11 +297,9 @@ impl MemoryStore for DynamoDbMemoryStore {
             .await
             .map_err(|e| backend("writing a memory", e))?;
         let version = self.bump(&record.actor_id).await?;
-        let record = record.clone();
+        let inserted = record.clone();
         self.lock()
-            .apply(&record.actor_id.clone(), version, |index| {
-                index.insert(record)
-            });
+            .apply(&record.actor_id, version, |index| index.insert(inserted));
         Ok(())
     }
 
@@ -385,12 +383,15 @@ impl MemoryStore for DynamoDbMemoryStore {
         // The counter is read before the records, so an index kept under it can only be older
         // than the records it holds, never newer.
         let version = self.version(actor_id).await?;
-        let kept = self.lock().fresh(actor_id, version);
+        let kept = version.and_then(|v| self.lock().fresh(actor_id, v));
         let index = match kept {
             Some(index) => index,
             None => {
                 let index = Arc::new(MemoryIndex::from_records(self.list(actor_id, None).await?));
-                self.lock().keep(actor_id, version, index.clone());
+                // Kept only under a counter the store really holds.
+                if let Some(v) = version {
+                    self.lock().keep(actor_id, v, index.clone());
+                }
                 index
             }
         };

@@ -474,6 +474,7 @@ async fn dynamodb_recall_reads_the_version_not_the_whole_memory_and_sees_other_r
     );
     let count = || requests.load(std::sync::atomic::Ordering::SeqCst);
     let a = DynamoDbMemoryStore::new(counted, &table);
+    let ddb_raw = ddb.clone();
     let b = DynamoDbMemoryStore::new(ddb, &table);
     for i in 0..30 {
         b.put(&MemoryRecord::new(
@@ -551,6 +552,47 @@ async fn dynamodb_recall_reads_the_version_not_the_whole_memory_and_sees_other_r
     assert!(gone.is_empty(), "{gone:?}");
     // The version counter is not a memory.
     assert_eq!(a.list("gina", None).await.expect("list").len(), 32);
+
+    // A store whose counter item is not a counter (a hostile or foreign writer): searches stay
+    // right and read the records every time instead of trusting a cache.
+    ddb_raw
+        .put_item()
+        .table_name(&table)
+        .item(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("actor#gina".into()),
+        )
+        .item(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("ver#memory".into()),
+        )
+        .item(
+            "v",
+            aws_sdk_dynamodb::types::AttributeValue::S("18446744073709551616".into()),
+        )
+        .send()
+        .await
+        .expect("plant a broken counter");
+    let before = count();
+    let found = a
+        .search("gina", None, "window seat", 3)
+        .await
+        .expect("search");
+    assert_eq!(found, own);
+    a.search("gina", None, "window seat", 3)
+        .await
+        .expect("search");
+    assert!(
+        count() - before >= 4,
+        "two counter reads and two full reads"
+    );
+    a.put(&MemoryRecord::new(
+        "gina",
+        "facts",
+        "Has a window seat pillow",
+    ))
+    .await
+    .expect_err("the store refuses to add to a counter that is not a number");
 
     // With the cache off, every search reads the actor's records again.
     let uncached = a.clone().recall_cache(0, None);

@@ -144,19 +144,22 @@ impl Floor {
         }
     }
 
+    async fn post(&self, body: &Value) -> Result<reqwest::Response, String> {
+        self.client
+            .post(&self.url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// One unary call; returns (text, tool call id, name, arguments).
     async fn call_unary(
         &self,
         messages: &[Value],
     ) -> Result<(String, Option<(String, String, String)>), String> {
         let body = json!({"model": MODEL, "messages": messages, "stream": false, "tools": self.tools, "tool_choice": "auto"});
-        let response = self
-            .client
-            .post(&self.url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.post(&body).await?;
         let bytes = response.bytes().await.map_err(|e| e.to_string())?;
         let completion: FCompletion = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         let message = completion
@@ -184,13 +187,7 @@ impl Floor {
         }
         let body = json!({"model": MODEL, "messages": messages, "stream": true, "stream_options": {"include_usage": true},
             "tools": self.tools, "tool_choice": "auto"});
-        let response = self
-            .client
-            .post(&self.url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.post(&body).await?;
         let mut stream = response.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         let mut text = String::new();
