@@ -859,6 +859,8 @@ pub fn is_instruction(content: &str) -> bool {
 /// the user ("Find me a flight to Lisbon", "What is the weather?").
 pub fn is_request(content: &str) -> bool {
     let lower = content.trim().to_lowercase();
+    // Openings of requests and questions only: "Would like aisle seats", "Will travel with
+    // kids" and "Do not book red-eyes" are things worth remembering.
     const OPENINGS: &[&str] = &[
         "find ",
         "book ",
@@ -868,10 +870,10 @@ pub fn is_request(content: &str) -> bool {
         "give me",
         "tell me",
         "please",
-        "can ",
-        "could ",
-        "would ",
-        "will ",
+        "can you",
+        "could you",
+        "would you",
+        "will you",
         "what",
         "where",
         "when",
@@ -881,12 +883,9 @@ pub fn is_request(content: &str) -> bool {
         "why ",
         "is there",
         "are there",
-        "do ",
-        "does ",
         "send ",
         "check ",
         "list ",
-        "plan ",
     ];
     lower.ends_with('?') || OPENINGS.iter().any(|o| lower.starts_with(o))
 }
@@ -1357,6 +1356,10 @@ mod tests {
         assert!(is_request("Which seat is best?"));
         assert!(!is_request("Is a vegetarian"));
         assert!(!is_request("Always flies from Porto"));
+        assert!(!is_request("Would like aisle seats"));
+        assert!(!is_request("Will travel with kids"));
+        assert!(!is_request("Do not book red-eye flights"));
+        assert!(is_request("Can you find a hotel?"));
         assert!(speaks_about_self("I\u{2019}m vegetarian"));
         assert!(speaks_about_self("Book me a seat"));
         assert!(!speaks_about_self("What is the weather in Lisbon?"));
