@@ -5,8 +5,8 @@
 #
 # The model endpoint most tests use is the vLLM-format server in tests/src/lib.rs, started by
 # each test on 127.0.0.1 (random port) and stopped when the test ends. A DynamoDB/S3 server
-# (scripts/aws-local.sh) and a real local model (scripts/local-model.sh) are installed and
-# started here, and stopped on exit.
+# (scripts/aws-local.sh), Arize Phoenix (scripts/phoenix.sh) and a real local model
+# (scripts/local-model.sh) are installed and started here, and stopped on exit.
 #
 # First-run paths: with CI=true (or AGENT_FRESH_CACHE=1) the cache root AGENT_CACHE_DIR is a new
 # empty directory, with its own pip and npm caches, so every installer (llama.cpp and the model,
@@ -28,9 +28,12 @@ log="$run_dir/test.log"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 AGENT_MODEL_PORT=$(free_port)
 AGENT_AWS_PORT=$(free_port)
+AGENT_PHOENIX_PORT=$(free_port)
+AGENT_PHOENIX_GRPC_PORT=$(free_port)
+export AGENT_PHOENIX_PORT AGENT_PHOENIX_GRPC_PORT AGENT_PHOENIX_PIDFILE="$run_dir/phoenix.pid" AGENT_PHOENIX_LOG="$run_dir/phoenix.log"
 export AGENT_MODEL_PORT AGENT_MODEL_PIDFILE="$run_dir/llama-server.pid" AGENT_MODEL_LOG="$run_dir/llama-server.log"
 export AGENT_AWS_PORT AGENT_AWS_PIDFILE="$run_dir/ministack.pid" AGENT_AWS_LOG="$run_dir/ministack.log"
-trap 'scripts/local-model.sh stop; scripts/aws-local.sh stop; rm -rf "$run_dir"' EXIT
+trap 'scripts/local-model.sh stop; scripts/aws-local.sh stop; scripts/phoenix.sh stop; rm -rf "$run_dir"' EXIT
 
 fresh=0
 if [ "${CI:-}" = true ] || [ "${AGENT_FRESH_CACHE:-}" = 1 ]; then
@@ -140,6 +143,11 @@ eval_run() {
 # DynamoDB and S3: ministack (PyPI) on 127.0.0.1, reached through the SDK's standard variables.
 AWS_ENDPOINT_URL=$(scripts/aws-local.sh start)
 export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+
+# Arize Phoenix (PyPI): a real observability backend the travel agent exports to; its test reads
+# the runs back through Phoenix's REST API.
+AGENT_PHOENIX_URL=$(scripts/phoenix.sh start)
+export AGENT_PHOENIX_URL
 
 # MCP: the reference server from npm; tests run it (stdio, and HTTP on 127.0.0.1) and stop it.
 # The conformance suite's Node 22 and harness (npm, pinned); its test runs them.

@@ -863,3 +863,100 @@ impl aws_sdk_dynamodb::config::Intercept for RequestCounter {
         Ok(())
     }
 }
+
+/// What an [`OtlpReceiver`] was sent.
+#[derive(Default)]
+pub struct OtlpReceived {
+    /// Trace exports, with their headers.
+    pub traces: Vec<(
+        HeaderMap,
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    )>,
+    /// Metric exports, with their headers.
+    pub metrics: Vec<(
+        HeaderMap,
+        opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+    )>,
+    /// Metric export attempts, refused ones included.
+    pub metric_requests: usize,
+}
+
+/// An OTLP/HTTP (protobuf) receiver on 127.0.0.1 that decodes what it is sent, on its own thread
+/// and runtime (the SDK's exporters block while they send). It stops with the test process.
+pub struct OtlpReceiver {
+    /// `http://127.0.0.1:<port>`, the `OTEL_EXPORTER_OTLP_ENDPOINT` to use.
+    pub endpoint: String,
+    /// What arrived.
+    pub received: Arc<Mutex<OtlpReceived>>,
+}
+
+impl OtlpReceiver {
+    /// A receiver that takes traces and metrics.
+    pub fn start() -> Self {
+        Self::start_with_metrics_status(StatusCode::OK)
+    }
+
+    /// A receiver that answers metric exports with `status` (405: a traces-only backend such as
+    /// Arize Phoenix); they are counted, and kept only when `status` is a success.
+    pub fn start_with_metrics_status(status: StatusCode) -> Self {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message as _;
+        let received = Arc::new(Mutex::new(OtlpReceived::default()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let state = received.clone();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let traces = state.clone();
+                let metrics = state;
+                let app = axum::Router::new()
+                    .route(
+                        "/v1/traces",
+                        post(move |headers: HeaderMap, body: Bytes| async move {
+                            let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                                return StatusCode::BAD_REQUEST;
+                            };
+                            lock(&traces).traces.push((headers, request));
+                            StatusCode::OK
+                        }),
+                    )
+                    .route(
+                        "/v1/metrics",
+                        post(move |headers: HeaderMap, body: Bytes| async move {
+                            let mut received = lock(&metrics);
+                            received.metric_requests += 1;
+                            if !status.is_success() {
+                                return status;
+                            }
+                            let Ok(request) = ExportMetricsServiceRequest::decode(body) else {
+                                return StatusCode::BAD_REQUEST;
+                            };
+                            received.metrics.push((headers, request));
+                            StatusCode::OK
+                        }),
+                    );
+                let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+                    return;
+                };
+                let Ok(addr) = listener.local_addr() else {
+                    return;
+                };
+                let _ = tx.send(addr);
+                let _ = axum::serve(listener, app).await;
+            });
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("the OTLP receiver did not start: {e}"));
+        Self {
+            endpoint: format!("http://{addr}"),
+            received,
+        }
+    }
+}

@@ -145,7 +145,9 @@ async fn spans_follow_the_genai_conventions() {
         "usage of this invocation"
     );
     assert_eq!(a["gen_ai.usage.output_tokens"], Value::I64(32));
-    assert_eq!(a["gen_ai.response.finish_reasons"], array("end_turn"));
+    // The conventions' vocabulary, and the agent's own reason beside it.
+    assert_eq!(a["gen_ai.response.finish_reasons"], array("stop"));
+    assert_eq!(a["agent.stop_reason"], s("end_turn"));
     assert_eq!(invoke.status, Status::Unset);
 
     let c0 = attrs(chats[0]);
@@ -161,7 +163,7 @@ async fn spans_follow_the_genai_conventions() {
     assert_eq!(c0["gen_ai.conversation.id"], s("sess-42"));
     assert!(c0["gen_ai.response.id"].as_str().starts_with("chatcmpl-"));
     assert_eq!(c0["gen_ai.response.model"], s("qwen3-8b"));
-    assert_eq!(c0["gen_ai.response.finish_reasons"], array("tool_calls"));
+    assert_eq!(c0["gen_ai.response.finish_reasons"], array("tool_call"));
     assert_eq!(
         c0["gen_ai.usage.input_tokens"],
         Value::I64(100),
@@ -192,10 +194,15 @@ async fn spans_follow_the_genai_conventions() {
     // No content by default, and never a secret.
     for span in &spans {
         for kv in &span.attributes {
+            let key = kv.key.as_str();
             assert!(
-                !kv.key.as_str().contains("messages") && !kv.key.as_str().contains("arguments"),
-                "{}",
-                kv.key
+                !key.contains("messages")
+                    && !key.contains("arguments")
+                    && !key.contains("result")
+                    && !key.contains("system_instructions")
+                    && key != "input.value"
+                    && key != "output.value",
+                "{key}"
             );
             assert!(
                 !kv.value.as_str().contains("test-key"),
@@ -205,6 +212,54 @@ async fn spans_follow_the_genai_conventions() {
         }
         assert!(span.events.is_empty());
     }
+}
+
+/// The server's raw `finish_reason` says `stop` for a tool call (as llama.cpp and vLLM do in
+/// constrained mode): the span reports what the reply was. A run the agent ended itself (a turn
+/// limit here) is `error` in the conventions' vocabulary, with the agent's reason beside it.
+#[tokio::test]
+async fn finish_reasons_say_what_the_model_and_the_agent_did() {
+    let recorder = Recorder::new();
+    let server = MockVllm::start([
+        Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_finish_reason("stop"),
+        Turn::text("Sunny, as far as I got."),
+    ])
+    .await
+    .expect("server");
+    let model = provider_builder(&server).build().expect("model");
+    let r = Agent::builder()
+        .name("travel")
+        .model(model)
+        .tool(get_weather)
+        .limits(Limits::default().max_turns(1))
+        .telemetry(recorder.telemetry(CaptureMode::NoContent))
+        .build()
+        .expect("agent")
+        .session("f")
+        .invoke("Lisbon?")
+        .await
+        .expect("invoke");
+    assert_eq!(r.stop_reason, StopReason::LimitTurns);
+    let spans = recorder.spans();
+    let chats: Vec<_> = spans.iter().filter(|s| s.name == "chat qwen3-8b").collect();
+    assert_eq!(chats.len(), 2, "the tool call and the final answer");
+    assert_eq!(
+        attrs(chats[0])["gen_ai.response.finish_reasons"],
+        array("tool_call")
+    );
+    assert_eq!(
+        attrs(chats[1])["gen_ai.response.finish_reasons"],
+        array("stop")
+    );
+    let invoke = spans
+        .iter()
+        .find(|s| s.name == "invoke_agent travel")
+        .expect("invoke");
+    assert_eq!(
+        attrs(invoke)["gen_ai.response.finish_reasons"],
+        array("error")
+    );
+    assert_eq!(attrs(invoke)["agent.stop_reason"], s("limit_turns"));
 }
 
 #[tokio::test]
@@ -344,7 +399,55 @@ async fn content_is_captured_only_when_asked() {
             system,
             json!([{"type": "text", "content": "You plan trips."}])
         );
+        // The invocation's own input and output on `invoke_agent`.
+        let invoke = spans
+            .iter()
+            .find(|s| s.name == "invoke_agent travel")
+            .expect("invoke");
+        let a = attrs(invoke);
+        assert_eq!(a.contains_key("gen_ai.input.messages"), on_span);
+        assert_eq!(a.contains_key("input.value"), on_span);
+        assert_eq!(invoke.events.len(), usize::from(on_event));
+        let (input, output, system) = if on_span {
+            assert_eq!(a["input.value"], s("Porto?"));
+            assert_eq!(a["output.value"], s("Sunny in Porto."));
+            (
+                a["gen_ai.input.messages"].as_str().to_string(),
+                a["gen_ai.output.messages"].as_str().to_string(),
+                a["gen_ai.system_instructions"].as_str().to_string(),
+            )
+        } else {
+            let event = invoke.events.iter().next().expect("event");
+            let get = |k: &str| {
+                event
+                    .attributes
+                    .iter()
+                    .find(|kv: &&KeyValue| kv.key.as_str() == k)
+                    .expect(k)
+                    .value
+                    .as_str()
+                    .to_string()
+            };
+            (
+                get("gen_ai.input.messages"),
+                get("gen_ai.output.messages"),
+                get("gen_ai.system_instructions"),
+            )
+        };
+        assert_eq!(
+            serde_json::from_str::<Json>(&input).expect("json"),
+            json!([{"role": "user", "parts": [{"type": "text", "content": "Porto?"}]}])
+        );
+        assert_eq!(
+            serde_json::from_str::<Json>(&output).expect("json"),
+            json!([{"role": "assistant", "parts": [{"type": "text", "content": "Sunny in Porto."}], "finish_reason": "stop"}])
+        );
+        assert_eq!(
+            serde_json::from_str::<Json>(&system).expect("json"),
+            json!([{"type": "text", "content": "You plan trips."}])
+        );
         if on_span {
+            assert_eq!(attrs(tool)["input.value"], s("{\"city\":\"Porto\"}"));
             let first_out: Json =
                 serde_json::from_str(&attrs(chats[0])["gen_ai.output.messages"].as_str())
                     .expect("json");

@@ -23,6 +23,7 @@ use crate::model::{
 use crate::session::{
     InvocationRecord, RunCheckpoint, SessionKey, SessionState, StateVersion, validate_id,
 };
+use crate::telemetry::InvokeEnd;
 use crate::tool::executor::{CallScope, execute_stream};
 use crate::tool::{AgentState, ProgressReporter};
 
@@ -200,6 +201,11 @@ pub(super) async fn run(
     let trace = agent
         .telemetry
         .start_invoke(&agent.name, &agent.id, session_id, &agent.descriptor);
+    // The prompt is copied only when content is recorded.
+    let input = match &invocation.start {
+        Start::Prompt(prompt) if agent.telemetry.captures_content() => Some(prompt.0.clone()),
+        _ => None,
+    };
     let outcome = run_traced(
         agent,
         session_id,
@@ -211,14 +217,23 @@ pub(super) async fn run(
     )
     .await;
     if let Some(cx) = &trace {
-        match &outcome {
-            Ok(r) => {
-                agent
-                    .telemetry
-                    .end_invoke(cx, Some(&r.usage), Some(r.stop_reason.as_str()), None)
-            }
-            Err(e) => agent.telemetry.end_invoke(cx, None, None, Some(e.kind())),
-        }
+        let end = match &outcome {
+            Ok(r) => InvokeEnd {
+                usage: Some(&r.usage),
+                stop_reason: Some(r.stop_reason),
+                output: r.message.as_ref(),
+                input: input.as_deref(),
+                system_prompt: agent.system_prompt.as_deref(),
+                ..InvokeEnd::default()
+            },
+            Err(e) => InvokeEnd {
+                error: Some(e.kind()),
+                input: input.as_deref(),
+                system_prompt: agent.system_prompt.as_deref(),
+                ..InvokeEnd::default()
+            },
+        };
+        agent.telemetry.end_invoke(cx, &end);
     }
     outcome
 }

@@ -4,6 +4,7 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::agent::StopReason;
 use crate::message::{
     ContentBlock, Message, ReasoningContent, Role, ToolResult, ToolResultContent,
 };
@@ -69,10 +70,65 @@ pub(super) fn finish_reason(response: &ModelResponse) -> &'static str {
     }
 }
 
+/// The conventions' finish reason of a whole run: `stop` when the model answered, `length`
+/// when a token limit cut it, `content_filter`, and `error` when the agent ended the run itself
+/// (cancelled, a turn or time limit, a tool loop); `agent.stop_reason` says which.
+pub(super) fn run_finish_reason(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::EndTurn => "stop",
+        StopReason::MaxTokens | StopReason::LimitTokens => "length",
+        StopReason::ContentFiltered => "content_filter",
+        StopReason::Cancelled
+        | StopReason::LimitTurns
+        | StopReason::Timeout
+        | StopReason::ToolLoop => "error",
+    }
+}
+
+/// An invocation's prompt as `gen_ai.input.messages`.
+pub(super) fn prompt_messages(prompt: &[ContentBlock]) -> Value {
+    let (own, tool_responses) = parts(prompt);
+    let mut out = Vec::with_capacity(2);
+    if !tool_responses.is_empty() {
+        out.push(json!({"role": "tool", "parts": tool_responses}));
+    }
+    if !own.is_empty() {
+        out.push(json!({"role": "user", "parts": own}));
+    }
+    Value::Array(out)
+}
+
+/// A run's final message as `gen_ai.output.messages`.
+pub(super) fn final_messages(message: &Message, finish_reason: &str) -> Value {
+    let (own, _) = parts(&message.content);
+    json!([{"role": "assistant", "parts": own, "finish_reason": finish_reason}])
+}
+
+/// The text blocks of a prompt, one per line.
+pub(super) fn text_of(blocks: &[ContentBlock]) -> String {
+    let texts: Vec<&str> = blocks
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    texts.join("\n")
+}
+
 /// A response as `gen_ai.output.messages`.
 pub(super) fn output_messages(response: &ModelResponse) -> Value {
     let (own, _) = parts(&response.content);
     json!([{"role": "assistant", "parts": own, "finish_reason": finish_reason(response)}])
+}
+
+/// A tool result as the text of `gen_ai.tool.call.result`: text as it is (not as a quoted JSON
+/// string), anything else as JSON.
+pub(super) fn tool_result_text(result: &ToolResult) -> String {
+    match tool_result(result) {
+        Value::String(text) => text,
+        other => other.to_string(),
+    }
 }
 
 /// A tool result's content as one JSON value: the JSON block itself when there is only one,

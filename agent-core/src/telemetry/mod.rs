@@ -11,9 +11,17 @@
 //! advised buckets, and `agent.tool.calls` / `agent.tool.duration` by tool name. No attribute
 //! carries an id; a tool name the model made up is recorded as `_OTHER`.
 //!
+//! Finish reasons are the conventions' values for what happened: on `chat`, what the reply was
+//! (`tool_call`, `stop`, `length`, `content_filter`), not the server's raw value; on
+//! `invoke_agent`, `stop`, `length`, `content_filter`, or `error` when the agent ended the run
+//! itself, with its own reason in `agent.stop_reason`.
+//!
 //! Message content is recorded only when `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` asks
-//! for it ([`CaptureMode`]), in the conventions' parts format as JSON strings. Nothing from request
-//! headers (API keys, authorization) is ever recorded.
+//! for it ([`CaptureMode`]), in the conventions' parts format as JSON strings: the messages of
+//! each model call on `chat`, the prompt and final answer on `invoke_agent`, arguments and
+//! results on `execute_tool`. `invoke_agent` and `execute_tool` also get OpenInference's
+//! `input.value`/`output.value`, which Phoenix and Langfuse show as a trace's input and output.
+//! Nothing from request headers (API keys, authorization) is ever recorded.
 //!
 //! An agent uses [`Telemetry::disabled`] unless told otherwise or unless `otlp::init_from_env`
 //! (feature `otlp`) installed the global providers; disabled instrumentation is a branch on an
@@ -30,7 +38,8 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Array, Context, InstrumentationScope, KeyValue, StringValue, Value};
 
-use crate::message::{ToolResult, ToolResultStatus, ToolUse};
+use crate::agent::StopReason;
+use crate::message::{ContentBlock, Message, ToolResult, ToolResultStatus, ToolUse};
 use crate::model::{ModelDescriptor, ModelError, ModelRequest, ModelResponse, Usage};
 
 mod content;
@@ -100,6 +109,17 @@ pub mod attr {
     pub const SERVER_PORT: &str = "server.port";
     /// `error.type`
     pub const ERROR_TYPE: &str = "error.type";
+    /// `agent.stop_reason`: why the agent ended a run, in its own words (`end_turn`,
+    /// `limit_turns`, `cancelled` ...), beside the conventions' finish reason.
+    pub const AGENT_STOP_REASON: &str = "agent.stop_reason";
+    /// OpenInference's `input.value`: the text Phoenix and Langfuse show as a span's input.
+    pub const INPUT_VALUE: &str = "input.value";
+    /// OpenInference's `input.mime_type`.
+    pub const INPUT_MIME_TYPE: &str = "input.mime_type";
+    /// OpenInference's `output.value`.
+    pub const OUTPUT_VALUE: &str = "output.value";
+    /// OpenInference's `output.mime_type`.
+    pub const OUTPUT_MIME_TYPE: &str = "output.mime_type";
     /// The span event that carries content when events are asked for.
     pub const INFERENCE_DETAILS_EVENT: &str = "gen_ai.client.inference.operation.details";
 }
@@ -305,15 +325,14 @@ impl Telemetry {
         Some(Context::current().with_span(span))
     }
 
-    pub(crate) fn end_invoke(
-        &self,
-        cx: &Context,
-        usage: Option<&Usage>,
-        stop_reason: Option<&str>,
-        error: Option<&str>,
-    ) {
+    /// Whether message content is recorded anywhere (callers skip copying it otherwise).
+    pub(crate) fn captures_content(&self) -> bool {
+        self.inner.is_some() && self.capture.any()
+    }
+
+    pub(crate) fn end_invoke(&self, cx: &Context, end: &InvokeEnd<'_>) {
         let span = cx.span();
-        if let Some(u) = usage {
+        if let Some(u) = end.usage {
             span.set_attribute(KeyValue::new(
                 attr::USAGE_INPUT_TOKENS,
                 clamp(u.input_tokens),
@@ -323,17 +342,61 @@ impl Telemetry {
                 clamp(u.output_tokens),
             ));
         }
-        if let Some(reason) = stop_reason {
+        if let Some(reason) = end.stop_reason {
             span.set_attribute(KeyValue::new(
                 attr::RESPONSE_FINISH_REASONS,
-                string_array(reason),
+                string_array(content::run_finish_reason(reason)),
             ));
+            span.set_attribute(KeyValue::new(attr::AGENT_STOP_REASON, reason.as_str()));
         }
-        if let Some(kind) = error {
+        if let Some(kind) = end.error {
             span.set_attribute(KeyValue::new(attr::ERROR_TYPE, kind.to_owned()));
             span.set_status(Status::error(kind.to_owned()));
         }
+        if self.capture.any() {
+            self.invoke_content(&span, end);
+        }
         span.end();
+    }
+
+    /// The invocation's input (its prompt) and output (its final message) on `invoke_agent`,
+    /// in the conventions' attributes, plus OpenInference's `input.value`/`output.value` text
+    /// that backends such as Phoenix and Langfuse show as a trace's input and output.
+    fn invoke_content(&self, span: &opentelemetry::trace::SpanRef<'_>, end: &InvokeEnd<'_>) {
+        let mut attributes = Vec::new();
+        if let Some(prompt) = end.input {
+            attributes.push(KeyValue::new(
+                attr::INPUT_MESSAGES,
+                content::prompt_messages(prompt).to_string(),
+            ));
+        }
+        if let Some(system) = end.system_prompt {
+            attributes.push(KeyValue::new(
+                attr::SYSTEM_INSTRUCTIONS,
+                content::system_instructions(system).to_string(),
+            ));
+        }
+        if let (Some(message), Some(reason)) = (end.output, end.stop_reason) {
+            attributes.push(KeyValue::new(
+                attr::OUTPUT_MESSAGES,
+                content::final_messages(message, content::run_finish_reason(reason)).to_string(),
+            ));
+        }
+        if self.capture.on_event() && !attributes.is_empty() {
+            span.add_event(attr::INFERENCE_DETAILS_EVENT, attributes.clone());
+        }
+        if !self.capture.on_span() {
+            return;
+        }
+        span.set_attributes(attributes);
+        if let Some(prompt) = end.input {
+            span.set_attribute(KeyValue::new(attr::INPUT_VALUE, content::text_of(prompt)));
+            span.set_attribute(KeyValue::new(attr::INPUT_MIME_TYPE, "text/plain"));
+        }
+        if let Some(message) = end.output {
+            span.set_attribute(KeyValue::new(attr::OUTPUT_VALUE, message.text()));
+            span.set_attribute(KeyValue::new(attr::OUTPUT_MIME_TYPE, "text/plain"));
+        }
     }
 
     pub(crate) fn start_chat(
@@ -423,10 +486,11 @@ impl Telemetry {
             attributes.push(KeyValue::new(attr::TOOL_DESCRIPTION, d.to_owned()));
         }
         if self.capture.on_span() {
-            attributes.push(KeyValue::new(
-                attr::TOOL_CALL_ARGUMENTS,
-                tool_use.input.to_string(),
-            ));
+            let arguments = tool_use.input.to_string();
+            attributes.push(KeyValue::new(attr::TOOL_CALL_ARGUMENTS, arguments.clone()));
+            // What Phoenix and Langfuse show as the tool span's input.
+            attributes.push(KeyValue::new(attr::INPUT_VALUE, arguments));
+            attributes.push(KeyValue::new(attr::INPUT_MIME_TYPE, "application/json"));
         }
         let span = inner.tracer.build_with_context(
             inner
@@ -449,6 +513,18 @@ impl Telemetry {
             },
         })
     }
+}
+
+/// How an invocation ended, for its `invoke_agent` span.
+#[derive(Default)]
+pub(crate) struct InvokeEnd<'a> {
+    pub(crate) usage: Option<&'a Usage>,
+    pub(crate) stop_reason: Option<StopReason>,
+    pub(crate) error: Option<&'a str>,
+    /// The prompt, when content is captured.
+    pub(crate) input: Option<&'a [ContentBlock]>,
+    pub(crate) system_prompt: Option<&'a str>,
+    pub(crate) output: Option<&'a Message>,
 }
 
 /// A model call in flight.
@@ -479,13 +555,12 @@ impl ChatSpan {
         if let Some(m) = &response.response_model {
             span.set_attribute(KeyValue::new(attr::RESPONSE_MODEL, m.clone()));
         }
-        let finish = response
-            .finish_reason
-            .clone()
-            .unwrap_or_else(|| content::finish_reason(response).to_owned());
+        // What the reply was (a tool call, an answer cut at the limit ...), in the conventions'
+        // vocabulary: not the server's raw value, which in constrained mode says `stop` for a
+        // tool call.
         span.set_attribute(KeyValue::new(
             attr::RESPONSE_FINISH_REASONS,
-            string_array(&finish),
+            string_array(content::finish_reason(response)),
         ));
         span.set_attribute(KeyValue::new(
             attr::USAGE_INPUT_TOKENS,
@@ -581,7 +656,7 @@ impl ToolSpan {
         if self.capture.on_span() {
             span.set_attribute(KeyValue::new(
                 attr::TOOL_CALL_RESULT,
-                content::tool_result(result).to_string(),
+                content::tool_result_text(result),
             ));
         }
         if result.status == ToolResultStatus::Error {

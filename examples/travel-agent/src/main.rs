@@ -57,6 +57,16 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Library warnings (telemetry export failures, retries given up, memory extraction) on
+    // stderr; `RUST_LOG` chooses more or less.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let endpoint = match endpoint::Endpoint::resolve() {
         Ok(e) => e,
         Err(message) => {
