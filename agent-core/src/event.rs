@@ -16,10 +16,24 @@
 //! | `stop` | the [`AgentResult`] fields: `stop_reason`, `message`, `usage`, `turns` |
 //!
 //! Example: `{"type":"text_delta","text":"Lis"}`.
+//!
+//! A failed run ends with an [`ErrorEvent`] instead of `stop`:
+//! `{"type":"error","kind":"session_busy","message":"...","retryable":true}`. [`SseEvent`] maps
+//! each item of a stream to a Server-Sent Event whose `event:` is the `type` and whose `data:`
+//! is the JSON above, so a service writes
+//!
+//! ```
+//! use agent_core::event::{AgentEvent, SseEvent};
+//!
+//! let item = Ok(AgentEvent::TextDelta { text: "Lis".into() });
+//! let sse = SseEvent::from_item(&item);
+//! assert_eq!(sse.to_frame(), "event: text_delta\ndata: {\"type\":\"text_delta\",\"text\":\"Lis\"}\n\n");
+//! ```
 
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentResult;
+use crate::error::AgentError;
 use crate::message::{Message, ToolResult};
 use crate::model::Usage;
 use crate::tool::ToolProgress;
@@ -88,4 +102,155 @@ pub enum AgentEvent {
     },
     /// The run ended; always the last event.
     Stop(AgentResult),
+}
+
+impl AgentEvent {
+    /// The `type` this event serialises with (`text_delta`, `stop` ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::TextDelta { .. } => "text_delta",
+            Self::ReasoningDelta { .. } => "reasoning_delta",
+            Self::ToolUseStart { .. } => "tool_use_start",
+            Self::ToolInputDelta { .. } => "tool_input_delta",
+            Self::ToolProgress(_) => "tool_progress",
+            Self::ToolResult { .. } => "tool_result",
+            Self::MessageAdded { .. } => "message_added",
+            Self::Usage { .. } => "usage",
+            Self::Retry { .. } => "retry",
+            Self::Stop(_) => "stop",
+        }
+    }
+}
+
+/// A run's error as a client sees it: the class ([`AgentError::kind`]), the message, and
+/// whether the same request may succeed when sent again (throttling, a transient model error,
+/// a busy session, a store conflict).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "error")]
+pub struct ErrorEvent {
+    /// [`AgentError::kind`].
+    pub kind: String,
+    /// The error, one line.
+    pub message: String,
+    /// Whether a retry may succeed.
+    pub retryable: bool,
+}
+
+impl From<&AgentError> for ErrorEvent {
+    fn from(error: &AgentError) -> Self {
+        let kind = error.kind();
+        Self {
+            kind: kind.to_owned(),
+            message: error.to_string().replace(['\r', '\n'], " "),
+            retryable: matches!(
+                kind,
+                "throttled" | "transient" | "session_busy" | "store_conflict"
+            ),
+        }
+    }
+}
+
+/// One item of a run's stream as a Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field: the event's `type`, or `error`.
+    pub event: &'static str,
+    /// The `data:` field: the event's JSON, on one line.
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The event of one stream item: an [`AgentEvent`], or the [`ErrorEvent`] of an error.
+    pub fn from_item(item: &Result<AgentEvent, AgentError>) -> Self {
+        match item {
+            Ok(event) => Self::from_event(event),
+            Err(error) => Self::from_error(error),
+        }
+    }
+
+    /// The event of an [`AgentEvent`].
+    pub fn from_event(event: &AgentEvent) -> Self {
+        Self {
+            event: event.name(),
+            data: json_line(event),
+        }
+    }
+
+    /// The `error` event of a failed run (or of a request refused before it ran).
+    pub fn from_error(error: &AgentError) -> Self {
+        Self {
+            event: "error",
+            data: json_line(&ErrorEvent::from(error)),
+        }
+    }
+
+    /// The event as it is written on the wire, blank line included.
+    pub fn to_frame(&self) -> String {
+        format!("event: {}\ndata: {}\n\n", self.event, self.data)
+    }
+}
+
+/// JSON on one line (serde_json escapes newlines inside strings, and writes none between
+/// tokens); a value that cannot be serialised becomes an error object, not a panic.
+fn json_line<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        serde_json::json!({"type": "error", "kind": "serialization", "message": e.to_string(), "retryable": false})
+            .to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_is_named_as_it_serialises() {
+        let events = [
+            AgentEvent::TextDelta {
+                text: "a\nb".into(),
+            },
+            AgentEvent::ToolUseStart {
+                tool_use_id: "1".into(),
+                name: "f".into(),
+            },
+            AgentEvent::ToolInputDelta {
+                tool_use_id: "1".into(),
+                delta: "{".into(),
+            },
+            AgentEvent::Usage {
+                usage: Usage::default(),
+            },
+            AgentEvent::Retry {
+                attempt: 1,
+                delay_ms: 5,
+                error_kind: "throttled".into(),
+                message: "slow down".into(),
+            },
+        ];
+        for event in events {
+            let sse = SseEvent::from_event(&event);
+            let value: serde_json::Value = serde_json::from_str(&sse.data).expect("json");
+            assert_eq!(value["type"], sse.event);
+            assert!(!sse.data.contains('\n'), "one line: {}", sse.data);
+            let frame = sse.to_frame();
+            assert_eq!(frame.matches("\n\n").count(), 1);
+            assert!(frame.ends_with("\n\n"));
+        }
+    }
+
+    #[test]
+    fn errors_carry_their_class_and_whether_to_retry() {
+        let busy = AgentError::SessionBusy {
+            session_id: "s".into(),
+        };
+        let sse = SseEvent::from_item(&Err(busy));
+        assert_eq!(sse.event, "error");
+        let value: serde_json::Value = serde_json::from_str(&sse.data).expect("json");
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["kind"], "session_busy");
+        assert_eq!(value["retryable"], true);
+        let empty = ErrorEvent::from(&AgentError::EmptyPrompt);
+        assert!(!empty.retryable);
+        assert_eq!(empty.kind, "empty_prompt");
+    }
 }

@@ -732,6 +732,42 @@ async fn dropping_the_stream_cancels_the_run() {
     assert_eq!(r.text(), "never");
 }
 
+/// `invoke` runs in a task of its own: a caller that goes away (an HTTP client that
+/// disconnected, a timeout around the call) cancels the run at a safe point, and the session
+/// stays valid for the next invocation.
+#[tokio::test]
+async fn dropping_an_invocation_cancels_the_run_and_leaves_the_session_valid() {
+    let s = setup(vec![
+        Turn::tool_call("wait", json!({})),
+        Turn::text("never"),
+    ])
+    .await;
+    let agent = s.builder().tool(slow_tool()).build().expect("agent");
+    let session = agent.session("dropped-invoke");
+    let outcome = tokio::time::timeout(Duration::from_millis(300), session.invoke("go")).await;
+    assert!(outcome.is_err(), "the slow tool outlives the caller");
+    s.server.push([Turn::text("next")]);
+    let started = Instant::now();
+    let r = agent
+        .session("dropped-invoke")
+        .invoke("again")
+        .await
+        .expect("invoke");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The interrupted call got its result (cancelled), so the next request was valid and the
+    // model answered it.
+    assert_eq!(r.text(), "never");
+    let history = agent
+        .session("dropped-invoke")
+        .messages()
+        .await
+        .expect("messages")
+        .expect("exists");
+    let uses = history.iter().flat_map(|m| m.tool_uses()).count();
+    let results = history.iter().flat_map(|m| m.tool_results()).count();
+    assert_eq!(uses, results, "every tool call has its result");
+}
+
 #[tokio::test]
 async fn bad_tool_input_becomes_a_result_the_model_reads() {
     let s = setup(vec![

@@ -659,3 +659,48 @@ async fn a_streamed_run_is_a_child_of_the_callers_span() {
     assert_eq!(invoke.parent_span_id, parent_id);
     assert_eq!(invoke.span_context.trace_id(), trace_id);
 }
+
+/// A service passes the incoming request's `traceparent` as the run's parent, for `invoke` and
+/// for `stream` alike (the stream's task does not start a new root).
+#[tokio::test]
+async fn a_given_trace_parent_is_the_parent_of_invoke_agent() {
+    use futures::StreamExt;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    let recorder = Recorder::new();
+    let server = MockVllm::start([Turn::text("one"), Turn::text("two")])
+        .await
+        .expect("server");
+    let agent = agent(&server, recorder.telemetry(CaptureMode::NoContent));
+    // traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
+    let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex");
+    let span_id = SpanId::from_hex("00f067aa0ba902b7").expect("hex");
+    let remote = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    ));
+    agent
+        .session("p")
+        .trace_parent(remote.clone())
+        .invoke("hello")
+        .await
+        .expect("invoke");
+    let mut events = agent.session("p").trace_parent(remote).stream("again");
+    while let Some(event) = events.next().await {
+        event.expect("event");
+    }
+    let spans = recorder.spans();
+    let invokes: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "invoke_agent travel")
+        .collect();
+    assert_eq!(invokes.len(), 2);
+    for invoke in invokes {
+        assert_eq!(invoke.span_context.trace_id(), trace_id);
+        assert_eq!(invoke.parent_span_id, span_id);
+    }
+}

@@ -61,7 +61,7 @@ async fn within<T>(
         .unwrap_or(Err(crate::session::StoreError::Timeout { operation }))
 }
 
-type Sender = mpsc::Sender<Result<AgentEvent, AgentError>>;
+pub(super) type Sender = mpsc::Sender<Result<AgentEvent, AgentError>>;
 
 /// Sends events to a stream consumer, if there is one.
 struct Emitter {

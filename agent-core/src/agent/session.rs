@@ -11,6 +11,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::{Agent, AgentResult, Prompt, run};
 use crate::error::AgentError;
 use crate::event::AgentEvent;
+use crate::message::Message;
+use crate::session::SessionKey;
 
 /// A handle on one session of an agent.
 #[derive(Debug, Clone)]
@@ -20,6 +22,8 @@ pub struct Session {
     actor_id: Option<String>,
     cancel: Option<CancellationToken>,
     idempotency_key: Option<String>,
+    trace_parent: Option<opentelemetry::Context>,
+    request_id: Option<String>,
 }
 
 impl Session {
@@ -30,7 +34,25 @@ impl Session {
             actor_id: None,
             cancel: None,
             idempotency_key: None,
+            trace_parent: None,
+            request_id: None,
         }
+    }
+
+    /// The trace context the run's `invoke_agent` span is a child of (a service passes the one
+    /// of the incoming request's `traceparent`). Default: the caller's current context, taken
+    /// when the invocation starts.
+    pub fn trace_parent(mut self, cx: opentelemetry::Context) -> Self {
+        self.trace_parent = Some(cx);
+        self
+    }
+
+    /// The request this invocation serves (a service's request id): the library's log lines
+    /// during the run carry it, in a `tracing` span `invocation` with `session_id` and
+    /// `request_id`.
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
     }
 
     /// The actor (end user) this session belongs to; tools see it in their context.
@@ -64,9 +86,26 @@ impl Session {
         }
     }
 
-    /// Runs an invocation to its end.
+    /// Runs an invocation to its end, in a task of its own: dropping the returned future (a
+    /// client that went away) cancels the run as a [`CancellationToken`] would, at a point where
+    /// the session is valid, never in the middle of an append. Must be called within a Tokio
+    /// runtime.
     pub async fn invoke(&self, prompt: impl Into<Prompt>) -> Result<AgentResult, AgentError> {
         self.run_to_end(run::Start::Prompt(prompt.into())).await
+    }
+
+    /// The session's messages as stored: its whole history, oldest first (the window a
+    /// conversation manager shows the model may be shorter); `None` when the session does not
+    /// exist.
+    pub async fn messages(&self) -> Result<Option<Vec<Message>>, AgentError> {
+        let key = SessionKey::new(&self.session_id, &self.agent.inner.id)?;
+        Ok(self
+            .agent
+            .inner
+            .store
+            .load(&key)
+            .await?
+            .map(|stored| stored.messages))
     }
 
     /// Continues the session's interrupted run, on any replica, without a new prompt: after a
@@ -85,16 +124,16 @@ impl Session {
     }
 
     async fn run_to_end(&self, start: run::Start) -> Result<AgentResult, AgentError> {
-        let cancel = self.cancel.clone().unwrap_or_default();
-        run::run(
-            &self.agent.inner,
-            &self.session_id,
-            self.actor_id.as_deref(),
-            self.invocation(start),
-            cancel,
-            None,
-        )
-        .await
+        let cancel = self.cancel.clone().unwrap_or_default().child_token();
+        let _guard = cancel.clone().drop_guard();
+        let task = tokio::spawn(self.task(start, cancel, None));
+        match task.await {
+            Ok(outcome) => outcome,
+            // The task catches panics itself; a join error is a runtime shutting down.
+            Err(e) => Err(AgentError::Panicked {
+                message: e.to_string(),
+            }),
+        }
     }
 
     /// Runs an invocation in a task and streams its events; the last item is
@@ -108,28 +147,53 @@ impl Session {
         let (tx, rx) = mpsc::channel(64);
         let cancel = self.cancel.clone().unwrap_or_default().child_token();
         let guard = cancel.clone().drop_guard();
+        let run = self.task(start, cancel, Some(tx.clone()));
+        tokio::spawn(async move {
+            let last = run.await.map(AgentEvent::Stop);
+            // The receiver may be gone; then nobody is waiting for the outcome.
+            let _ = tx.send(last).await;
+        });
+        AgentStream { rx, _guard: guard }
+    }
+
+    /// The run as a `'static` future: in the trace context and `tracing` span of this
+    /// invocation, with a panic (in a user's model, tool source or store, say) turned into a
+    /// typed error.
+    fn task(
+        &self,
+        start: run::Start,
+        cancel: CancellationToken,
+        tx: Option<run::Sender>,
+    ) -> impl Future<Output = Result<AgentResult, AgentError>> + Send + 'static {
+        use futures::FutureExt as _;
+        use opentelemetry::trace::FutureExt as _;
+        use tracing::Instrument as _;
         let agent = self.agent.clone();
         let session_id = self.session_id.clone();
         let actor_id = self.actor_id.clone();
         let invocation = self.invocation(start);
-        // The caller's trace context, so the run's `invoke_agent` span is its child as with
-        // `invoke`, not a new root.
-        let trace = opentelemetry::Context::current();
-        tokio::spawn(async move {
-            use futures::FutureExt as _;
-            use opentelemetry::trace::FutureExt as _;
+        // The caller's trace context unless one was given, so the run's `invoke_agent` span is
+        // its child, not a new root.
+        let trace = self
+            .trace_parent
+            .clone()
+            .unwrap_or_else(opentelemetry::Context::current);
+        let span = tracing::info_span!(
+            "invocation",
+            session_id = %self.session_id,
+            request_id = self.request_id.as_deref(),
+        );
+        async move {
             let run = run::run(
                 &agent.inner,
                 &session_id,
                 actor_id.as_deref(),
                 invocation,
                 cancel,
-                Some(tx.clone()),
+                tx,
             )
             .with_context(trace);
-            // A panic (in a user's model, tool source or store, say) still ends the stream,
-            // with a typed error instead of a stream that just stops.
-            let outcome = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+            match std::panic::AssertUnwindSafe(run).catch_unwind().await {
                 Ok(outcome) => outcome,
                 Err(panic) => Err(AgentError::Panicked {
                     message: panic
@@ -138,12 +202,9 @@ impl Session {
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "a panic without a message".to_owned()),
                 }),
-            };
-            let last = outcome.map(AgentEvent::Stop);
-            // The receiver may be gone; then nobody is waiting for the outcome.
-            let _ = tx.send(last).await;
-        });
-        AgentStream { rx, _guard: guard }
+            }
+        }
+        .instrument(span)
     }
 }
 
