@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Local DynamoDB- and S3-compatible server for the tests: ministack (PyPI, pinned), on 127.0.0.1,
+# Local DynamoDB-, S3- and Cognito-compatible server for the tests: ministack (PyPI, pinned), on 127.0.0.1,
 # in memory. See ../shared/reference/local-aws.md for why this server (conditional writes enforced
 # and atomic, DynamoDB validations like AWS's own DynamoDB Local).
 #
@@ -13,7 +13,10 @@ set -euo pipefail
 CACHE="${AGENT_AWS_CACHE:-${AGENT_CACHE_DIR:-$HOME/.cache/agent-runtime}/aws}"
 PORT="${AGENT_AWS_PORT:-4566}"
 VERSION="1.5.33"
-VENV="$CACHE/venv-$VERSION"
+# cryptography lets ministack sign Cognito tokens with real 2048-bit RSA keys (per pool, as AWS
+# does); without it, it falls back to a static key that nothing can verify.
+CRYPTOGRAPHY="50.0.2"
+VENV="$CACHE/venv-$VERSION-cryptography-$CRYPTOGRAPHY"
 PIDFILE="${AGENT_AWS_PIDFILE:-$CACHE/ministack.pid}"
 LOG="${AGENT_AWS_LOG:-$CACHE/ministack.log}"
 
@@ -34,7 +37,7 @@ install() {
     say "installing ministack $VERSION from PyPI (about 30 s, once)"
     rm -rf "$VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "ministack==$VERSION"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "ministack==$VERSION" "cryptography==$CRYPTOGRAPHY"
     touch "$VENV/.installed"
   fi
   flock -u 9
@@ -60,7 +63,7 @@ start() {
     return 0
   fi
   say "starting ministack on 127.0.0.1:$PORT (log: $LOG)"
-  BIND_HOST=127.0.0.1 GATEWAY_PORT="$PORT" SERVICES=dynamodb,s3 nohup "$VENV/bin/ministack" >"$LOG" 2>&1 &
+  BIND_HOST=127.0.0.1 GATEWAY_PORT="$PORT" SERVICES=dynamodb,s3,cognito-idp nohup "$VENV/bin/ministack" >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
   wait_healthy 30 || exit 1
   echo "http://127.0.0.1:$PORT"

@@ -42,6 +42,13 @@ impl Endpoint {
 
     /// The travel agent on this endpoint.
     pub(crate) async fn agent(&self) -> Result<Agent, Box<dyn std::error::Error>> {
+        Ok(self.builder().await?.build()?)
+    }
+
+    /// The travel agent on this endpoint, before it is built (a service adds its stores).
+    pub(crate) async fn builder(
+        &self,
+    ) -> Result<agent_core::agent::AgentBuilder, Box<dyn std::error::Error>> {
         let model_name = match std::env::var("OPENAI_MODEL") {
             Ok(m) => m,
             Err(_) => discover_model(&self.base_url).await?,
@@ -56,16 +63,15 @@ impl Endpoint {
                 .tool_calling(ToolCalling::Constrained { parallel: false })
                 .temperature(0.0);
         }
-        let agent = Agent::builder()
+        let builder = Agent::builder()
             .name("travel-agent")
             .model(model.build()?)
             .system_prompt(SYSTEM_PROMPT)
             .tool(get_weather)
             .tool(search_flights)
-            .limits(Limits::default().max_turns(8))
-            .build()?;
+            .limits(Limits::default().max_turns(8));
         eprintln!("[travel-agent] model `{model_name}` at {}", self.base_url);
-        Ok(agent)
+        Ok(builder)
     }
 }
 

@@ -27,6 +27,7 @@ use futures::StreamExt;
 mod data;
 mod endpoint;
 mod eval;
+mod serve;
 mod tools;
 
 const DEFAULT_PROMPT: &str =
@@ -52,10 +53,13 @@ struct Cli {
 enum Command {
     /// Runs the evaluation set against the model and prints the pass rate.
     Eval(eval::Args),
+    /// Serves the agent over HTTP (see `serve --help`).
+    Serve(serve::Args),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     // Library warnings (telemetry export failures, retries given up, memory extraction) on
     // stderr; `RUST_LOG` chooses more or less.
@@ -83,22 +87,29 @@ async fn main() -> ExitCode {
             None
         }
     };
-    // Ctrl-C or SIGTERM cancels the run; the local model is still stopped on the way out.
     let cancel = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(cancel.clone()));
-    let outcome = match endpoint.agent().await {
-        Err(e) => Err(e),
-        Ok(agent) => match cli.command {
-            Some(Command::Eval(args)) => eval::run(&agent, &args, &cancel).await,
-            None => {
-                let prompt = if cli.prompt.is_empty() {
-                    DEFAULT_PROMPT.to_owned()
-                } else {
-                    cli.prompt.join(" ")
-                };
-                ask(&agent, &prompt, cli.session, &cancel).await
-            }
+    let outcome = match cli.command {
+        // The service handles its own signals: SIGTERM drains it.
+        Some(Command::Serve(args)) => match endpoint.builder().await {
+            Ok(builder) => serve::run(args, builder, started).await,
+            Err(e) => Err(e),
         },
+        command => {
+            // Ctrl-C or SIGTERM cancels the run; the local model is still stopped on the way out.
+            tokio::spawn(cancel_on_signal(cancel.clone()));
+            match (endpoint.agent().await, command) {
+                (Err(e), _) => Err(e),
+                (Ok(agent), Some(Command::Eval(args))) => eval::run(&agent, &args, &cancel).await,
+                (Ok(agent), _) => {
+                    let prompt = if cli.prompt.is_empty() {
+                        DEFAULT_PROMPT.to_owned()
+                    } else {
+                        cli.prompt.join(" ")
+                    };
+                    ask(&agent, &prompt, cli.session, &cancel).await
+                }
+            }
+        }
     };
     drop(telemetry);
     drop(endpoint);

@@ -1,0 +1,64 @@
+//! Where the service keeps state: sessions in S3 and long-term memory in DynamoDB when
+//! configured (`TRAVEL_AGENT_SESSION_BUCKET`, `TRAVEL_AGENT_MEMORY_TABLE`, with the SDK's
+//! standard `AWS_*` settings), otherwise a file store under the data directory and memory in
+//! the process, which the service says at start.
+
+use std::path::Path;
+
+use agent_core::agent::AgentBuilder;
+use agent_core::memory::{InMemoryMemoryStore, MemoryConfig};
+use agent_memory::{DynamoDbMemoryStore, FileSessionStore, S3SessionStore};
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+pub(super) async fn configure(
+    builder: AgentBuilder,
+    data_dir: &Path,
+) -> Result<AgentBuilder, String> {
+    let bucket = var("TRAVEL_AGENT_SESSION_BUCKET");
+    let table = var("TRAVEL_AGENT_MEMORY_TABLE");
+    let clients = if bucket.is_some() || table.is_some() {
+        Some(agent_memory::clients_from_env().await)
+    } else {
+        None
+    };
+    let builder = match (&bucket, &clients) {
+        (Some(bucket), Some((s3, _))) => {
+            eprintln!("[travel-agent] sessions in s3://{bucket}/travel-agent/");
+            builder
+                .session_store(S3SessionStore::new(s3.clone(), bucket).with_prefix("travel-agent"))
+        }
+        _ => {
+            let dir = data_dir.join("sessions");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            eprintln!(
+                "[travel-agent] no TRAVEL_AGENT_SESSION_BUCKET: sessions in {} (this replica only)",
+                dir.display()
+            );
+            builder.session_store(FileSessionStore::new(dir))
+        }
+    };
+    let builder = match (&table, &clients) {
+        (Some(table), Some((_, dynamodb))) => {
+            eprintln!("[travel-agent] long-term memory in DynamoDB table {table}");
+            builder.memory(MemoryConfig::new(DynamoDbMemoryStore::new(
+                dynamodb.clone(),
+                table,
+            )))
+        }
+        _ => {
+            eprintln!(
+                "[travel-agent] no TRAVEL_AGENT_MEMORY_TABLE: long-term memory in this process \
+                 only"
+            );
+            builder.memory(MemoryConfig::new(InMemoryMemoryStore::new()))
+        }
+    };
+    Ok(builder)
+}

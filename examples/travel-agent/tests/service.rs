@@ -1,0 +1,903 @@
+//! `travel-agent serve` end to end, as real processes on 127.0.0.1: Cognito tokens from
+//! ministack's user pools (`InitiateAuth` gives real RS256 tokens) and from a JWKS of the test's
+//! own, sessions in ministack's S3, the vLLM-format model server, SIGTERM drains.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_tests::{Fault, MockVllm, Turn};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+/// A test-only RSA key (PKCS#1 DER); `fixtures/test-jwks.json` is its public half, kid `test-key-1`.
+const SIGNING_KEY: &[u8] = include_bytes!("fixtures/test-signing-key.der");
+const TEST_JWKS: &str = include_str!("fixtures/test-jwks.json");
+
+/// A `travel-agent serve` process; killed when dropped unless it already exited.
+struct Service {
+    child: Child,
+    url: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Service {
+    fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::try_start(args, env).unwrap_or_else(|log| panic!("the service did not start:\n{log}"))
+    }
+
+    /// Starts the service and waits (bounded) for its `listening on` line; the error is its
+    /// stderr.
+    fn try_start(args: &[&str], env: &[(&str, String)]) -> Result<Self, String> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_travel-agent"));
+        command
+            .arg("serve")
+            .args(args)
+            .env_remove("OPENAI_MODEL")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("COGNITO_ISSUER")
+            .env_remove("COGNITO_USER_POOL_ID")
+            .env_remove("TRAVEL_AGENT_SESSION_BUCKET")
+            .env_remove("TRAVEL_AGENT_MEMORY_TABLE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr");
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(url) = line
+                    .strip_prefix("[travel-agent] listening on ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                {
+                    let _ = tx.send(url.to_owned());
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => Ok(Self { child, url, stderr }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // The reader thread has the rest once the pipe closes.
+                std::thread::sleep(Duration::from_millis(200));
+                Err(stderr.lock().unwrap().clone())
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn sigterm(&self) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) with a process id this test spawned and still owns.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM");
+    }
+
+    /// Waits (bounded) for the process to exit; its exit code.
+    async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < within,
+                "still running after {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// `POST /invocations` in JSON mode.
+async fn invoke(
+    service: &Service,
+    token: Option<&str>,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = http()
+        .post(format!("{}/invocations", service.url))
+        .header("accept", "application/json")
+        .json(&body);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+/// `POST /invocations` as SSE, read to the end: the (event, data) pairs.
+async fn invoke_sse(service: &Service, token: Option<&str>, body: Value) -> Vec<(String, Value)> {
+    let mut request = http()
+        .post(format!("{}/invocations", service.url))
+        .json(&body);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status();
+    if status != 200 {
+        panic!("{status}: {}", response.text().await.unwrap_or_default());
+    }
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "SSE by default"
+    );
+    let text = response.text().await.expect("body");
+    text.split("\n\n")
+        .filter_map(|frame| {
+            let event = frame.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((
+                event.to_owned(),
+                serde_json::from_str(data).expect("json data"),
+            ))
+        })
+        .collect()
+}
+
+async fn messages(service: &Service, token: Option<&str>, session: &str) -> (u16, Value) {
+    let mut request = http().get(format!("{}/sessions/{session}/messages", service.url));
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn aws_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
+        panic!(
+            "AWS_ENDPOINT_URL is not set: run scripts/test.sh, or export \
+             AWS_ENDPOINT_URL=$(scripts/aws-local.sh start) with AWS_ACCESS_KEY_ID, \
+             AWS_SECRET_ACCESS_KEY and AWS_REGION"
+        )
+    })
+}
+
+/// One Cognito call on ministack (the AWS JSON 1.1 protocol).
+async fn cognito(op: &str, body: Value) -> Value {
+    let response = http()
+        .post(aws_endpoint())
+        .header("content-type", "application/x-amz-json-1.1")
+        .header(
+            "x-amz-target",
+            format!("AWSCognitoIdentityProviderService.{op}"),
+        )
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20261130/us-east-1/cognito-idp/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("cognito");
+    let status = response.status();
+    let value: Value = response.json().await.expect("json");
+    assert!(status.is_success(), "{op}: {status} {value}");
+    value
+}
+
+/// A user pool with app clients `allowed` and `other`; tokens of its users come from
+/// `InitiateAuth`.
+struct Pool {
+    id: String,
+    allowed: String,
+    other: String,
+}
+
+impl Pool {
+    async fn create(name: &str) -> Self {
+        let id = cognito("CreateUserPool", json!({"PoolName": name})).await["UserPool"]["Id"]
+            .as_str()
+            .expect("pool id")
+            .to_owned();
+        let client = |n: &'static str| {
+            let id = id.clone();
+            async move {
+                cognito(
+                    "CreateUserPoolClient",
+                    json!({"UserPoolId": id, "ClientName": n,
+                           "ExplicitAuthFlows": ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]}),
+                )
+                .await["UserPoolClient"]["ClientId"]
+                    .as_str()
+                    .expect("client id")
+                    .to_owned()
+            }
+        };
+        let allowed = client("web").await;
+        let other = client("other").await;
+        Self { id, allowed, other }
+    }
+
+    fn issuer(&self) -> String {
+        format!("https://cognito-idp.us-east-1.amazonaws.com/{}", self.id)
+    }
+
+    /// An access token of `user` (created on first use) for `client`.
+    async fn token(&self, user: &str, client: &str) -> String {
+        let password = format!("Passw0rd-{user}!");
+        let created = http()
+            .post(aws_endpoint())
+            .header("content-type", "application/x-amz-json-1.1")
+            .header(
+                "x-amz-target",
+                "AWSCognitoIdentityProviderService.AdminGetUser",
+            )
+            .json(&json!({"UserPoolId": self.id, "Username": user}))
+            .send()
+            .await
+            .expect("get user")
+            .status()
+            .is_success();
+        if !created {
+            cognito(
+                "AdminCreateUser",
+                json!({"UserPoolId": self.id, "Username": user,
+                       "TemporaryPassword": "Temp-Passw0rd!", "MessageAction": "SUPPRESS"}),
+            )
+            .await;
+            cognito(
+                "AdminSetUserPassword",
+                json!({"UserPoolId": self.id, "Username": user, "Password": password, "Permanent": true}),
+            )
+            .await;
+        }
+        cognito(
+            "InitiateAuth",
+            json!({"AuthFlow": "USER_PASSWORD_AUTH", "ClientId": client,
+                   "AuthParameters": {"USERNAME": user, "PASSWORD": password}}),
+        )
+        .await["AuthenticationResult"]["AccessToken"]
+            .as_str()
+            .expect("access token")
+            .to_owned()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The claims of a token, unverified (to forge variants of it).
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64");
+    serde_json::from_slice(&bytes).expect("claims")
+}
+
+/// A token signed with the test's own key.
+fn signed(kid: &str, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let key = EncodingKey::from_rsa_der(SIGNING_KEY);
+    jsonwebtoken::encode(&header, claims, &key).expect("sign")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn assert_refused(status: u16, headers: &reqwest::header::HeaderMap, body: &Value, why: &str) {
+    assert_eq!(status, 401, "{why}: {body}");
+    let challenge = headers["www-authenticate"].to_str().unwrap();
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains(why),
+        "{why}: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cognito_tokens_are_checked_and_sessions_belong_to_their_user() {
+    let pool = Pool::create("travel").await;
+    let elsewhere = Pool::create("elsewhere").await;
+    let model = MockVllm::start_bench("127.0.0.1:0").await.expect("model");
+    let (s3, _) = agent_memory::clients_from_env().await;
+    let bucket = format!("travel-sessions-{:08x}", fastrand::u32(..));
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let service = Service::start(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("OPENAI_BASE_URL", model.base_url()),
+            ("COGNITO_ISSUER", pool.issuer()),
+            ("COGNITO_CLIENT_IDS", pool.allowed.clone()),
+            (
+                "COGNITO_JWKS_URL",
+                format!("{}/{}/.well-known/jwks.json", aws_endpoint(), pool.id),
+            ),
+            ("TRAVEL_AGENT_SESSION_BUCKET", bucket.clone()),
+        ],
+    );
+    assert!(
+        service
+            .log()
+            .contains(&format!("sessions in s3://{bucket}/"))
+    );
+    let alice = pool.token("alice", &pool.allowed).await;
+    let bob = pool.token("bob", &pool.allowed).await;
+
+    // A real token: the run streams to its `stop`, through a tool call.
+    let events = invoke_sse(
+        &service,
+        Some(&alice),
+        json!({"prompt": "Weather in Lisbon?", "session_id": "trip"}),
+    )
+    .await;
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert!(names.contains(&"tool_result"), "{names:?}");
+    assert_eq!(names.last(), Some(&"stop"), "{names:?}");
+    assert_eq!(events.last().unwrap().1["stop_reason"], "end_turn");
+
+    // Each refused token, with a 401 and a challenge that says why.
+    let (status, headers, body) = invoke(&service, None, json!({"prompt": "hi"}), &[]).await;
+    assert_refused(status, &headers, &body, "no bearer token");
+    let wrong_client = pool.token("alice", &pool.other).await;
+    let (status, headers, body) =
+        invoke(&service, Some(&wrong_client), json!({"prompt": "hi"}), &[]).await;
+    assert_refused(status, &headers, &body, "another client");
+    // Another pool's token: each pool signs with keys of its own, so it fails on the key
+    // before its issuer is read (the issuer check with a trusted key is in the next test).
+    let foreign_pool = elsewhere.token("carol", &elsewhere.allowed).await;
+    let (status, headers, body) =
+        invoke(&service, Some(&foreign_pool), json!({"prompt": "hi"}), &[]).await;
+    assert_refused(status, &headers, &body, "unknown key");
+    // `alg: none`, the claims of a valid token, no signature.
+    let claims = claims_of(&alice);
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let (status, headers, body) = invoke(&service, Some(&none), json!({"prompt": "hi"}), &[]).await;
+    assert_refused(status, &headers, &body, "");
+    // HS256 keyed with the issuer's public key (the JWKS as served).
+    let jwks = http()
+        .get(format!(
+            "{}/{}/.well-known/jwks.json",
+            aws_endpoint(),
+            pool.id
+        ))
+        .send()
+        .await
+        .expect("jwks")
+        .bytes()
+        .await
+        .expect("jwks body");
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some("ministack-key-1".to_owned());
+    let confused = jsonwebtoken::encode(
+        &hs,
+        &claims,
+        &EncodingKey::from_secret(&jwks).expect("secret"),
+    )
+    .expect("hs256");
+    let (status, headers, body) =
+        invoke(&service, Some(&confused), json!({"prompt": "hi"}), &[]).await;
+    assert_refused(status, &headers, &body, "HS256");
+    // The right claims and key id, signed with a key the issuer never had.
+    let kid = jsonwebtoken::decode_header(&alice).unwrap().kid.unwrap();
+    let forged = signed(&kid, &claims);
+    let (status, headers, body) =
+        invoke(&service, Some(&forged), json!({"prompt": "hi"}), &[]).await;
+    assert_refused(status, &headers, &body, "signature");
+
+    // Sessions belong to their user: bob cannot read alice's `trip`, and his own `trip` is
+    // another session.
+    let (status, alice_trip) = messages(&service, Some(&alice), "trip").await;
+    assert_eq!(status, 200, "{alice_trip}");
+    let alice_count = alice_trip["messages"].as_array().unwrap().len();
+    assert_eq!(alice_count, 4, "prompt, tool call, tool result, answer");
+    let (status, _) = messages(&service, Some(&bob), "trip").await;
+    assert_eq!(status, 404);
+    let (status, _, body) = invoke(
+        &service,
+        Some(&bob),
+        json!({"prompt": "Weather in Porto?", "session_id": "trip"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, bob_trip) = messages(&service, Some(&bob), "trip").await;
+    assert_eq!(
+        bob_trip["messages"][0]["content"][0]["text"],
+        "Weather in Porto?"
+    );
+    let (_, again) = messages(&service, Some(&alice), "trip").await;
+    assert_eq!(again, alice_trip, "bob's run did not touch alice's session");
+    let (status, _) = messages(&service, Some(&alice), "../trip").await;
+    assert!(status == 400 || status == 404, "{status}");
+
+    // The session lives in S3, under alice's subject.
+    let sub = claims["sub"].as_str().unwrap();
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("travel-agent/")
+        .send()
+        .await
+        .expect("list");
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(
+        keys.iter().any(|k| k.contains(&format!("{sub}.trip"))),
+        "{keys:?}"
+    );
+}
+
+/// Serves the test's own JWKS; counts fetches.
+async fn jwks_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { ([("content-type", "application/json")], TEST_JWKS) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/jwks.json"), fetches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_early_and_misaddressed_tokens_of_a_trusted_key_are_refused() {
+    const ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_test";
+    let (jwks_url, fetches) = jwks_server().await;
+    let model = MockVllm::start_bench("127.0.0.1:0").await.expect("model");
+    let dir = tempfile::tempdir().expect("dir");
+    let service = Service::start(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("OPENAI_BASE_URL", model.base_url()),
+            ("COGNITO_ISSUER", ISSUER.to_owned()),
+            ("COGNITO_CLIENT_IDS", "app-1, app-2".to_owned()),
+            ("COGNITO_JWKS_URL", jwks_url),
+            ("TRAVEL_AGENT_DATA_DIR", dir.path().display().to_string()),
+        ],
+    );
+    let t = now();
+    let good = json!({"sub": "5f1c-user", "iss": ISSUER, "token_use": "access",
+                      "client_id": "app-2", "exp": t + 600, "iat": t});
+    let with = |patch: Value| {
+        let mut c = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        signed("test-key-1", &c)
+    };
+    let (status, headers, body) = invoke(
+        &service,
+        Some(&signed("test-key-1", &good)),
+        json!({"prompt": "Weather in Lisbon?"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["text"].as_str().unwrap().starts_with("w0 w1"),
+        "{body}"
+    );
+    let session = headers["x-session-id"].to_str().unwrap();
+    assert_eq!(body["session_id"], session);
+    // An id token names its client in `aud`.
+    let id_token = with(json!({"token_use": "id", "client_id": null, "aud": "app-1"}));
+    let (status, _, body) = invoke(&service, Some(&id_token), json!({"prompt": "hi"}), &[]).await;
+    assert_eq!(status, 200, "{body}");
+
+    for (token, why) in [
+        (with(json!({"exp": t - 120})), "expired"),
+        (with(json!({"nbf": t + 600})), "not valid yet"),
+        (with(json!({"client_id": "app-3"})), "another client"),
+        (
+            with(json!({"iss": "https://cognito-idp.eu-west-1.amazonaws.com/other"})),
+            "another issuer",
+        ),
+        (
+            with(json!({"token_use": "refresh"})),
+            "neither an access nor an id token",
+        ),
+        (with(json!({"sub": "a.b"})), "subject"),
+        (signed("rotated-away", &good), "unknown key"),
+        (signed("another-unknown", &good), "unknown key"),
+    ] {
+        let (status, headers, body) =
+            invoke(&service, Some(&token), json!({"prompt": "hi"}), &[]).await;
+        assert_refused(status, &headers, &body, why);
+    }
+    // Unknown key ids within a minute of the last fetch do not fetch the JWKS again: a token
+    // with a made-up key id cannot make the service hammer the issuer.
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_under_load_and_idempotent() {
+    let model = MockVllm::start([]).await.expect("model");
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().display().to_string();
+    let env = [
+        ("OPENAI_BASE_URL", model.base_url()),
+        ("TRAVEL_AGENT_DATA_DIR", data),
+    ];
+    let service = Service::start(
+        &[
+            "--no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-concurrent",
+            "1",
+            "--max-body-bytes",
+            "4096",
+            "--max-prompt-bytes",
+            "1000",
+        ],
+        &env,
+    );
+    // Sizes: the body limit, then the prompt limit.
+    let (status, _, _) = invoke(&service, None, json!({"prompt": "x".repeat(5000)}), &[]).await;
+    assert_eq!(status, 413);
+    let (status, _, body) = invoke(&service, None, json!({"prompt": "x".repeat(1500)}), &[]).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["kind"], "prompt_too_large");
+    let (status, _, body) = invoke(&service, None, json!({"nope": 1}), &[]).await;
+    assert_eq!(status, 400, "{body}");
+
+    // One slot: a second invocation while the first runs gets 503 and Retry-After.
+    model
+        .push([Turn::text("slow answer").with_fault(Fault::SlowFirstByte(Duration::from_secs(2)))]);
+    let slow = {
+        let url = service.url.clone();
+        tokio::spawn(async move {
+            http()
+                .post(format!("{url}/invocations"))
+                .header("accept", "application/json")
+                .json(&json!({"prompt": "go", "session_id": "slow"}))
+                .send()
+                .await
+                .expect("send")
+                .json::<Value>()
+                .await
+                .expect("json")
+        })
+    };
+    let started = Instant::now();
+    loop {
+        let ping: Value = http()
+            .get(format!("{}/ping", service.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ping["status"] == "HealthyBusy" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never busy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, headers, body) = invoke(
+        &service,
+        None,
+        json!({"prompt": "me too", "session_id": "other"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(body["retryable"], true);
+    assert_eq!(slow.await.unwrap()["text"], "slow answer");
+
+    // The same Idempotency-Key twice: one model call, the same answer.
+    model.push([Turn::text("once")]);
+    let before = model.received().len();
+    let key = [("idempotency-key", "req-42")];
+    let (s1, _, first) = invoke(
+        &service,
+        None,
+        json!({"prompt": "book", "session_id": "idem"}),
+        &key,
+    )
+    .await;
+    let (s2, _, second) = invoke(
+        &service,
+        None,
+        json!({"prompt": "book", "session_id": "idem"}),
+        &key,
+    )
+    .await;
+    assert_eq!((s1, s2), (200, 200), "{first} {second}");
+    assert_eq!(first["text"], "once");
+    assert_eq!(second["text"], "once");
+    assert_eq!(
+        model.received().len(),
+        before + 1,
+        "the model was called once"
+    );
+    let (_, history) = messages(&service, None, "idem").await;
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        2,
+        "{history}"
+    );
+}
+
+#[test]
+fn no_auth_refuses_a_public_address() {
+    let err = Service::try_start(
+        &["--no-auth", "--listen", "0.0.0.0:0"],
+        &[
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1".to_owned()),
+            ("OPENAI_MODEL", "m".to_owned()),
+        ],
+    )
+    .err()
+    .expect("refused");
+    assert!(err.contains("--no-auth is for local use only"), "{err}");
+    let err = Service::try_start(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1".to_owned()),
+            ("OPENAI_MODEL", "m".to_owned()),
+        ],
+    )
+    .err()
+    .expect("refused");
+    assert!(err.contains("no authentication configured"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_what_outlives_the_drain_resumes_on_a_new_process() {
+    let model = MockVllm::start([]).await.expect("model");
+    let dir = tempfile::tempdir().expect("dir");
+    let env = [
+        ("OPENAI_BASE_URL", model.base_url()),
+        ("TRAVEL_AGENT_DATA_DIR", dir.path().display().to_string()),
+    ];
+    let args = [
+        "--no-auth",
+        "--listen",
+        "127.0.0.1:0",
+        "--drain-seconds",
+        "3",
+    ];
+
+    // A run that fits in the drain time finishes; readiness turns false at once; new work is
+    // refused; the process exits 0.
+    let mut service = Service::start(&args, &env);
+    model.push([Turn::text("finished in time")
+        .with_fault(Fault::SlowFirstByte(Duration::from_millis(1500)))]);
+    let url = service.url.clone();
+    let in_time = tokio::spawn(async move {
+        http()
+            .post(format!("{url}/invocations"))
+            .header("accept", "application/json")
+            .json(&json!({"prompt": "go", "session_id": "drained"}))
+            .send()
+            .await
+            .expect("send")
+            .json::<Value>()
+            .await
+            .expect("json")
+    });
+    while model.received().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.sigterm();
+    let started = Instant::now();
+    loop {
+        let ready = http()
+            .get(format!("{}/ready", service.url))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if ready == 503 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "readiness still true"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, _, body) = invoke(&service, None, json!({"prompt": "late"}), &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["kind"], "draining");
+    assert_eq!(in_time.await.unwrap()["text"], "finished in time");
+    assert_eq!(service.exit_code(Duration::from_secs(10)).await, Some(0));
+
+    // A run longer than the drain time is cancelled; the process still exits 0 in time, and
+    // the session goes on from a new process.
+    let mut service = Service::start(&args, &env);
+    model.push([Turn::text("too late").with_fault(Fault::SlowFirstByte(Duration::from_secs(30)))]);
+    let url = service.url.clone();
+    let cut = tokio::spawn(async move {
+        http()
+            .post(format!("{url}/invocations"))
+            .json(&json!({"prompt": "long one", "session_id": "cut"}))
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .unwrap_or_default()
+    });
+    let seen = model.received().len();
+    while model.received().len() == seen {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.sigterm();
+    let stopped = Instant::now();
+    assert_eq!(service.exit_code(Duration::from_secs(20)).await, Some(0));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3 + 10),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let sse = cut.await.unwrap();
+    assert!(sse.contains("\"stop_reason\":\"cancelled\""), "{sse}");
+    assert!(
+        service.log().contains("drain time over"),
+        "{}",
+        service.log()
+    );
+
+    let service = Service::start(&args, &env);
+    model.push([Turn::text("resumed")]);
+    let (status, _, body) = invoke(
+        &service,
+        None,
+        json!({"prompt": "still there?", "session_id": "cut"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["text"], "resumed");
+    let (_, history) = messages(&service, None, "cut").await;
+    let texts: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"][0]["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["long one", "still there?"], "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_leaves_a_valid_session_and_replicas_share_it() {
+    let model = MockVllm::start_bench("127.0.0.1:0").await.expect("model");
+    let (s3, _) = agent_memory::clients_from_env().await;
+    let bucket = format!("travel-replicas-{:08x}", fastrand::u32(..));
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let env = [
+        ("OPENAI_BASE_URL", model.base_url()),
+        ("TRAVEL_AGENT_SESSION_BUCKET", bucket.clone()),
+    ];
+    let args = ["--no-auth", "--listen", "127.0.0.1:0"];
+    let a = Service::start(&args, &env);
+    let b = Service::start(&args, &env);
+
+    // Two replicas serve one session alternately: nothing is lost.
+    for (i, replica) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let (status, _, body) = invoke(
+            replica,
+            None,
+            json!({"prompt": format!("Weather in Lisbon, round {i}?"), "session_id": "shared"}),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "round {i}: {body}");
+    }
+    let (_, history) = messages(&b, None, "shared").await;
+    let messages_now = history["messages"].as_array().unwrap();
+    assert_eq!(
+        messages_now.len(),
+        16,
+        "4 rounds of prompt, call, result, answer"
+    );
+    let prompts: Vec<&str> = messages_now
+        .iter()
+        .filter_map(|m| m["content"][0]["text"].as_str())
+        .filter(|t| t.starts_with("Weather in Lisbon, round"))
+        .collect();
+    assert_eq!(prompts.len(), 4, "{prompts:?}");
+
+    // A client that reads the first event and goes away: the run is cancelled, the session
+    // stays valid, and the next request on it answers.
+    let response = http()
+        .post(format!("{}/invocations", a.url))
+        .json(&json!({"prompt": "Weather in Porto?", "session_id": "shared"}))
+        .send()
+        .await
+        .expect("send");
+    let mut body = response.bytes_stream();
+    use futures::StreamExt as _;
+    let first = body.next().await.expect("a first event").expect("bytes");
+    assert!(String::from_utf8_lossy(&first).contains("event:"));
+    drop(body);
+    let (status, _, answer) = invoke(
+        &b,
+        None,
+        json!({"prompt": "And in Paris?", "session_id": "shared"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, history) = messages(&a, None, "shared").await;
+    let all = history["messages"].as_array().unwrap();
+    let uses = all
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c.get("toolUse").is_some())
+        .count();
+    let results = all
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c.get("toolResult").is_some())
+        .count();
+    assert_eq!(uses, results, "every tool call has its result: {history}");
+}
