@@ -95,3 +95,30 @@ pub(crate) fn flights(from: &str, to: &str, date: &str) -> Vec<Flight> {
     flights.sort_by_key(|f| f.price_eur);
     flights
 }
+
+/// One hotel.
+pub(crate) struct Hotel {
+    pub(crate) name: String,
+    pub(crate) stars: u32,
+    pub(crate) price_eur: u32,
+}
+
+/// Hotels in a known city (deterministic sample data), cheapest first.
+pub(crate) fn hotels(city: &str) -> Vec<Hotel> {
+    let seed: u32 = city.bytes().map(u32::from).sum();
+    let names = ["Central", "Riverside", "Old Town", "Station"];
+    let mut hotels: Vec<Hotel> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let i = u32::try_from(i).unwrap_or(0);
+            Hotel {
+                name: format!("Hotel {name} {city}"),
+                stars: 2 + (seed + i) % 4,
+                price_eur: 60 + (seed * (i + 3)) % 180,
+            }
+        })
+        .collect();
+    hotels.sort_by_key(|h| h.price_eur);
+    hotels
+}

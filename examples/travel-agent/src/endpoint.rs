@@ -4,11 +4,10 @@
 use agent_core::model::openai::ToolCalling;
 use agent_core::prelude::*;
 
-use crate::tools::{get_weather, search_flights};
-
 const SYSTEM_PROMPT: &str = "You are a travel assistant. You know only what your tools return: \
-today's weather per city (get_weather) and direct flights from one city to another on a date \
-(search_flights). Call a tool for every fact the user asks about: a question about weather and \
+today's weather per city (get_weather), direct flights from one city to another on a date \
+(search_flights) and hotels per city (search_hotels); book_trip books a flight, only when the \
+user asks to book. Call a tool for every fact the user asks about: a question about weather and \
 flights needs both tools, one call each, before you answer. Tools take English city names \
 (Lisbon, not Lisboa). Then answer briefly, in the user's language, repeating the exact words and \
 numbers of the tool results: conditions, temperatures, flight numbers, times and prices. Never \
@@ -40,14 +39,18 @@ impl Endpoint {
         }
     }
 
-    /// The travel agent on this endpoint.
-    pub(crate) async fn agent(&self) -> Result<Agent, Box<dyn std::error::Error>> {
-        Ok(self.builder().await?.build()?)
+    /// The travel agent on this endpoint, with `tools`.
+    pub(crate) async fn agent(
+        &self,
+        tools: Vec<std::sync::Arc<dyn Tool>>,
+    ) -> Result<Agent, Box<dyn std::error::Error>> {
+        Ok(self.builder(tools).await?.build()?)
     }
 
     /// The travel agent on this endpoint, before it is built (a service adds its stores).
     pub(crate) async fn builder(
         &self,
+        tools: Vec<std::sync::Arc<dyn Tool>>,
     ) -> Result<agent_core::agent::AgentBuilder, Box<dyn std::error::Error>> {
         let model_name = match std::env::var("OPENAI_MODEL") {
             Ok(m) => m,
@@ -67,8 +70,7 @@ impl Endpoint {
             .name("travel-agent")
             .model(model.build()?)
             .system_prompt(SYSTEM_PROMPT)
-            .tool(get_weather)
-            .tool(search_flights)
+            .tools(tools)
             .limits(Limits::default().max_turns(8));
         eprintln!("[travel-agent] model `{model_name}` at {}", self.base_url);
         Ok(builder)

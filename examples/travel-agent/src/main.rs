@@ -1,9 +1,11 @@
-//! The travel assistant, CLI mode: one prompt, answered by an agent with travel tools against an
+//! The travel assistant: an agent with travel tools (from its own MCP server) against an
 //! OpenAI-compatible endpoint (a vLLM server on EKS, or any OpenAI-compatible server).
 //!
 //! ```text
 //! OPENAI_BASE_URL=http://localhost:8000/v1 cargo run -p travel-agent -- "A weekend in Lisbon?"
 //! cargo run -p travel-agent -- eval            # the evaluation set, pass rate at the end
+//! cargo run -p travel-agent -- serve --no-auth # the HTTP service (src/serve/)
+//! cargo run -p travel-agent -- mcp             # the travel MCP server, stdio (--http <addr>)
 //! ```
 //!
 //! `OPENAI_MODEL` names the model; when unset, the first model the server lists at `/v1/models`
@@ -27,8 +29,10 @@ use futures::StreamExt;
 mod data;
 mod endpoint;
 mod eval;
+mod mcp_server;
 mod serve;
 mod tools;
+mod travel_tools;
 
 const DEFAULT_PROMPT: &str =
     "What's the weather in Lisbon, and which flights go there from London on 2026-12-05?";
@@ -55,6 +59,8 @@ enum Command {
     Eval(eval::Args),
     /// Serves the agent over HTTP (see `serve --help`).
     Serve(serve::Args),
+    /// Serves the travel tools as an MCP server (stdio, or streamable HTTP with `--http`).
+    Mcp(mcp_server::Args),
 }
 
 #[tokio::main]
@@ -71,6 +77,16 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    if let Some(Command::Mcp(args)) = cli.command {
+        // No model and no telemetry: a tool server.
+        return match mcp_server::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let endpoint = match endpoint::Endpoint::resolve() {
         Ok(e) => e,
         Err(message) => {
@@ -88,16 +104,32 @@ async fn main() -> ExitCode {
         }
     };
     let cancel = CancellationToken::new();
+    let serving = matches!(cli.command, Some(Command::Serve(_)));
+    // The travel tools, from the travel MCP server; kept connected until the end.
+    let mcp = match travel_tools::connect(!serving).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: cannot start the travel MCP server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tools = match mcp.tools().await {
+        Ok(tools) => tools,
+        Err(e) => {
+            eprintln!("error: cannot list the travel MCP server's tools: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let outcome = match cli.command {
         // The service handles its own signals: SIGTERM drains it.
-        Some(Command::Serve(args)) => match endpoint.builder().await {
+        Some(Command::Serve(args)) => match endpoint.builder(tools).await {
             Ok(builder) => serve::run(args, builder, started).await,
             Err(e) => Err(e),
         },
         command => {
             // Ctrl-C or SIGTERM cancels the run; the local model is still stopped on the way out.
             tokio::spawn(cancel_on_signal(cancel.clone()));
-            match (endpoint.agent().await, command) {
+            match (endpoint.agent(tools).await, command) {
                 (Err(e), _) => Err(e),
                 (Ok(agent), Some(Command::Eval(args))) => eval::run(&agent, &args, &cancel).await,
                 (Ok(agent), _) => {
@@ -111,6 +143,7 @@ async fn main() -> ExitCode {
             }
         }
     };
+    drop(mcp);
     drop(telemetry);
     drop(endpoint);
     match outcome {

@@ -90,6 +90,56 @@ pub(crate) fn search_flights(
     Ok(out)
 }
 
+/// Hotels in one city with their stars and price per night, cheapest first.
+#[tool]
+pub(crate) fn search_hotels(
+    /// The city to stay in, e.g. "Lisbon".
+    city: String,
+) -> Result<String, String> {
+    let city = data::known_city(&city).ok_or_else(|| {
+        format!(
+            "No hotel data for \"{}\". Hotels are known only in: {}.",
+            city.trim(),
+            known_cities()
+        )
+    })?;
+    let hotels = data::hotels(city);
+    let mut out = format!("{} hotels in {city}, cheapest first:", hotels.len());
+    for (i, h) in hotels.iter().enumerate() {
+        out.push_str(&format!(
+            "\n{}. {} ({} stars), {} EUR per night",
+            i + 1,
+            h.name,
+            h.stars,
+            h.price_eur
+        ));
+    }
+    Ok(out)
+}
+
+/// The flight `number` from `from_city` to `to_city` on `date`, if the dataset has it.
+pub(crate) fn find_flight(
+    from_city: &str,
+    to_city: &str,
+    date: &str,
+    number: &str,
+) -> Result<data::Flight, String> {
+    let from =
+        data::known_city(from_city).ok_or_else(|| format!("unknown city \"{from_city}\""))?;
+    let to = data::known_city(to_city).ok_or_else(|| format!("unknown city \"{to_city}\""))?;
+    if !is_date(date.trim()) {
+        return Err(format!("\"{date}\" is not a date as YYYY-MM-DD"));
+    }
+    data::flights(from, to, date.trim())
+        .into_iter()
+        .find(|f| f.number.eq_ignore_ascii_case(number.trim()))
+        .ok_or_else(|| {
+            format!(
+                "there is no flight {number} from {from} to {to} on {date}: search flights first"
+            )
+        })
+}
+
 /// `YYYY-MM-DD` with a plausible month and day.
 fn is_date(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
@@ -129,6 +179,28 @@ mod tests {
         );
         let unknown = get_weather::run("Tokyo".into()).expect_err("unknown");
         assert!(unknown.contains("\"Tokyo\"") && unknown.contains("Lisbon, Porto"));
+    }
+
+    #[test]
+    fn hotels_are_cheapest_first_and_flights_are_found_by_number() {
+        let out = search_hotels::run("lisboa".into()).expect("hotels");
+        assert!(
+            out.starts_with("4 hotels in Lisbon, cheapest first:"),
+            "{out}"
+        );
+        let prices: Vec<u32> = out
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let eur = l.split(", ").last().expect("price");
+                eur.split(' ').next().expect("n").parse().expect("number")
+            })
+            .collect();
+        assert!(prices.windows(2).all(|w| w[0] <= w[1]), "{out}");
+        assert!(search_hotels::run("Tokyo".into()).is_err());
+        let f = find_flight("London", "Lisbon", "2026-12-05", "ta999").expect("found");
+        assert_eq!((f.number.as_str(), f.price_eur), ("TA999", 116));
+        assert!(find_flight("London", "Lisbon", "2026-12-05", "TA1").is_err());
     }
 
     #[test]

@@ -267,7 +267,7 @@ pub(crate) async fn run(
 }
 
 /// SIGTERM or Ctrl-C.
-async fn terminated() {
+pub(crate) async fn terminated() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
