@@ -960,3 +960,40 @@ impl OtlpReceiver {
         }
     }
 }
+
+/// Raises this process's open-file limit to its hard limit (at most 65,536), for benchmarks with
+/// a thousand connections; children inherit it.
+pub fn raise_fd_limit() {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The benchmarks' model server process: serves [`MockVllm::start_bench`] on 127.0.0.1, prints
+/// its port on stdout, and serves until stdin closes (so the CPU a benchmark measures in its own
+/// process is the client's alone).
+pub fn serve_bench_model_until_stdin_closes() {
+    use std::io::Read as _;
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    rt.block_on(async {
+        let server = MockVllm::start_bench("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("server: {e}"));
+        println!("{}", server.addr().port());
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        })
+        .await
+        .ok();
+    });
+}

@@ -30,7 +30,13 @@ async fn log_lines_during_a_run_carry_the_request_id() {
     let server = MockVllm::start([Turn::tool_call("noisy", json!({})), Turn::text("done")])
         .await
         .expect("server");
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
     let agent = Agent::builder()
+        .telemetry(agent_core::telemetry::Telemetry::new(&provider, &meters))
         .model(provider_builder(&server).build().expect("model"))
         .tool(FnTool::new(
             "noisy",
@@ -56,4 +62,14 @@ async fn log_lines_during_a_run_carry_the_request_id() {
         .unwrap_or_else(|| panic!("no log line: {text}"));
     assert!(line.contains("request_id=\"req-7\""), "{line}");
     assert!(line.contains("session_id=logged"), "{line}");
+    // And the trace of the run, as the trace backend has it.
+    let spans = exporter.get_finished_spans().expect("spans");
+    let invoke = spans
+        .iter()
+        .find(|s| s.name.starts_with("invoke_agent"))
+        .expect("invoke_agent");
+    let trace_id = invoke.span_context.trace_id().to_string();
+    let span_id = invoke.span_context.span_id().to_string();
+    assert!(line.contains(&format!("trace_id={trace_id}")), "{line}");
+    assert!(line.contains(&format!("span_id={span_id}")), "{line}");
 }

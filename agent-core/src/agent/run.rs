@@ -201,6 +201,15 @@ pub(super) async fn run(
     let trace = agent
         .telemetry
         .start_invoke(&agent.name, &agent.id, session_id, &agent.descriptor);
+    if let Some(cx) = &trace {
+        // Log lines of this run name its trace (the `invocation` span declares the fields).
+        use opentelemetry::trace::TraceContextExt as _;
+        let span = cx.span();
+        let ids = span.span_context();
+        let current = tracing::Span::current();
+        current.record("trace_id", tracing::field::display(ids.trace_id()));
+        current.record("span_id", tracing::field::display(ids.span_id()));
+    }
     // The prompt is copied only when content is recorded.
     let input = match &invocation.start {
         Start::Prompt(prompt) if agent.telemetry.captures_content() => Some(prompt.0.clone()),

@@ -48,8 +48,9 @@ impl Session {
     }
 
     /// The request this invocation serves (a service's request id): the library's log lines
-    /// during the run carry it, in a `tracing` span `invocation` with `session_id` and
-    /// `request_id`.
+    /// during the run carry it, in a `tracing` span `invocation` with `session_id`,
+    /// `request_id`, and, when telemetry records, the `trace_id` and `span_id` of the run's
+    /// `invoke_agent` span.
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.request_id = Some(id.into());
         self
@@ -182,6 +183,8 @@ impl Session {
             "invocation",
             session_id = %self.session_id,
             request_id = self.request_id.as_deref(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         async move {
             let run = run::run(

@@ -67,16 +67,7 @@ enum Command {
 async fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
-    // Library warnings (telemetry export failures, retries given up, memory extraction) on
-    // stderr; `RUST_LOG` chooses more or less.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    init_logs(matches!(cli.command, Some(Command::Serve(_))));
     if let Some(Command::Mcp(args)) = cli.command {
         // No model and no telemetry: a tool server.
         return match mcp_server::run(args).await {
@@ -156,6 +147,36 @@ async fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs on stderr through `tracing`: the library's warnings (telemetry export failures, retries
+/// given up, memory extraction) and the service's requests. JSON lines (with the run's
+/// `request_id`, `session_id`, `trace_id` and `span_id`) for the service, text for the CLI;
+/// `TRAVEL_AGENT_LOG_FORMAT=json|text` overrides, and `RUST_LOG` chooses the levels (default
+/// `info` for the service, `warn` for the CLI).
+fn init_logs(service: bool) {
+    let json = match std::env::var("TRAVEL_AGENT_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => service,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if service { "info" } else { "warn" })
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if json {
+        builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 }
 

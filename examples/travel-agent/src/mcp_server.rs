@@ -265,6 +265,9 @@ pub(crate) async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "[travel-mcp] listening on http://{}/mcp",
         listener.local_addr()?
     );
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(crate::serve::terminated())
         .await?;

@@ -147,9 +147,14 @@ async fn invoke(
     (status, headers, body)
 }
 
-/// `POST /invocations` as SSE, read to the end: the (event, data) pairs.
+/// `POST /invocations` as SSE, read to the end (bounded by 5 minutes: a real model on a busy
+/// CPU is slow): the (event, data) pairs.
 async fn invoke_sse(service: &Service, token: Option<&str>, body: Value) -> Vec<(String, Value)> {
-    let mut request = http()
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("client");
+    let mut request = client
         .post(format!("{}/invocations", service.url))
         .json(&body);
     if let Some(t) = token {
@@ -900,4 +905,121 @@ async fn a_client_that_disconnects_leaves_a_valid_session_and_replicas_share_it(
         .filter(|c| c.get("toolResult").is_some())
         .count();
     assert_eq!(uses, results, "every tool call has its result: {history}");
+}
+
+/// An incoming `traceparent` is the parent of the run's `invoke_agent`, for a streamed run too;
+/// the service logs JSON lines with the request id; telemetry is flushed on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_continue_the_caller_s_and_logs_are_json_with_the_trace() {
+    let receiver = agent_tests::OtlpReceiver::start();
+    let model = MockVllm::start_bench("127.0.0.1:0").await.expect("model");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut service = Service::start(
+        &["--no-auth", "--listen", "127.0.0.1:0"],
+        &[
+            ("OPENAI_BASE_URL", model.base_url()),
+            ("TRAVEL_AGENT_DATA_DIR", dir.path().display().to_string()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
+            ("OTEL_METRICS_EXPORTER", "none".to_owned()),
+        ],
+    );
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let response = http()
+        .post(format!("{}/invocations", service.url))
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .header("x-request-id", "req-trace-1")
+        .json(&json!({"prompt": "Weather in Lisbon?", "session_id": "traced"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.headers()["x-request-id"], "req-trace-1");
+    let body = response.text().await.expect("sse");
+    assert!(body.contains("event: stop"), "{body}");
+    service.sigterm();
+    assert_eq!(service.exit_code(Duration::from_secs(20)).await, Some(0));
+
+    let received = receiver.received.lock().unwrap();
+    let spans: Vec<_> = received
+        .traces
+        .iter()
+        .flat_map(|(_, r)| r.resource_spans.iter())
+        .flat_map(|rs| rs.scope_spans.iter())
+        .flat_map(|ss| ss.spans.iter())
+        .collect();
+    let invoke = spans
+        .iter()
+        .find(|s| s.name.starts_with("invoke_agent"))
+        .expect("invoke_agent exported before exit");
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(hex(&invoke.trace_id), TRACE);
+    assert_eq!(hex(&invoke.parent_span_id), PARENT);
+
+    // JSON lines on stderr: the access line names the request (that lines logged during a run
+    // carry its request id and trace is tests/tests/logs.rs).
+    let log = service.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "travel_agent::access")
+        .unwrap_or_else(|| panic!("no access line:\n{log}"));
+    assert_eq!(access["fields"]["request_id"], "req-trace-1");
+    assert_eq!(access["fields"]["status"], 200);
+}
+
+/// The service on the real local model (llama.cpp + Qwen2.5-Coder-1.5B, `AGENT_LOCAL_MODEL_URL`)
+/// in constrained tool-calling mode: the streamed answer comes from the MCP server's tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_answers_from_real_tool_results_on_the_real_model() {
+    let base_url = std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
+        panic!(
+            "AGENT_LOCAL_MODEL_URL is not set: run scripts/test.sh, or export \
+             AGENT_LOCAL_MODEL_URL=$(scripts/local-model.sh start)"
+        )
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let service = Service::start(
+        &["--no-auth", "--listen", "127.0.0.1:0"],
+        &[
+            ("OPENAI_BASE_URL", base_url),
+            ("OPENAI_TOOL_CALLING", "constrained".to_owned()),
+            ("TRAVEL_AGENT_DATA_DIR", dir.path().display().to_string()),
+        ],
+    );
+    let events = invoke_sse(
+        &service,
+        None,
+        json!({"prompt": "What's the weather in Porto today?", "session_id": "real"}),
+    )
+    .await;
+    let tool_results: Vec<String> = events
+        .iter()
+        .filter(|(e, _)| e == "tool_result")
+        .map(|(_, d)| {
+            d["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        tool_results
+            .iter()
+            .any(|t| t.starts_with("Weather in Porto today: cloudy")),
+        "{tool_results:?}"
+    );
+    let (last, stop) = events.last().expect("events");
+    assert_eq!(last, "stop", "{events:?}");
+    let answer = stop["message"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase();
+    assert!(
+        answer.contains("cloudy") || answer.contains("17"),
+        "the answer uses the tool's result: {answer}"
+    );
 }

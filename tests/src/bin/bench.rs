@@ -12,7 +12,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use agent_core::prelude::*;
 use agent_core::session::{InMemorySessionStore, SessionKey, SessionStore};
-use agent_tests::{MODEL, MockVllm, process_cpu_time};
+use agent_tests::{MODEL, process_cpu_time};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -490,46 +490,14 @@ async fn long_run(
     out
 }
 
-fn raise_fd_limit() {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-fn serve() {
-    raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"));
-    rt.block_on(async {
-        let server = MockVllm::start_bench("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("server: {e}"));
-        println!("{}", server.addr().port());
-        // Serve until the parent closes our stdin.
-        tokio::task::spawn_blocking(|| {
-            let mut sink = Vec::new();
-            let _ = std::io::stdin().read_to_end(&mut sink);
-        })
-        .await
-        .ok();
-    });
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--serve") {
-        serve();
+        agent_tests::serve_bench_model_until_stdin_closes();
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    raise_fd_limit();
+    agent_tests::raise_fd_limit();
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("exe: {e}"));
     let mut child = Command::new(exe)
         .arg("--serve")

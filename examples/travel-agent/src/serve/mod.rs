@@ -220,6 +220,13 @@ pub(crate) async fn run(
         .with_state(service.clone());
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
+    // Events are small writes: without TCP_NODELAY each one can wait for the client's delayed
+    // ACK (40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let stop_serving = CancellationToken::new();
     let server = axum::serve(listener, router)
         .with_graceful_shutdown(stop_serving.clone().cancelled_owned())
@@ -471,10 +478,25 @@ async fn invocations(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match invocation(service, headers, body).await {
+    let started = Instant::now();
+    let response = match invocation(service, headers, body).await {
         Ok(r) => r,
         Err(refusal) => refusal.into_response(),
-    }
+    };
+    // An SSE response is logged when its head is sent; its run goes on.
+    tracing::info!(
+        target: "travel_agent::access",
+        method = "POST",
+        path = "/invocations",
+        status = response.status().as_u16(),
+        request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
 }
 
 async fn invocation(
