@@ -28,19 +28,7 @@ NAME=ministack
 say() { printf '[aws-local] %s\n' "$*" >&2; }
 
 install() {
-  [ -f "$VENV/.installed" ] && return 0
-  mkdir -p "$CACHE"
-  # One installer at a time; a venv without its marker is unfinished and made again.
-  exec 9>"$CACHE/.install.lock"
-  flock 9
-  if [ ! -f "$VENV/.installed" ]; then
-    say "installing ministack $VERSION from PyPI (about 30 s, once)"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "ministack==$VERSION" "cryptography==$CRYPTOGRAPHY"
-    touch "$VENV/.installed"
-  fi
-  flock -u 9
+  install_venv "ministack $VERSION (about 30 s, once)" "ministack==$VERSION" "cryptography==$CRYPTOGRAPHY"
 }
 
 healthy() {

@@ -30,19 +30,7 @@ NAME=phoenix
 say() { printf '[phoenix] %s\n' "$*" >&2; }
 
 install() {
-  [ -f "$VENV/.installed" ] && return 0
-  mkdir -p "$CACHE"
-  # One installer at a time; a venv without its marker is unfinished and made again.
-  exec 9>"$CACHE/.install.lock"
-  flock 9
-  if [ ! -f "$VENV/.installed" ]; then
-    say "installing arize-phoenix $VERSION from PyPI (about a minute, once)"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "arize-phoenix==$VERSION"
-    touch "$VENV/.installed"
-  fi
-  flock -u 9
+  install_venv "arize-phoenix $VERSION (about a minute, once)" "arize-phoenix==$VERSION"
 }
 
 healthy() {

@@ -1,6 +1,25 @@
 # Shared by the scripts that run a local server (sourced, not run). The caller sets NAME,
 # shellcheck shell=bash
-# PIDFILE and LOG, and defines say() and healthy().
+# PIDFILE and LOG, and defines say() and healthy(); install_venv also needs CACHE and VENV.
+
+# Installs the PyPI packages given after the description into the venv $VENV, once: one
+# installer at a time, and a venv without its marker is unfinished and made again.
+install_venv() {
+  local what=$1
+  shift
+  [ -f "$VENV/.installed" ] && return 0
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/.install.lock"
+  flock 9
+  if [ ! -f "$VENV/.installed" ]; then
+    say "installing $what from PyPI"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"
+    touch "$VENV/.installed"
+  fi
+  flock -u 9
+}
 
 # The PID of the server this PID file names, if it is running.
 running_pid() {

@@ -997,3 +997,26 @@ pub fn serve_bench_model_until_stdin_closes() {
         .ok();
     });
 }
+
+/// The benchmarks' model server as a child process: this same executable run with `--serve`
+/// (which calls [`serve_bench_model_until_stdin_closes`]). Returns the child, which serves until
+/// its stdin is closed, and the base URL (`http://127.0.0.1:<port>/v1`).
+pub fn spawn_bench_model() -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("exe: {e}"));
+    let mut child = std::process::Command::new(exe)
+        .arg("--serve")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap_or_else(|| panic!("no stdout")))
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("port {line:?}: {e}"));
+    (child, format!("http://127.0.0.1:{port}/v1"))
+}

@@ -147,6 +147,23 @@ async fn invoke(
     (status, headers, body)
 }
 
+/// `POST /invocations` in JSON mode, in a task of its own; the task's outcome is the body.
+fn invoke_in_background(service: &Service, body: Value) -> tokio::task::JoinHandle<Value> {
+    let url = service.url.clone();
+    tokio::spawn(async move {
+        http()
+            .post(format!("{url}/invocations"))
+            .header("accept", "application/json")
+            .json(&body)
+            .send()
+            .await
+            .expect("send")
+            .json::<Value>()
+            .await
+            .expect("json")
+    })
+}
+
 /// `POST /invocations` as SSE, read to the end (bounded by 5 minutes: a real model on a busy
 /// CPU is slow): the (event, data) pairs.
 async fn invoke_sse(service: &Service, token: Option<&str>, body: Value) -> Vec<(String, Value)> {
@@ -608,21 +625,7 @@ async fn bounded_under_load_and_idempotent() {
     // One slot: a second invocation while the first runs gets 503 and Retry-After.
     model
         .push([Turn::text("slow answer").with_fault(Fault::SlowFirstByte(Duration::from_secs(2)))]);
-    let slow = {
-        let url = service.url.clone();
-        tokio::spawn(async move {
-            http()
-                .post(format!("{url}/invocations"))
-                .header("accept", "application/json")
-                .json(&json!({"prompt": "go", "session_id": "slow"}))
-                .send()
-                .await
-                .expect("send")
-                .json::<Value>()
-                .await
-                .expect("json")
-        })
-    };
+    let slow = invoke_in_background(&service, json!({"prompt": "go", "session_id": "slow"}));
     let started = Instant::now();
     loop {
         let ping: Value = http()
@@ -730,19 +733,7 @@ async fn sigterm_drains_and_what_outlives_the_drain_resumes_on_a_new_process() {
     let mut service = Service::start(&args, &env);
     model.push([Turn::text("finished in time")
         .with_fault(Fault::SlowFirstByte(Duration::from_millis(1500)))]);
-    let url = service.url.clone();
-    let in_time = tokio::spawn(async move {
-        http()
-            .post(format!("{url}/invocations"))
-            .header("accept", "application/json")
-            .json(&json!({"prompt": "go", "session_id": "drained"}))
-            .send()
-            .await
-            .expect("send")
-            .json::<Value>()
-            .await
-            .expect("json")
-    });
+    let in_time = invoke_in_background(&service, json!({"prompt": "go", "session_id": "drained"}));
     while model.received().is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -12,8 +12,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -498,22 +496,7 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     agent_tests::raise_fd_limit();
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("exe: {e}"));
-    let mut child = Command::new(exe)
-        .arg("--serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap_or_else(|| panic!("no stdout")))
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("read: {e}"));
-    let port: u16 = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("port {line:?}: {e}"));
-    let base_url = format!("http://127.0.0.1:{port}/v1");
+    let (mut child, base_url) = agent_tests::spawn_bench_model();
 
     // `--profile <subject> [n]`: only `n` invocations of one subject, for `perf record`.
     if let Some(who) = args.iter().skip_while(|a| *a != "--profile").nth(1) {

@@ -197,18 +197,7 @@ fn main() {
         return;
     }
     agent_tests::raise_fd_limit();
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("exe: {e}"));
-    let mut model = Command::new(exe)
-        .arg("--serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn: {e}"));
-    let mut line = String::new();
-    BufReader::new(model.stdout.take().unwrap_or_else(|| panic!("stdout")))
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("read: {e}"));
-    let model_url = format!("http://127.0.0.1:{}/v1", line.trim());
+    let (mut model, model_url) = agent_tests::spawn_bench_model();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
