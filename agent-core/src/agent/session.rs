@@ -14,6 +14,9 @@ use crate::event::AgentEvent;
 use crate::message::Message;
 use crate::session::SessionKey;
 
+/// How long a run's task waits for room in the stream's channel for its last event.
+const FINAL_EVENT_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A handle on one session of an agent.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -151,8 +154,9 @@ impl Session {
         let run = self.task(start, cancel, Some(tx.clone()));
         tokio::spawn(async move {
             let last = run.await.map(AgentEvent::Stop);
-            // The receiver may be gone; then nobody is waiting for the outcome.
-            let _ = tx.send(last).await;
+            // The receiver may be gone (then nobody is waiting for the outcome), or held and
+            // never read: the task does not wait for it past a bound.
+            let _ = tokio::time::timeout(FINAL_EVENT_BOUND, tx.send(last)).await;
         });
         AgentStream { rx, _guard: guard }
     }

@@ -217,9 +217,9 @@ impl TelemetryGuard {
         self.telemetry.clone()
     }
 
-    /// Whether anything is exported.
+    /// Whether anything is exported (traces, metrics or both).
     pub fn is_enabled(&self) -> bool {
-        self.tracer_provider.is_some()
+        self.tracer_provider.is_some() || self.meter_provider.is_some()
     }
 
     /// Flushes everything recorded so far.

@@ -59,6 +59,13 @@ impl Endpoint {
         let mut model = OpenAiCompatible::builder()
             .base_url(&self.base_url)
             .model(&model_name);
+        if let Ok(t) = std::env::var("OPENAI_TEMPERATURE") {
+            let t: f32 = t
+                .trim()
+                .parse()
+                .map_err(|e| format!("OPENAI_TEMPERATURE=`{t}`: {e}"))?;
+            model = model.temperature(t);
+        }
         if self.local.is_some() {
             // Small local models only call tools reliably when a grammar constrains their
             // replies; temperature 0 makes runs repeatable.

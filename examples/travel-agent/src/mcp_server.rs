@@ -56,6 +56,20 @@ fn error_text(s: impl Into<String>) -> CallToolResponse {
 }
 
 const BOOK_TRIP: &str = "book_trip";
+/// How long a booking waits for the traveller's answer.
+const CONFIRMATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The request state of a booking's confirmation round: the booking itself, normalised.
+fn booking_state(flight: &str, from: &str, to: &str, date: &str) -> String {
+    let norm = |s: &str| s.trim().to_lowercase();
+    format!(
+        "confirm:{}:{}:{}:{}",
+        norm(flight),
+        norm(from),
+        norm(to),
+        norm(date)
+    )
+}
 
 impl ServerHandler for TravelServer {
     fn get_info(&self) -> ServerConfig {
@@ -183,7 +197,16 @@ impl TravelServer {
                 "mode": "form", "message": question, "requestedSchema": confirm_schema
             }))
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-            match context.peer.create_elicitation(params).await {
+            let asked = context
+                .peer
+                .create_elicitation_with_timeout(params, Some(CONFIRMATION_TIMEOUT));
+            let answer = tokio::select! {
+                r = asked => r,
+                () = context.ct.cancelled() => {
+                    return Err(ErrorData::internal_error("the call was cancelled", None));
+                }
+            };
+            match answer {
                 Ok(r) => {
                     r.action == ElicitationAction::Accept
                         && r.content
@@ -199,11 +222,20 @@ impl TravelServer {
                 }
             }
         } else {
-            // 2026-07-28: ask through the result, and read the answer on the retried call.
+            // 2026-07-28: ask through the result, and read the answer on the retried call. The
+            // request state names the booking that was shown: an answer that comes back with
+            // other arguments is not a confirmation of them, and is asked again.
+            let state = booking_state(
+                &flight.number,
+                field("from_city"),
+                field("to_city"),
+                field("date"),
+            );
             let answer = request
                 .input_responses
                 .as_ref()
-                .and_then(|r| r.get("confirm"));
+                .and_then(|r| r.get("confirm"))
+                .filter(|_| request.request_state.as_deref() == Some(state.as_str()));
             match answer {
                 None => {
                     let ask = serde_json::from_value(json!({
@@ -212,7 +244,7 @@ impl TravelServer {
                             "method": "elicitation/create",
                             "params": {"mode": "form", "message": question, "requestedSchema": confirm_schema}
                         }},
-                        "requestState": "confirm-booking"
+                        "requestState": state
                     }))
                     .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
                     return Ok(CallToolResponse::InputRequired(ask));
@@ -254,10 +286,11 @@ pub(crate) async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     };
+    let stop = agent_core::CancellationToken::new();
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
+        StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
     );
     let router = axum::Router::new().nest_service("/mcp", service);
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -268,8 +301,18 @@ pub(crate) async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(crate::serve::terminated())
-        .await?;
+    let server = tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    crate::serve::terminated().await;
+    // Open SSE streams end with the sessions' token; what is still open after 5 s is closed.
+    stop.cancel();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(e)) => eprintln!("[travel-mcp] server task: {e}"),
+        Err(_) => eprintln!("[travel-mcp] connections still open after 5 s; closing"),
+    }
     Ok(())
 }

@@ -588,6 +588,34 @@ async fn expired_early_and_misaddressed_tokens_of_a_trusted_key_are_refused() {
     // Unknown key ids within a minute of the last fetch do not fetch the JWKS again: a token
     // with a made-up key id cannot make the service hammer the issuer.
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // An issuer whose keys cannot be fetched: 503 with Retry-After, not a 401 that would make
+    // clients throw their good tokens away.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_jwks = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+    drop(closed);
+    let unreachable = Service::start(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("OPENAI_BASE_URL", model.base_url()),
+            ("COGNITO_ISSUER", ISSUER.to_owned()),
+            ("COGNITO_CLIENT_IDS", "app-1".to_owned()),
+            ("COGNITO_JWKS_URL", dead_jwks),
+            ("TRAVEL_AGENT_DATA_DIR", dir.path().display().to_string()),
+        ],
+    );
+    for _ in 0..2 {
+        let (status, headers, body) = invoke(
+            &unreachable,
+            Some(&signed("test-key-1", &good)),
+            json!({"prompt": "hi"}),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["kind"], "auth_unavailable");
+        assert!(headers.contains_key("retry-after"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -862,8 +890,8 @@ async fn a_client_that_disconnects_leaves_a_valid_session_and_replicas_share_it(
         .collect();
     assert_eq!(prompts.len(), 4, "{prompts:?}");
 
-    // A client that reads the first event and goes away: the run is cancelled, the session
-    // stays valid, and the next request on it answers.
+    // A client that reads the first event and goes away: its run goes on to its end (its
+    // outcome is recorded), the session stays valid, and the next request on it answers.
     let response = http()
         .post(format!("{}/invocations", a.url))
         .json(&json!({"prompt": "Weather in Porto?", "session_id": "shared"}))
@@ -978,6 +1006,7 @@ async fn the_service_answers_from_real_tool_results_on_the_real_model() {
         &[
             ("OPENAI_BASE_URL", base_url),
             ("OPENAI_TOOL_CALLING", "constrained".to_owned()),
+            ("OPENAI_TEMPERATURE", "0".to_owned()),
             ("TRAVEL_AGENT_DATA_DIR", dir.path().display().to_string()),
         ],
     );

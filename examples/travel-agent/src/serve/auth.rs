@@ -15,6 +15,8 @@ use tokio::sync::{Mutex, RwLock};
 const LEEWAY_SECONDS: u64 = 30;
 /// The JWKS is fetched again on an unknown `kid` at most this often.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// After a failed JWKS fetch, requests that need it get 503 for this long without fetching.
+const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(5);
 /// A JWKS document larger than this is refused (Cognito's holds two keys, about 1 KiB).
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -125,8 +127,15 @@ pub(crate) struct CognitoVerifier {
     config: CognitoConfig,
     http: reqwest::Client,
     keys: RwLock<HashMap<String, DecodingKey>>,
-    /// When the JWKS was last fetched; held while fetching, so one request fetches at a time.
-    fetched: Mutex<Option<Instant>>,
+    /// When the JWKS was last fetched, and when a fetch last failed; held while fetching, so
+    /// one request fetches at a time.
+    fetched: Mutex<Fetches>,
+}
+
+#[derive(Default)]
+struct Fetches {
+    succeeded: Option<Instant>,
+    failed: Option<Instant>,
 }
 
 impl CognitoVerifier {
@@ -140,7 +149,7 @@ impl CognitoVerifier {
             config,
             http,
             keys: RwLock::new(HashMap::new()),
-            fetched: Mutex::new(None),
+            fetched: Mutex::new(Fetches::default()),
         })
     }
 
@@ -215,12 +224,30 @@ impl CognitoVerifier {
         if let Some(key) = known {
             return Ok(key);
         }
-        if fetched.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
+        if fetched
+            .succeeded
+            .is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL)
+        {
             return Err(AuthError::UnknownKey);
         }
-        let keys = self.fetch().await;
-        *fetched = Some(Instant::now());
-        let keys = keys?;
+        // A failed fetch is not a verdict on the token (503, not 401), and is not repeated by
+        // every request while the issuer is down.
+        if fetched
+            .failed
+            .is_some_and(|at| at.elapsed() < FAILED_FETCH_BACKOFF)
+        {
+            return Err(AuthError::Jwks(
+                "the last fetch failed moments ago".to_owned(),
+            ));
+        }
+        let keys = match self.fetch().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                fetched.failed = Some(Instant::now());
+                return Err(e);
+            }
+        };
+        fetched.succeeded = Some(Instant::now());
         let key = keys.get(kid).cloned();
         *self.keys.write().await = keys;
         key.ok_or(AuthError::UnknownKey)

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use agent_core::AgentError;
 use agent_core::event::{ErrorEvent, SseEvent};
 use agent_core::prelude::*;
 use axum::Router;
@@ -73,8 +74,11 @@ pub(crate) struct Args {
     data_dir: PathBuf,
 }
 
-/// The longest session id a client may choose.
-const MAX_SESSION_ID: usize = 128;
+/// The longest session id a client may choose (with a subject of up to 128 characters and the
+/// `.`, a store key stays within the 256 that `validate_id` takes).
+const MAX_SESSION_ID: usize = 120;
+/// How long an SSE client may leave events unread before it is sent no more (its run goes on).
+const SLOW_CLIENT: Duration = Duration::from_secs(30);
 /// How long after the drain time cancelled runs get to write their last state.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
@@ -217,6 +221,11 @@ pub(crate) async fn run(
         .route("/ping", get(ping))
         .route("/ready", get(ready))
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
+        // A body sent slowly cannot hold a connection and its buffer past 30 s. (Header
+        // reads have no bound here: the load balancer in front, an ALB, has its own.)
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(30),
+        ))
         .with_state(service.clone());
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
@@ -308,6 +317,30 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
     } else {
         (StatusCode::OK, "ready").into_response()
     }
+}
+
+/// The error a client is sent: its class, and the message when it is about the client's own
+/// request; for the service's own failures (a store, the model server) a message with the request
+/// id instead, the details going to the log, not to the client.
+fn client_error(e: &AgentError, request_id: &str) -> ErrorEvent {
+    let mut event = ErrorEvent::from(e);
+    let about_the_request = matches!(
+        e.kind(),
+        "session_busy"
+            | "store_conflict"
+            | "empty_prompt"
+            | "invalid_id"
+            | "context_length_exceeded"
+            | "nothing_to_resume"
+    );
+    if !about_the_request {
+        tracing::warn!(request_id, kind = e.kind(), error = %e, "invocation failed");
+        event.message = format!(
+            "the invocation failed ({}); request id {request_id}",
+            e.kind()
+        );
+    }
+    event
 }
 
 /// The caller's actor id, from the bearer token.
@@ -554,11 +587,18 @@ async fn invocation(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
+    // The run belongs to the service, not to the connection: it holds its admission to its end,
+    // and a client that goes away (or stops reading) does not stop it, so its outcome is
+    // recorded for a retry with the same Idempotency-Key, and the drain waits for it.
     let mut response = if wants_json {
-        let outcome = session.invoke(request.prompt).await;
-        drop(admission);
-        match outcome {
-            Ok(r) => axum::Json(InvocationResponse {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let prompt = request.prompt;
+        tokio::spawn(async move {
+            let _admission = admission;
+            let _ = done.send(session.invoke(prompt).await);
+        });
+        match outcome.await {
+            Ok(Ok(r)) => axum::Json(InvocationResponse {
                 session_id: session_id.clone(),
                 stop_reason: r.stop_reason.as_str(),
                 text: r.text(),
@@ -566,25 +606,52 @@ async fn invocation(
                 usage: r.usage,
             })
             .into_response(),
-            Err(e) => {
+            Ok(Err(e)) => {
                 let status = match e.kind() {
                     "session_busy" | "store_conflict" => StatusCode::CONFLICT,
                     "empty_prompt" | "invalid_id" => StatusCode::BAD_REQUEST,
                     "throttled" | "transient" => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
-                (status, axum::Json(ErrorEvent::from(&e))).into_response()
+                (status, axum::Json(client_error(&e, &request_id))).into_response()
             }
+            Err(_) => Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "panicked",
+                format!("the invocation ended without an outcome; request id {request_id}"),
+            )
+            .into_response(),
         }
     } else {
-        // The admission lives as long as the stream: a client that goes away drops both, and
-        // the run is cancelled with its session valid.
-        let events = session.stream(request.prompt).map(move |item| {
-            let _held = &admission;
-            let sse = SseEvent::from_item(&item);
-            Ok::<_, std::convert::Infallible>(Event::default().event(sse.event).data(sse.data))
+        let mut events = session.stream(request.prompt);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(64);
+        let id = request_id.clone();
+        tokio::spawn(async move {
+            let _admission = admission;
+            let mut client = Some(tx);
+            while let Some(item) = events.next().await {
+                let Some(sender) = &client else { continue };
+                let sse = match &item {
+                    Ok(event) => SseEvent::from_event(event),
+                    Err(e) => SseEvent {
+                        event: "error",
+                        data: serde_json::to_string(&client_error(e, &id)).unwrap_or_default(),
+                    },
+                };
+                let event = Event::default().event(sse.event).data(sse.data);
+                // A client gone, or not reading for this long, gets no more events; the run
+                // goes on to its end.
+                if !matches!(
+                    tokio::time::timeout(SLOW_CLIENT, sender.send(event)).await,
+                    Ok(Ok(()))
+                ) {
+                    client = None;
+                }
+            }
         });
-        Sse::new(events)
+        let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(Ok::<_, std::convert::Infallible>);
+        Sse::new(body)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response()
     };
@@ -616,6 +683,11 @@ async fn session_messages(
                 StatusCode::NOT_FOUND,
                 "no_session",
                 format!("you have no session `{session_id}`"),
+            )),
+            Err(e) if e.kind() == "invalid_id" => Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+                e.to_string(),
             )),
             Err(e) => {
                 tracing::warn!(error = %e, "reading a session failed");
