@@ -903,6 +903,26 @@ async fn a_client_that_disconnects_leaves_a_valid_session_and_replicas_share_it(
     let first = body.next().await.expect("a first event").expect("bytes");
     assert!(String::from_utf8_lossy(&first).contains("event:"));
     drop(body);
+    // The run goes on without its client: replica a is busy until it ends.
+    let started = Instant::now();
+    loop {
+        let ping: Value = http()
+            .get(format!("{}/ping", a.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ping["status"] == "Healthy" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (status, _, answer) = invoke(
         &b,
         None,
@@ -924,6 +944,19 @@ async fn a_client_that_disconnects_leaves_a_valid_session_and_replicas_share_it(
         .filter(|c| c.get("toolResult").is_some())
         .count();
     assert_eq!(uses, results, "every tool call has its result: {history}");
+    // The run whose client left went on to its end: its prompt and its answer are recorded.
+    let texts: Vec<&str> = all
+        .iter()
+        .filter_map(|m| m["content"][0]["text"].as_str())
+        .collect();
+    let porto = texts
+        .iter()
+        .position(|t| *t == "Weather in Porto?")
+        .expect("the prompt is recorded");
+    assert!(
+        texts[porto + 1..].iter().any(|t| t.starts_with("w0 w1")),
+        "{texts:?}"
+    );
 }
 
 /// An incoming `traceparent` is the parent of the run's `invoke_agent`, for a streamed run too;
