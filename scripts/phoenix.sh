@@ -34,14 +34,7 @@ install() {
 }
 
 healthy() {
-  python3 - "$PORT" <<'PY'
-import sys, urllib.request
-try:
-    with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=2) as r:
-        sys.exit(0 if r.status == 200 else 1)
-except Exception:
-    sys.exit(1)
-PY
+  http_ok "http://127.0.0.1:$PORT/healthz"
 }
 
 start() {

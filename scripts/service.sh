@@ -2,6 +2,18 @@
 # shellcheck shell=bash
 # PIDFILE and LOG, and defines say() and healthy(); install_venv also needs CACHE and VENV.
 
+# Whether GET $1 answers 200 within 2 s (a server's health endpoint).
+http_ok() {
+  python3 - "$1" <<'PY'
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+        sys.exit(0 if r.status == 200 else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
 # Installs the PyPI packages given after the description into the venv $VENV, once: one
 # installer at a time, and a venv without its marker is unfinished and made again.
 install_venv() {

@@ -112,6 +112,12 @@ async fn the_tools_answer_from_the_dataset_and_bookings_are_confirmed_first() {
             .await
             .expect("call");
         assert_eq!(unknown.is_error, Some(true));
+        // Arguments of the wrong type from a client are an error result, not a crash.
+        let wrong_type = client
+            .call_tool("get_weather", json!({"city": 42}))
+            .await
+            .expect("call");
+        assert_eq!(wrong_type.is_error, Some(true), "{}", text(&wrong_type));
 
         let booked = client
             .call_tool("book_trip", BOOKING())

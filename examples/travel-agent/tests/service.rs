@@ -147,6 +147,29 @@ async fn invoke(
     (status, headers, body)
 }
 
+/// Polls `GET /ping` until it reports `status` (`Healthy` or `HealthyBusy`), at most `within`.
+async fn ping_until(service: &Service, status: &str, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let ping: Value = http()
+            .get(format!("{}/ping", service.url))
+            .send()
+            .await
+            .expect("ping")
+            .json()
+            .await
+            .expect("json");
+        if ping["status"] == status {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "/ping never said {status} within {within:?}: {ping}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `POST /invocations` in JSON mode, in a task of its own; the task's outcome is the body.
 fn invoke_in_background(service: &Service, body: Value) -> tokio::task::JoinHandle<Value> {
     let url = service.url.clone();
@@ -654,22 +677,7 @@ async fn bounded_under_load_and_idempotent() {
     model
         .push([Turn::text("slow answer").with_fault(Fault::SlowFirstByte(Duration::from_secs(2)))]);
     let slow = invoke_in_background(&service, json!({"prompt": "go", "session_id": "slow"}));
-    let started = Instant::now();
-    loop {
-        let ping: Value = http()
-            .get(format!("{}/ping", service.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ping["status"] == "HealthyBusy" {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "never busy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ping_until(&service, "HealthyBusy", Duration::from_secs(5)).await;
     let (status, headers, body) = invoke(
         &service,
         None,
@@ -904,25 +912,7 @@ async fn a_client_that_disconnects_leaves_a_valid_session_and_replicas_share_it(
     assert!(String::from_utf8_lossy(&first).contains("event:"));
     drop(body);
     // The run goes on without its client: replica a is busy until it ends.
-    let started = Instant::now();
-    loop {
-        let ping: Value = http()
-            .get(format!("{}/ping", a.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ping["status"] == "Healthy" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the run never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ping_until(&a, "Healthy", Duration::from_secs(10)).await;
     let (status, _, answer) = invoke(
         &b,
         None,
