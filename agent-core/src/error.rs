@@ -78,7 +78,8 @@ pub enum AgentError {
     /// A refused id.
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
-    /// Another invocation held the session for the whole time this one could wait.
+    /// Another invocation held the session for the whole time this one could wait, or holds
+    /// its replica lease on another process.
     #[error("session `{session_id}` is busy with another invocation")]
     SessionBusy {
         /// The session.

@@ -121,13 +121,28 @@ pub struct RunCheckpoint {
     /// The last invocation made with an idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invocation: Option<InvocationRecord>,
+    /// The run in flight, when the agent takes replica leases
+    /// ([`AgentBuilder::replica_lease`](crate::agent::AgentBuilder::replica_lease)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<RunLease>,
 }
 
 impl RunCheckpoint {
     /// Whether there is nothing recorded.
     pub fn is_empty(&self) -> bool {
-        self.completed_tool_results.is_empty() && self.invocation.is_none()
+        self.completed_tool_results.is_empty() && self.invocation.is_none() && self.lease.is_none()
     }
+}
+
+/// A run's claim on its session, so that a run on another replica does not run beside it:
+/// taken before the run writes anything, renewed at each save, released at its end. A process
+/// that dies leaves it to expire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunLease {
+    /// The run that holds it: `<agent instance>/<run>`, random ids.
+    pub owner: String,
+    /// When it expires, in milliseconds since the Unix epoch.
+    pub until_ms: u64,
 }
 
 /// An invocation made with an idempotency key: a retry with the same key resumes it, or gets

@@ -825,13 +825,19 @@ pub fn fast_retry() -> agent_core::retry::RetryPolicy {
 }
 
 /// One replica of the racing tests (the store test and the soak): an agent with one
-/// `get_weather` tool on `server`, on a store client of its own.
+/// `get_weather` tool on `server`, on a store client of its own, taking replica leases of
+/// `lease` when given.
 pub fn racing_replica(
     server: &MockVllm,
     store: std::sync::Arc<dyn agent_core::session::SessionStore>,
+    lease: Option<Duration>,
 ) -> Result<agent_core::Agent, agent_core::BuildError> {
     use agent_core::tool::{FnTool, ToolOutput};
-    agent_core::Agent::builder()
+    let builder = match lease {
+        Some(lease) => agent_core::Agent::builder().replica_lease(lease),
+        None => agent_core::Agent::builder(),
+    };
+    builder
         .model(provider(server))
         .tool(FnTool::new(
             "get_weather",
@@ -959,6 +965,18 @@ impl OtlpReceiver {
             received,
         }
     }
+}
+
+/// The address in `travel-agent serve`'s start line, a JSON log line
+/// `{"fields": {"message": "listening", "address": "http://127.0.0.1:<port>"}, ...}`; `None` for
+/// any other line.
+pub fn listening_address(line: &str) -> Option<String> {
+    let record: Value = serde_json::from_str(line).ok()?;
+    let fields = record.get("fields")?;
+    if fields.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    Some(fields.get("address")?.as_str()?.to_owned())
 }
 
 /// Raises this process's open-file limit to its hard limit (at most 65,536), for benchmarks with

@@ -159,6 +159,101 @@ async fn killed_during_the_model_stream_the_run_resumes_from_the_prompt() {
     assert_eq!(prompts(&messages), 1, "the prompt was not written twice");
 }
 
+/// With replica leases, a process killed mid-run leaves its lease behind: another process is
+/// refused as busy (without calling the model) until the lease expires, then resumes the run.
+#[tokio::test]
+async fn a_killed_replica_s_lease_holds_the_session_until_it_expires() {
+    let dirs = dirs();
+    let server = MockVllm::start([
+        Turn::text("never sent").with_fault(Fault::SlowFirstByte(Duration::from_secs(120))),
+        Turn::text("answer A"),
+    ])
+    .await
+    .unwrap();
+    let lease = [("REPLICA_LEASE_MS", "3000")];
+    let first = agent_process(&dirs, &server, &["run", "plan a trip"], &lease);
+    wait_for("the model call", || server.received().len() == 1).await;
+    kill(first);
+    let killed = std::time::Instant::now();
+    let busy = agent_process(&dirs, &server, &["resume"], &lease)
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(
+        !busy.status.success() && stderr.contains("busy"),
+        "{stderr}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_millis(2500),
+        "decided at once"
+    );
+    assert_eq!(
+        server.received().len(),
+        1,
+        "the refused process called no model"
+    );
+    tokio::time::sleep(Duration::from_millis(3000).saturating_sub(killed.elapsed())).await;
+    let child = agent_process(&dirs, &server, &["resume"], &lease);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "answer A\nstop: end_turn\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = SessionKey::new("durable", "default").unwrap();
+    let stored = FileSessionStore::new(&dirs.store)
+        .load(&key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state.checkpoint.lease, None, "released at the end");
+    assert_eq!(prompts(&stored.messages), 1);
+}
+
+/// A run that fails (the model refuses the request) releases its lease on the way out: the
+/// next process continues the session at once.
+#[tokio::test]
+async fn a_failed_run_releases_its_lease() {
+    let dirs = dirs();
+    let server = MockVllm::start([
+        Turn::fault(Fault::Status {
+            code: 400,
+            message: "bad request".into(),
+            retry_after: None,
+        }),
+        Turn::text("answer A"),
+    ])
+    .await
+    .unwrap();
+    let lease = [("REPLICA_LEASE_MS", "600000")];
+    let child = agent_process(&dirs, &server, &["run", "plan a trip"], &lease);
+    let failed = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !failed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    let child = agent_process(&dirs, &server, &["resume"], &lease);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "answer A\nstop: end_turn\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn killed_mid_tool_batch_completed_calls_are_not_run_again() {
     let dirs = dirs();

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent_core::history::History;
 use agent_core::message::{ContentBlock, Message, Role};
@@ -318,15 +319,26 @@ async fn racing_writers(store: Arc<dyn SessionStore>, session: &str) {
 
 /// Two replicas (agents with their own stores and locks) invoke one session at once, several
 /// times: each invocation succeeds or fails with a conflict, and the stored history stays valid
-/// with every successful answer in it.
+/// with every successful answer in it. Then the same with replica leases: the loser of each
+/// round is refused as busy before it writes anything (never a conflict), and the lease is
+/// released after each run.
 async fn racing_replicas(make_store: impl Fn() -> Arc<dyn SessionStore>) {
+    racing_replicas_with(&make_store, None, "shared").await;
+    racing_replicas_with(&make_store, Some(Duration::from_secs(60)), "leased").await;
+}
+
+async fn racing_replicas_with(
+    make_store: &impl Fn() -> Arc<dyn SessionStore>,
+    lease: Option<Duration>,
+    session: &str,
+) {
     let server = MockVllm::start_bench("127.0.0.1:0").await.expect("server");
-    let replica = || agent_tests::racing_replica(&server, make_store()).expect("agent");
+    let replica = || agent_tests::racing_replica(&server, make_store(), lease).expect("agent");
     let (a, b) = (replica(), replica());
     let mut successes = 0;
     let mut conflicts = 0;
     for round in 0..6 {
-        let (sa, sb) = (a.session("shared"), b.session("shared"));
+        let (sa, sb) = (a.session(session), b.session(session));
         let (ra, rb) = tokio::join!(
             sa.invoke(format!("a{round}")),
             sb.invoke(format!("b{round}"))
@@ -337,12 +349,15 @@ async fn racing_replicas(make_store: impl Fn() -> Arc<dyn SessionStore>) {
                     assert_eq!(result.stop_reason, StopReason::EndTurn);
                     successes += 1;
                 }
-                Err(AgentError::Store(StoreError::Conflict { .. })) => conflicts += 1,
-                Err(e) => panic!("unexpected error: {e}"),
+                Err(AgentError::Store(StoreError::Conflict { .. })) if lease.is_none() => {
+                    conflicts += 1;
+                }
+                Err(AgentError::SessionBusy { .. }) if lease.is_some() => conflicts += 1,
+                Err(e) => panic!("unexpected error (lease {lease:?}): {e}"),
             }
         }
     }
-    let key = SessionKey::new("shared", "default").unwrap();
+    let key = SessionKey::new(session, "default").unwrap();
     let stored = make_store().load(&key).await.unwrap().unwrap().messages;
     History::restore(stored.clone()).expect("no interleaved or broken history");
     let answers = stored
@@ -355,6 +370,10 @@ async fn racing_replicas(make_store: impl Fn() -> Arc<dyn SessionStore>) {
     );
     assert_eq!(successes + conflicts, 12);
     assert!(successes >= 6, "at least one replica wins each round");
+    if lease.is_some() {
+        let state = make_store().load(&key).await.unwrap().unwrap().state;
+        assert_eq!(state.checkpoint.lease, None, "each run released its lease");
+    }
 }
 
 #[tokio::test]

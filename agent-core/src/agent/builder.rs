@@ -34,6 +34,7 @@ pub struct AgentBuilder {
     loop_guard: LoopGuard,
     final_answer_timeout: Option<Duration>,
     resume_policy: ResumePolicy,
+    replica_lease: Option<Duration>,
 }
 
 impl Default for AgentBuilder {
@@ -57,6 +58,7 @@ impl Default for AgentBuilder {
             loop_guard: LoopGuard::default(),
             final_answer_timeout: Some(Duration::from_secs(30)),
             resume_policy: ResumePolicy::default(),
+            replica_lease: None,
         }
     }
 }
@@ -218,6 +220,24 @@ impl AgentBuilder {
         self
     }
 
+    /// Makes runs of one session on different replicas (processes that share the session
+    /// store) exclude each other. A run records a lease in the session's state before it writes
+    /// anything, renews it at each save and releases it at its end; a run on another replica
+    /// that finds a live lease fails at once with [`AgentError::SessionBusy`](crate::AgentError::SessionBusy)
+    /// (retryable) instead of running beside it, and so does one that loses the race to take it.
+    /// An idempotent retry of a finished invocation still gets the recorded outcome. A lease
+    /// left by a process that died expires `lease` after its last save; the session can be
+    /// continued or resumed then. Keep `lease` above the longest model call or tool call (a
+    /// lease that expires during one lets another replica start; the store's conditional
+    /// writes still refuse the second writer, but the model may be called twice).
+    ///
+    /// Off by default (runs of one process always exclude each other): it costs one state
+    /// write more per invocation.
+    pub fn replica_lease(mut self, lease: Duration) -> Self {
+        self.replica_lease = Some(lease);
+        self
+    }
+
     /// Builds the agent.
     pub fn build(self) -> Result<Agent, BuildError> {
         let model = self.model.ok_or(BuildError::MissingModel)?;
@@ -256,6 +276,8 @@ impl AgentBuilder {
                 loop_guard: self.loop_guard,
                 final_answer_timeout: self.final_answer_timeout,
                 resume_policy: self.resume_policy,
+                replica_lease: self.replica_lease,
+                instance: format!("{:016x}", fastrand::u64(..)),
             }),
         })
     }

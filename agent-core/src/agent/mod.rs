@@ -216,6 +216,10 @@ pub(crate) struct AgentInner {
     pub(crate) loop_guard: LoopGuard,
     pub(crate) final_answer_timeout: Option<Duration>,
     pub(crate) resume_policy: ResumePolicy,
+    /// See [`AgentBuilder::replica_lease`].
+    pub(crate) replica_lease: Option<Duration>,
+    /// This agent's id in lease owners: random, one per built agent.
+    pub(crate) instance: String,
 }
 
 /// What a resumed run does with the tool calls its interrupted run left pending (calls whose

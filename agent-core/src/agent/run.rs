@@ -21,7 +21,7 @@ use crate::model::{
     ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, ToolChoice, Usage,
 };
 use crate::session::{
-    InvocationRecord, RunCheckpoint, SessionKey, SessionState, StateVersion, validate_id,
+    InvocationRecord, RunCheckpoint, RunLease, SessionKey, SessionState, StateVersion, validate_id,
 };
 use crate::telemetry::InvokeEnd;
 use crate::tool::executor::{CallScope, execute_stream};
@@ -268,6 +268,15 @@ fn recorded_outcome(
     }
 }
 
+/// How long a failed run may spend releasing its replica lease.
+const LEASE_RELEASE_BOUND: Duration = Duration::from_secs(5);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
 async fn run_traced(
     agent: &AgentInner,
     session_id: &str,
@@ -276,6 +285,76 @@ async fn run_traced(
     cancel: CancellationToken,
     tx: Option<Sender>,
     trace: Option<Context>,
+) -> Result<AgentResult, AgentError> {
+    let lease_owner = agent
+        .replica_lease
+        .map(|_| format!("{}/{:016x}", agent.instance, fastrand::u64(..)));
+    let outcome = run_session(
+        agent,
+        session_id,
+        actor_id,
+        invocation,
+        cancel,
+        tx,
+        trace,
+        lease_owner.as_deref(),
+    )
+    .await;
+    // A run that ended with an error did not reach its last save: its lease is released here,
+    // so another replica need not wait for it to expire.
+    if let (Err(_), Some(owner)) = (&outcome, &lease_owner) {
+        release_lease(agent, session_id, owner).await;
+    }
+    outcome
+}
+
+/// Clears the session's lease if `owner` still holds it (bounded, best effort: a lease left
+/// behind expires).
+async fn release_lease(agent: &AgentInner, session_id: &str, owner: &str) {
+    let Ok(key) = SessionKey::new(session_id, &agent.id) else {
+        return;
+    };
+    let release = async {
+        let Some(mut stored) = agent.store.load(&key).await? else {
+            return Ok(());
+        };
+        if stored
+            .state
+            .checkpoint
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.owner == owner)
+        {
+            stored.state.checkpoint.lease = None;
+            agent
+                .store
+                .save_state(&key, &stored.state, &stored.state_version)
+                .await?;
+        }
+        Ok::<(), crate::session::StoreError>(())
+    };
+    match tokio::time::timeout(LEASE_RELEASE_BOUND, release).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(session_id, error = %e, "releasing the session's lease failed; it expires")
+        }
+        Err(_) => tracing::warn!(
+            session_id,
+            "releasing the session's lease timed out; it expires"
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_session(
+    agent: &AgentInner,
+    session_id: &str,
+    actor_id: Option<&str>,
+    invocation: Invocation,
+    cancel: CancellationToken,
+    tx: Option<Sender>,
+    trace: Option<Context>,
+    lease_owner: Option<&str>,
 ) -> Result<AgentResult, AgentError> {
     let Invocation {
         mut start,
@@ -319,6 +398,20 @@ async fn run_traced(
         record_index = Some(record.first_message);
         start = Start::Resume;
     }
+    // Another replica's run in flight: this one does not run beside it. (A lease of this agent
+    // instance is one a run of this process left behind: the local lock excludes the rest.)
+    if lease_owner.is_some()
+        && let Some(held) = &checkpoint.lease
+        && held.until_ms > unix_ms()
+        && !held
+            .owner
+            .strip_prefix(agent.instance.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+    {
+        return Err(AgentError::SessionBusy {
+            session_id: session_id.to_owned(),
+        });
+    }
     let mut run = Run {
         agent,
         key,
@@ -344,6 +437,20 @@ async fn run_traced(
             .as_deref()
             .map(std::borrow::Cow::Borrowed),
     };
+    if let Some(owner) = lease_owner {
+        // Taken before anything is written; a replica that took it first makes this save a
+        // conflict.
+        run.checkpoint.lease = Some(RunLease {
+            owner: owner.to_owned(),
+            until_ms: 0,
+        });
+        run.save_now().await.map_err(|e| match e.kind() {
+            "store_conflict" => AgentError::SessionBusy {
+                session_id: session_id.to_owned(),
+            },
+            _ => e,
+        })?;
+    }
     let mut remembered = None;
     if let (Some(memory), Some(actor)) = (&agent.memory, actor_id) {
         let prompt_text: String = match &start {
@@ -567,6 +674,7 @@ async fn run_traced(
     {
         record.stop_reason = Some(stop_reason.as_str().to_owned());
     }
+    run.checkpoint.lease = None;
     run.save_if_changed().await?;
     // Only a run that ended with an answer is mined; a failed or stopped one may hold half a
     // thought, and the extraction call would compete with the user's next request.
@@ -669,8 +777,13 @@ fn text_of(content: &[ContentBlock]) -> String {
 }
 
 impl Run<'_> {
-    /// Saves the state now.
+    /// Saves the state now (renewing the run's lease, if it holds one).
     async fn save_now(&mut self) -> Result<(), AgentError> {
+        if let (Some(lease), Some(duration)) =
+            (self.checkpoint.lease.as_mut(), self.agent.replica_lease)
+        {
+            lease.until_ms = unix_ms().saturating_add(millis(duration));
+        }
         persist(
             self.agent,
             &self.key,

@@ -79,7 +79,10 @@ impl Endpoint {
             .system_prompt(SYSTEM_PROMPT)
             .tools(tools)
             .limits(Limits::default().max_turns(8));
-        eprintln!("[travel-agent] model `{model_name}` at {}", self.base_url);
+        crate::say(
+            tracing::Level::INFO,
+            &format!("model `{model_name}` at {}", self.base_url),
+        );
         Ok(builder)
     }
 }

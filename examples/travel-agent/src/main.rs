@@ -73,7 +73,7 @@ async fn main() -> ExitCode {
         return match mcp_server::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e}");
+                say(tracing::Level::ERROR, &e.to_string());
                 ExitCode::FAILURE
             }
         };
@@ -81,7 +81,7 @@ async fn main() -> ExitCode {
     let endpoint = match endpoint::Endpoint::resolve() {
         Ok(e) => e,
         Err(message) => {
-            eprintln!("{message}");
+            say(tracing::Level::ERROR, &message);
             return ExitCode::from(2);
         }
     };
@@ -90,7 +90,7 @@ async fn main() -> ExitCode {
     let telemetry = match agent_core::telemetry::otlp::init_from_env() {
         Ok(guard) => Some(guard),
         Err(e) => {
-            eprintln!("[travel-agent] telemetry disabled: {e}");
+            say(tracing::Level::WARN, &format!("telemetry disabled: {e}"));
             None
         }
     };
@@ -100,14 +100,20 @@ async fn main() -> ExitCode {
     let mcp = match travel_tools::connect(!serving).await {
         Ok(client) => client,
         Err(e) => {
-            eprintln!("error: cannot start the travel MCP server: {e}");
+            say(
+                tracing::Level::ERROR,
+                &format!("cannot start the travel MCP server: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
     let tools = match mcp.tools().await {
         Ok(tools) => tools,
         Err(e) => {
-            eprintln!("error: cannot list the travel MCP server's tools: {e}");
+            say(
+                tracing::Level::ERROR,
+                &format!("cannot list the travel MCP server's tools: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -140,13 +146,35 @@ async fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) if cancel.is_cancelled() => {
-            eprintln!("[travel-agent] interrupted");
+            say(tracing::Level::WARN, "interrupted");
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            say(tracing::Level::ERROR, &e.to_string());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether stderr carries JSON log lines (set once, by `init_logs`).
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// A line about the process itself (its model, a failure to start): a JSON log line (target
+/// `travel_agent::lifecycle`) when the logs are JSON, so a log pipeline parses every line;
+/// `[travel-agent] ...` text otherwise.
+pub(crate) fn say(level: tracing::Level, message: &str) {
+    if JSON_LOGS.get().copied().unwrap_or(false) {
+        match level {
+            tracing::Level::ERROR => {
+                tracing::error!(target: "travel_agent::lifecycle", "{message}")
+            }
+            tracing::Level::WARN => tracing::warn!(target: "travel_agent::lifecycle", "{message}"),
+            _ => tracing::info!(target: "travel_agent::lifecycle", "{message}"),
+        }
+    } else if level == tracing::Level::ERROR {
+        eprintln!("error: {message}");
+    } else {
+        eprintln!("[travel-agent] {message}");
     }
 }
 
@@ -161,6 +189,7 @@ fn init_logs(service: bool) {
         Ok("text") => false,
         _ => service,
     };
+    let _ = JSON_LOGS.set(json);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if service { "info" } else { "warn" })
     });

@@ -44,6 +44,8 @@ impl Service {
             .env_remove("COGNITO_USER_POOL_ID")
             .env_remove("TRAVEL_AGENT_SESSION_BUCKET")
             .env_remove("TRAVEL_AGENT_MEMORY_TABLE")
+            .env_remove("TRAVEL_AGENT_LOG_FORMAT")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -56,11 +58,8 @@ impl Service {
         let log = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(url) = line
-                    .strip_prefix("[travel-agent] listening on ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                {
-                    let _ = tx.send(url.to_owned());
+                if let Some(url) = agent_tests::listening_address(&line) {
+                    let _ = tx.send(url);
                 }
                 let mut log = log.lock().unwrap();
                 log.push_str(&line);
@@ -81,6 +80,31 @@ impl Service {
 
     fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The service's `GET /metrics` (it must have been started with `--metrics-listen`): each
+    /// sample line's name (with its labels) and value.
+    async fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        let log = self.log();
+        let url = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["fields"]["message"] == "metrics")
+            .and_then(|l| l["fields"]["address"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("no metrics line:\n{log}"));
+        let response = http().get(&url).send().await.expect("metrics");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let text = response.text().await.expect("text");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (name, value) = l.rsplit_once(' ').expect("name value");
+                (name.to_owned(), value.parse().expect("a number"))
+            })
+            .collect()
     }
 
     fn sigterm(&self) {
@@ -661,6 +685,8 @@ async fn bounded_under_load_and_idempotent() {
             "4096",
             "--max-prompt-bytes",
             "1000",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         &env,
     );
@@ -688,7 +714,24 @@ async fn bounded_under_load_and_idempotent() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(body["retryable"], true);
+    // What the autoscaler sees meanwhile.
+    let metrics = service.metrics().await;
+    assert_eq!(
+        metrics["travel_agent_invocations_in_flight"], 1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics["travel_agent_invocation_slots"], 1.0);
+    assert_eq!(
+        metrics["travel_agent_invocations_refused_total{reason=\"busy\"}"],
+        1.0
+    );
+    assert_eq!(metrics["travel_agent_invocations_admitted_total"], 1.0);
+    assert_eq!(metrics["travel_agent_draining"], 0.0);
     assert_eq!(slow.await.unwrap()["text"], "slow answer");
+    assert_eq!(
+        service.metrics().await["travel_agent_invocations_in_flight"],
+        0.0
+    );
 
     // The same Idempotency-Key twice: one model call, the same answer.
     model.push([Turn::text("once")]);
@@ -1065,4 +1108,179 @@ async fn the_service_answers_from_real_tool_results_on_the_real_model() {
         answer.contains("cloudy") || answer.contains("17"),
         "the answer uses the tool's result: {answer}"
     );
+}
+
+/// Reads from `stream` until the service closes it (end of stream or a reset), at most
+/// `within`; how long that took.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Duration {
+    use tokio::io::AsyncReadExt as _;
+    let started = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(
+            within.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0) | Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the connection is still open after {within:?}"),
+        }
+    }
+}
+
+/// Clients that stall: half a request head, a connection that sends nothing, and an SSE client
+/// that never reads its stream. Each loses its connection after `--stall-seconds`; the run of
+/// the one that never reads goes on to its end, and its whole answer is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stall_lose_their_connection_and_runs_go_on() {
+    use tokio::io::AsyncWriteExt as _;
+    let model = MockVllm::start([]).await.expect("model");
+    let dir = tempfile::tempdir().expect("dir");
+    let env = [
+        ("OPENAI_BASE_URL", model.base_url()),
+        ("TRAVEL_AGENT_DATA_DIR", dir.path().display().to_string()),
+    ];
+    let service = Service::start(
+        &[
+            "--no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--stall-seconds",
+            "2",
+        ],
+        &env,
+    );
+    let addr = service.url.trim_start_matches("http://").to_owned();
+
+    // Half a request head, then nothing.
+    let mut half = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    half.write_all(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .await
+        .expect("write");
+    // Nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let half_closed = closed_within(&mut half, Duration::from_secs(10)).await;
+    let silent_closed = closed_within(&mut silent, Duration::from_secs(10)).await;
+    assert!(
+        half_closed >= Duration::from_millis(1500),
+        "{half_closed:?}"
+    );
+
+    // An SSE client with a small receive buffer that never reads, and an answer of 12 MB: far
+    // more than the socket buffers hold.
+    let word = "w".repeat(4000);
+    let answer = vec![word.as_str(); 3000].join(" ");
+    model.push([Turn::text(answer.clone())]);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stalled = socket
+        .connect(addr.parse().expect("addr"))
+        .await
+        .expect("connect");
+    let body = json!({"prompt": "Tell me everything", "session_id": "unread"}).to_string();
+    stalled
+        .write_all(
+            format!(
+                "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    ping_until(&service, "HealthyBusy", Duration::from_secs(5)).await;
+    // The run goes on without its reader and ends: the replica is free again.
+    ping_until(&service, "Healthy", Duration::from_secs(60)).await;
+    let (status, history) = messages(&service, None, "unread").await;
+    assert_eq!(status, 200, "{history}");
+    let recorded = history["messages"][1]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(recorded.len(), answer.len(), "the whole answer is recorded");
+    // And the connection that was never read is closed (what was buffered is read here first).
+    closed_within(&mut stalled, Duration::from_secs(30)).await;
+    // The service still serves.
+    model.push([Turn::text("still here")]);
+    let (status, _, body) = invoke(&service, None, json!({"prompt": "hi"}), &[]).await;
+    assert_eq!((status, body["text"].as_str()), (200, Some("still here")));
+    assert!(silent_closed < Duration::from_secs(10), "{silent_closed:?}");
+}
+
+/// An idempotent retry that reaches another replica: during the run it is told the session is
+/// busy (retryable), after it gets the recorded outcome; the model is called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_on_another_replica_never_runs_the_agent_twice() {
+    let model = MockVllm::start([]).await.expect("model");
+    let (s3, _) = agent_memory::clients_from_env().await;
+    let bucket = format!("travel-idem-{:08x}", fastrand::u32(..));
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let env = [
+        ("OPENAI_BASE_URL", model.base_url()),
+        ("TRAVEL_AGENT_SESSION_BUCKET", bucket.clone()),
+    ];
+    let args = ["--no-auth", "--listen", "127.0.0.1:0"];
+    let a = Service::start(&args, &env);
+    let b = Service::start(&args, &env);
+    model.push([Turn::text("Booked: one room in Lisbon")
+        .with_fault(Fault::SlowFirstByte(Duration::from_secs(2)))]);
+    let key = [("idempotency-key", "book-lisbon-1")];
+    let request = json!({"prompt": "Book the hotel", "session_id": "trip"});
+    let first = {
+        let url = a.url.clone();
+        let request = request.clone();
+        tokio::spawn(async move {
+            http()
+                .post(format!("{url}/invocations"))
+                .header("accept", "application/json")
+                .header("idempotency-key", "book-lisbon-1")
+                .json(&request)
+                .send()
+                .await
+                .expect("send")
+                .json::<Value>()
+                .await
+                .expect("json")
+        })
+    };
+    ping_until(&a, "HealthyBusy", Duration::from_secs(5)).await;
+    // The retry lands on replica b while a still runs it.
+    let (status, headers, during) = invoke(&b, None, request.clone(), &key).await;
+    assert_eq!(status, 409, "{during}");
+    assert_eq!(during["retryable"], true, "{during}");
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    let first = first.await.unwrap();
+    assert_eq!(first["text"], "Booked: one room in Lisbon", "{first}");
+    // After it: the recorded outcome, from b, and from a.
+    for replica in [&b, &a] {
+        let (status, _, again) = invoke(replica, None, request.clone(), &key).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["text"], first["text"]);
+    }
+    assert_eq!(model.received().len(), 1, "the model was called once");
+    let (_, history) = messages(&b, None, "trip").await;
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        2,
+        "one prompt and one answer: {history}"
+    );
+    // A new key is a new invocation.
+    model.push([Turn::text("Booked: a second room")]);
+    let (status, _, second) =
+        invoke(&b, None, request, &[("idempotency-key", "book-lisbon-2")]).await;
+    assert_eq!(
+        (status, second["text"].as_str()),
+        (200, Some("Booked: a second room"))
+    );
+    assert_eq!(model.received().len(), 2);
 }

@@ -77,7 +77,19 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let agent = match Agent::builder()
+    // REPLICA_LEASE_MS: take replica leases of that many milliseconds.
+    let builder = match std::env::var("REPLICA_LEASE_MS")
+        .ok()
+        .map(|v| v.parse::<u64>())
+    {
+        Some(Ok(ms)) => Agent::builder().replica_lease(std::time::Duration::from_millis(ms)),
+        Some(Err(e)) => {
+            eprintln!("REPLICA_LEASE_MS: {e}");
+            return ExitCode::from(2);
+        }
+        None => Agent::builder(),
+    };
+    let agent = match builder
         .model(model)
         .session_store(FileSessionStore::new(store))
         .tool(tool("lookup", log.clone(), false, true))

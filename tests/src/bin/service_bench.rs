@@ -84,7 +84,9 @@ fn start_service(model_url: &str, jwks_url: &str, data: &std::path::Path) -> Ser
         .env("COGNITO_CLIENT_IDS", "bench-client")
         .env("COGNITO_JWKS_URL", jwks_url)
         .env("TRAVEL_AGENT_DATA_DIR", data)
-        .env("RUST_LOG", "warn")
+        // The start line, and no access log (its cost is not the service's to measure here).
+        .env("RUST_LOG", "warn,travel_agent::lifecycle=info")
+        .env_remove("TRAVEL_AGENT_LOG_FORMAT")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("TRAVEL_AGENT_SESSION_BUCKET")
         .env_remove("TRAVEL_AGENT_MEMORY_TABLE")
@@ -97,11 +99,8 @@ fn start_service(model_url: &str, jwks_url: &str, data: &std::path::Path) -> Ser
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line
-                .strip_prefix("[travel-agent] listening on ")
-                .and_then(|r| r.split_whitespace().next())
-            {
-                let _ = tx.send((url.to_owned(), started.elapsed()));
+            if let Some(url) = agent_tests::listening_address(&line) {
+                let _ = tx.send((url, started.elapsed()));
             }
         }
     });

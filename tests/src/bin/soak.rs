@@ -71,7 +71,7 @@ async fn soak_session(
     server: &MockVllm,
     make_store: &dyn Fn() -> Arc<dyn SessionStore>,
 ) -> Outcome {
-    let replica = || agent_tests::racing_replica(server, make_store());
+    let replica = || agent_tests::racing_replica(server, make_store(), None);
     let (a, b) = match (replica(), replica()) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {

@@ -7,6 +7,9 @@
 //! | `GET /ping` | `{"status": "Healthy" \| "HealthyBusy", "time_of_last_update": <unix s>}` (the Bedrock AgentCore runtime contract) |
 //! | `GET /ready` | 200 while taking work, 503 once draining (the readiness probe) |
 //!
+//! With `--metrics-listen`, a second listener serves `GET /metrics`: the replica's invocation
+//! counts in the Prometheus text format, for the autoscaler (KEDA) and dashboards.
+//!
 //! Every route but `/ping` and `/ready` needs a Cognito bearer token; the token's `sub` is the
 //! actor, and session ids are scoped to it (a user cannot name another user's session). On
 //! SIGTERM readiness turns false at once, new invocations get 503, runs in flight get the drain
@@ -35,6 +38,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod auth;
+mod listen;
+mod metrics;
 mod state;
 
 use auth::{AuthError, CognitoConfig, CognitoVerifier};
@@ -72,13 +77,25 @@ pub(crate) struct Args {
         default_value = "travel-agent-data"
     )]
     data_dir: PathBuf,
+    /// Seconds a client may take to send a request's head, or leave a response unread, before
+    /// its connection is closed (an SSE stream's run goes on to its end without it).
+    #[arg(long, env = "TRAVEL_AGENT_STALL_SECONDS", default_value_t = 30)]
+    stall_seconds: u64,
+    /// How long a run's claim on its session lasts without a save (a replica that dies leaves it
+    /// to expire; until then another replica answers 409 for that session). Above the longest
+    /// model or tool call.
+    #[arg(long, env = "TRAVEL_AGENT_LEASE_SECONDS", default_value_t = 300)]
+    lease_seconds: u64,
+    /// Where to serve `GET /metrics` (Prometheus text format); none when unset.
+    #[arg(long, env = "TRAVEL_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The longest session id a client may choose (with a subject of up to 128 characters and the
 /// `.`, a store key stays within the 256 that `validate_id` takes).
 const MAX_SESSION_ID: usize = 120;
-/// How long an SSE client may leave events unread before it is sent no more (its run goes on).
-const SLOW_CLIENT: Duration = Duration::from_secs(30);
+/// The log target of the service's start, drain and stop lines.
+const LIFECYCLE: &str = "travel_agent::lifecycle";
 /// How long after the drain time cancelled runs get to write their last state.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
@@ -97,6 +114,7 @@ struct Service {
     /// Cancels every run (after the drain time).
     cancel_all: CancellationToken,
     last_update: std::sync::atomic::AtomicU64,
+    counts: metrics::Counts,
 }
 
 impl Service {
@@ -178,9 +196,11 @@ pub(crate) async fn run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let auth = match CognitoConfig::from_env()? {
         Some(config) => {
-            eprintln!(
-                "[travel-agent] Cognito tokens from {} for clients {:?}",
-                config.issuer, config.client_ids
+            tracing::info!(
+                target: LIFECYCLE,
+                issuer = %config.issuer,
+                clients = ?config.client_ids,
+                "Cognito tokens checked"
             );
             Auth::Cognito(Box::new(CognitoVerifier::new(config)?))
         }
@@ -193,7 +213,10 @@ pub(crate) async fn run(
                 )
                 .into());
             }
-            eprintln!("[travel-agent] no authentication (--no-auth): every caller is `local`");
+            tracing::warn!(
+                target: LIFECYCLE,
+                "no authentication (--no-auth): every caller is `local`"
+            );
             Auth::None
         }
         None => {
@@ -203,7 +226,10 @@ pub(crate) async fn run(
                 .into());
         }
     };
-    let builder = state::configure(builder, &args.data_dir).await?;
+    // Replicas share the session store: runs of one session exclude each other across them.
+    let builder = state::configure(builder, &args.data_dir)
+        .await?
+        .replica_lease(Duration::from_secs(args.lease_seconds.max(1)));
     let agent = builder.build()?;
     let service = Arc::new(Service {
         agent,
@@ -213,6 +239,7 @@ pub(crate) async fn run(
         draining: AtomicBool::new(false),
         cancel_all: CancellationToken::new(),
         last_update: std::sync::atomic::AtomicU64::new(unix_now()),
+        counts: metrics::Counts::default(),
         args: args.clone(),
     });
     let router = Router::new()
@@ -221,49 +248,65 @@ pub(crate) async fn run(
         .route("/ping", get(ping))
         .route("/ready", get(ready))
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
-        // A body sent slowly cannot hold a connection and its buffer past 30 s. (Header
-        // reads have no bound here: the load balancer in front, an ALB, has its own.)
+        // A body sent slowly cannot hold a connection and its buffer past 30 s (the head and
+        // an unread response are bounded in `listen`).
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             Duration::from_secs(30),
         ))
         .with_state(service.clone());
+    let stall = Duration::from_secs(args.stall_seconds.max(1));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    // Events are small writes: without TCP_NODELAY each one can wait for the client's delayed
-    // ACK (40 ms on Linux).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let stop_serving = CancellationToken::new();
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(stop_serving.clone().cancelled_owned())
-        .into_future();
-    let server = tokio::spawn(server);
-    eprintln!(
-        "[travel-agent] listening on http://{addr} (ready {} ms after start)",
-        started.elapsed().as_millis()
+    let server = tokio::spawn(listen::serve(listener, router, stall, stop_serving.clone()));
+    let metrics_server = match args.metrics_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at).await?;
+            let metrics_addr = listener.local_addr()?;
+            tracing::info!(
+                target: LIFECYCLE,
+                address = %format!("http://{metrics_addr}/metrics"),
+                "metrics"
+            );
+            let router = Router::new()
+                .route("/metrics", get(metrics::render))
+                .with_state(service.clone());
+            Some(tokio::spawn(listen::serve(
+                listener,
+                router,
+                stall,
+                stop_serving.clone(),
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(
+        target: LIFECYCLE,
+        address = %format!("http://{addr}"),
+        ready_ms = started.elapsed().as_millis() as u64,
+        "listening"
     );
 
     terminated().await;
     // Drain: no new work from now on; runs in flight get the drain time.
     service.draining.store(true, Ordering::SeqCst);
     let drain = Duration::from_secs(args.drain_seconds);
-    eprintln!(
-        "[travel-agent] draining: {} invocation(s) in flight, up to {} s",
-        service.in_flight(),
-        drain.as_secs()
+    tracing::info!(
+        target: LIFECYCLE,
+        in_flight = service.in_flight(),
+        drain_seconds = drain.as_secs(),
+        "draining"
     );
     let deadline = tokio::time::Instant::now() + drain;
     while service.in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if service.in_flight() > 0 {
-        eprintln!(
-            "[travel-agent] drain time over: cancelling {} invocation(s); their sessions stay \
-             resumable",
-            service.in_flight()
+        tracing::warn!(
+            target: LIFECYCLE,
+            in_flight = service.in_flight(),
+            "drain time over: cancelling the invocations still running; their sessions stay \
+             resumable"
         );
         service.cancel_all.cancel();
         let deadline = tokio::time::Instant::now() + CANCEL_GRACE;
@@ -272,13 +315,12 @@ pub(crate) async fn run(
         }
     }
     stop_serving.cancel();
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => eprintln!("[travel-agent] server error: {e}"),
-        Ok(Err(e)) => eprintln!("[travel-agent] server task: {e}"),
-        Err(_) => eprintln!("[travel-agent] connections still open after 5 s; closing"),
+    for task in std::iter::once(server).chain(metrics_server) {
+        if let Err(e) = task.await {
+            tracing::error!(target: LIFECYCLE, error = %e, "the server task failed");
+        }
     }
-    eprintln!("[travel-agent] drained");
+    tracing::info!(target: LIFECYCLE, "drained");
     Ok(())
 }
 
@@ -434,6 +476,7 @@ impl Drop for Admission {
 
 fn admit(service: &Arc<Service>, actor: &str) -> Result<Admission, Refusal> {
     if service.draining.load(Ordering::SeqCst) {
+        service.counts.refused(metrics::Refused::Draining);
         return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
@@ -442,6 +485,7 @@ fn admit(service: &Arc<Service>, actor: &str) -> Result<Admission, Refusal> {
         .retry_after(1));
     }
     let Ok(slot) = service.slots.clone().try_acquire_owned() else {
+        service.counts.refused(metrics::Refused::Busy);
         return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
@@ -459,6 +503,7 @@ fn admit(service: &Arc<Service>, actor: &str) -> Result<Admission, Refusal> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = per_user.entry(actor.to_owned()).or_insert(0);
         if *n >= service.args.max_per_user {
+            service.counts.refused(metrics::Refused::UserBusy);
             return Err(Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_invocations",
@@ -471,6 +516,7 @@ fn admit(service: &Arc<Service>, actor: &str) -> Result<Admission, Refusal> {
         }
         *n += 1;
     }
+    service.counts.admitted();
     service.touch();
     Ok(Admission {
         service: service.clone(),
@@ -613,7 +659,19 @@ async fn invocation(
                     "throttled" | "transient" => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
-                (status, axum::Json(client_error(&e, &request_id))).into_response()
+                let mut response =
+                    (status, axum::Json(client_error(&e, &request_id))).into_response();
+                if matches!(
+                    status,
+                    StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE
+                ) {
+                    // The session is busy (a run in flight, perhaps this same invocation on
+                    // another replica) or the model is: a retry soon may succeed.
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+                }
+                response
             }
             Err(_) => Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -626,6 +684,7 @@ async fn invocation(
         let mut events = session.stream(request.prompt);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(64);
         let id = request_id.clone();
+        let stall = Duration::from_secs(service.args.stall_seconds.max(1));
         tokio::spawn(async move {
             let _admission = admission;
             let mut client = Some(tx);
@@ -642,7 +701,7 @@ async fn invocation(
                 // A client gone, or not reading for this long, gets no more events; the run
                 // goes on to its end.
                 if !matches!(
-                    tokio::time::timeout(SLOW_CLIENT, sender.send(event)).await,
+                    tokio::time::timeout(stall, sender.send(event)).await,
                     Ok(Ok(()))
                 ) {
                     client = None;

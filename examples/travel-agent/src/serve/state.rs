@@ -9,6 +9,8 @@ use agent_core::agent::AgentBuilder;
 use agent_core::memory::{InMemoryMemoryStore, MemoryConfig};
 use agent_memory::{DynamoDbMemoryStore, FileSessionStore, S3SessionStore};
 
+use super::LIFECYCLE;
+
 fn var(name: &str) -> Option<String> {
     std::env::var(name)
         .ok()
@@ -29,7 +31,7 @@ pub(super) async fn configure(
     };
     let builder = match (&bucket, &clients) {
         (Some(bucket), Some((s3, _))) => {
-            eprintln!("[travel-agent] sessions in s3://{bucket}/travel-agent/");
+            tracing::info!(target: LIFECYCLE, "sessions in s3://{bucket}/travel-agent/");
             builder
                 .session_store(S3SessionStore::new(s3.clone(), bucket).with_prefix("travel-agent"))
         }
@@ -37,8 +39,9 @@ pub(super) async fn configure(
             let dir = data_dir.join("sessions");
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            eprintln!(
-                "[travel-agent] no TRAVEL_AGENT_SESSION_BUCKET: sessions in {} (this replica only)",
+            tracing::warn!(
+                target: LIFECYCLE,
+                "no TRAVEL_AGENT_SESSION_BUCKET: sessions in {} (this replica only)",
                 dir.display()
             );
             builder.session_store(FileSessionStore::new(dir))
@@ -46,16 +49,16 @@ pub(super) async fn configure(
     };
     let builder = match (&table, &clients) {
         (Some(table), Some((_, dynamodb))) => {
-            eprintln!("[travel-agent] long-term memory in DynamoDB table {table}");
+            tracing::info!(target: LIFECYCLE, "long-term memory in DynamoDB table {table}");
             builder.memory(MemoryConfig::new(DynamoDbMemoryStore::new(
                 dynamodb.clone(),
                 table,
             )))
         }
         _ => {
-            eprintln!(
-                "[travel-agent] no TRAVEL_AGENT_MEMORY_TABLE: long-term memory in this process \
-                 only"
+            tracing::warn!(
+                target: LIFECYCLE,
+                "no TRAVEL_AGENT_MEMORY_TABLE: long-term memory in this process only"
             );
             builder.memory(MemoryConfig::new(InMemoryMemoryStore::new()))
         }
