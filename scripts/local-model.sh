@@ -8,6 +8,7 @@
 #                                    print the base URL
 #   scripts/local-model.sh stop      stop the server this script started (by its PID)
 #   scripts/local-model.sh status    print the base URL if it is running
+#   scripts/local-model.sh model     print the model file's path (install if needed)
 #
 # Cache: $AGENT_CACHE_DIR (default ~/.cache/agent-runtime); $AGENT_MODEL_CACHE overrides it for
 # this script alone. Port: $AGENT_MODEL_PORT (default 8091).
@@ -164,6 +165,7 @@ case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop ;;
+  model) [ -f "$MODEL" ] || install; echo "$MODEL" ;;
   status) if running_pid >/dev/null && healthy; then echo "http://127.0.0.1:$PORT/v1"; else exit 1; fi ;;
-  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status|model" >&2; exit 2 ;;
 esac

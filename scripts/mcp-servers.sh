@@ -28,32 +28,13 @@ CONFORMANCE_DIR="$CACHE/conformance-$CONFORMANCE_VERSION"
 CONFORMANCE="$CONFORMANCE_DIR/node_modules/@modelcontextprotocol/conformance/dist/index.js"
 
 say() { printf '[mcp-servers] %s\n' "$*" >&2; }
+# shellcheck source=scripts/service.sh
+. "$(dirname "$0")/service.sh"
 
 if ! command -v node >/dev/null 2>&1; then
   say "node is not installed (apt-get install nodejs npm)"
   exit 1
 fi
-
-# Installs package $2 (exact version) into its own npm prefix $1, once. The marker is written
-# last, so an install that failed or was killed half-way is redone from scratch on the next
-# call; a lock keeps two runs from installing into each other.
-install_into() {
-  local dir=$1 pkg=$2
-  [ -f "$dir/.installed" ] && return 0
-  mkdir -p "$CACHE"
-  (
-    exec 9>"$dir.lock"
-    flock 9
-    [ -f "$dir/.installed" ] && exit 0
-    say "installing $pkg from npm into $dir"
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    # Its own package.json, or npm would walk up and install into $CACHE.
-    echo '{ "private": true }' >"$dir/package.json"
-    (cd "$dir" && npm install --silent --no-audit --no-fund --save-exact "$pkg" >&2)
-    touch "$dir/.installed"
-  )
-}
 
 everything() {
   install_into "$EVERYTHING_DIR" "@modelcontextprotocol/server-everything@$VERSION"

@@ -33,6 +33,28 @@ install_venv() {
   flock -u 9
 }
 
+# Installs the npm packages $2... (exact versions) into their own npm prefix $1, once. The
+# marker is written last, so an install that failed or was killed half-way is redone from
+# scratch on the next call; a lock keeps two runs from installing into each other.
+install_into() {
+  local dir=$1
+  shift
+  [ -f "$dir/.installed" ] && return 0
+  mkdir -p "$(dirname "$dir")"
+  (
+    exec 9>"$dir.lock"
+    flock 9
+    [ -f "$dir/.installed" ] && exit 0
+    say "installing $* from npm into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    # Its own package.json, or npm would walk up and install into a parent directory.
+    echo '{ "private": true }' >"$dir/package.json"
+    (cd "$dir" && npm install --silent --no-audit --no-fund --save-exact "$@" >&2)
+    touch "$dir/.installed"
+  )
+}
+
 # The PID of the server this PID file names, if it is running.
 running_pid() {
   [ -f "$PIDFILE" ] || return 1

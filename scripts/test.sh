@@ -161,11 +161,18 @@ fi
 check readme-run-command readme_run
 check eval-ci-prompts eval_run
 check interrupted-start interrupted_start
+# The EKS deployment, offline: schemas, and the manifests against the code; then a copy broken in
+# each way the check guards against must fail it.
+check deploy-manifests bash scripts/deploy-check.sh
+check deploy-broken-manifests-fail bash scripts/deploy-check.sh --broken
 
 # The real-model tests' endpoint: llama.cpp + Qwen2.5-Coder-1.5B on 127.0.0.1 (built above on a
 # first run).
 AGENT_LOCAL_MODEL_URL=$(scripts/local-model.sh start)
 export AGENT_LOCAL_MODEL_URL
+# The model file itself, for the GPU sizing tool's GGUF test.
+AGENT_LOCAL_MODEL_GGUF=$(scripts/local-model.sh model)
+export AGENT_LOCAL_MODEL_GGUF
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 [ "$checks_failed" = 0 ] || status=1

@@ -26,8 +26,16 @@ use crate::tools::{find_flight, get_weather, search_flights, search_hotels};
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct Args {
     /// Serve streamable HTTP at `http://<addr>/mcp` instead of stdio.
-    #[arg(long)]
+    #[arg(long, env = "TRAVEL_MCP_LISTEN")]
     http: Option<SocketAddr>,
+    /// `Host` headers the HTTP server answers (DNS-rebinding protection), e.g. `travel-mcp` or
+    /// `travel-mcp:3001` for a Kubernetes Service; loopback names only when none is given.
+    #[arg(
+        long = "allowed-host",
+        env = "TRAVEL_MCP_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -287,10 +295,15 @@ pub(crate) async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     };
     let stop = agent_core::CancellationToken::new();
+    let mut config =
+        StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token());
+    if !args.allowed_hosts.is_empty() {
+        config = config.with_allowed_hosts(args.allowed_hosts.iter().cloned());
+    }
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
+        config,
     );
     let router = axum::Router::new().nest_service("/mcp", service);
     let listener = tokio::net::TcpListener::bind(addr).await?;

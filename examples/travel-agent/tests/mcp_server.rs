@@ -219,8 +219,14 @@ impl Drop for Killed {
 
 /// Starts `travel-agent mcp --http 127.0.0.1:0`; the child and its URL.
 fn start_http() -> (Killed, String) {
+    start_http_with(&[])
+}
+
+/// [`start_http`] with more arguments.
+fn start_http_with(args: &[&str]) -> (Killed, String) {
     let mut child = Command::new(BIN)
         .args(["mcp", "--http", "127.0.0.1:0"])
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -280,4 +286,31 @@ fn the_conformance_suite_s_protocol_scenarios_pass() {
             "{scenario}: {summary}\n{stdout}"
         );
     }
+}
+
+/// In a cluster the server is reached by its Service name: `--allowed-host` admits that `Host`
+/// (with any port, or only the one given) and still refuses others (DNS-rebinding protection).
+#[tokio::test]
+async fn the_http_server_answers_the_hosts_it_is_told_and_no_other() {
+    let (_child, url) = start_http_with(&["--allowed-host", "travel-mcp"]);
+    let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "host-check", "version": "0"}}});
+    let client = reqwest::Client::new();
+    let status_for = |host: &'static str| {
+        let request = client
+            .post(&url)
+            .header("host", host)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        async move { request.send().await.expect("send").status().as_u16() }
+    };
+    assert_eq!(status_for("travel-mcp:3001").await, 200);
+    assert_eq!(status_for("travel-mcp").await, 200);
+    assert_eq!(status_for("evil.example:3001").await, 403);
+    assert_eq!(
+        status_for("localhost").await,
+        403,
+        "the list replaces the loopback default"
+    );
 }
