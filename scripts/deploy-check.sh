@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks examples/travel-agent/deploy offline (deploy/check.py): core manifests with
 # kubernetes-validate --strict, Karpenter and KEDA resources against their CRDs' schemas (npm
-# @kubernetes-models), yamllint, and the manifests against the code (ports, probe paths,
+# @kubernetes-models; Prometheus Operator's PodMonitor too), yamllint, and the manifests against the code (ports, probe paths,
 # environment variables, grace period > drain, IAM actions, vLLM flags from gpu-sizing).
 #
 #   scripts/deploy-check.sh [DEPLOY_DIR]   check DEPLOY_DIR (default: examples/travel-agent/deploy)
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${AGENT_CACHE_DIR:-$HOME/.cache/agent-runtime}/deploy"
 VENV="$CACHE/venv-kv-1.37.0-yamllint-1.38.0"
-MODELS="$CACHE/npm-karpenter-2.0.0-keda-2.0.0"
+MODELS="$CACHE/npm-karpenter-2.0.0-keda-2.0.0-prometheus-operator-6.0.0"
 DEPLOY=examples/travel-agent/deploy
 
 say() { printf '[deploy-check] %s\n' "$*" >&2; }
@@ -21,7 +21,7 @@ say() { printf '[deploy-check] %s\n' "$*" >&2; }
 . "$(dirname "$0")/service.sh"
 
 install_venv "kubernetes-validate and yamllint" kubernetes-validate==1.37.0 yamllint==1.38.0 PyYAML==6.0.2
-install_into "$MODELS" @kubernetes-models/karpenter@2.0.0 @kubernetes-models/keda@2.0.0
+install_into "$MODELS" @kubernetes-models/karpenter@2.0.0 @kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0
 NODE=$(bash scripts/mcp-servers.sh node22)
 cargo build -q --locked -p travel-agent -p gpu-sizing
 TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
@@ -82,5 +82,10 @@ iam/agent-policy.json|text.replace('"dynamodb:Query"', '"dynamodb:Scan"')|lacks 
 base/mcp-deployment.yaml|text.replace("value: travel-mcp,", "value: mcp,")|refuses the Host travel-mcp
 base/agent-service.yaml|text.replace("  ports:\n    - name: http", "  ports:\n   - name: http")|yamllint
 base/kustomization.yaml|text.replace("  - vllm-pdb.yaml\n", "")|vllm-pdb.yaml is not in base/kustomization.yaml
+base/vllm-scaledobject.yaml|text.replace("  cooldownPeriod: 300\n", "  cooldownPeriod: 300\n  fallback:\n    failureThreshold: 3\n    replicas: 1\n")|KEDA refuses a fallback
+base/podmonitors.yaml|text.replace("    - port: metrics", "    - port: web")|no PodMonitor scrapes a port of its pods
+base/vllm-deployment.yaml|text.replace("- --enable-prefix-caching", "- --kv-cache-dtype=fp8")|gpu-sizing was not given it
+overlays/karpenter/nodepool-gpu.yaml|text.replace("operator: In\n          values: [\"g6e\"]", "operator: NotIn\n          values: [\"g6e\"]")|must be In, not NotIn
+base/vllm-deployment.yaml|text.replace("memory: 24Gi", "memory: 40Gi")|vLLM requests 40Gi of memory
 CASES
 exit "$failed"

@@ -215,6 +215,50 @@ async fn a_killed_replica_s_lease_holds_the_session_until_it_expires() {
     assert_eq!(prompts(&stored.messages), 1);
 }
 
+/// A run longer than its lease keeps it: the lease is renewed before each model turn once half
+/// of it has passed, so another process is still refused after the first lease time.
+#[tokio::test]
+async fn a_long_run_renews_its_lease() {
+    let dirs = dirs();
+    let slow = |turn: Turn| turn.with_fault(Fault::SlowFirstByte(Duration::from_millis(1200)));
+    let server = MockVllm::start([
+        slow(Turn::tool_call("lookup", json!({"arg": "a"}))),
+        slow(Turn::tool_call("lookup", json!({"arg": "b"}))),
+        slow(Turn::text("answer")),
+    ])
+    .await
+    .unwrap();
+    let lease = [("REPLICA_LEASE_MS", "2000")];
+    let started = std::time::Instant::now();
+    let first = agent_process(&dirs, &server, &["run", "plan a trip"], &lease);
+    // Past the first lease's end (2 s), inside the third model call.
+    wait_for("the third model call", || server.received().len() == 3).await;
+    tokio::time::sleep(Duration::from_millis(2600).saturating_sub(started.elapsed())).await;
+    let busy = agent_process(&dirs, &server, &["resume"], &lease);
+    let busy = tokio::task::spawn_blocking(move || busy.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(
+        !busy.status.success() && stderr.contains("busy"),
+        "{stderr}"
+    );
+    let out = tokio::task::spawn_blocking(move || first.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "answer\nstop: end_turn\n"
+    );
+    assert_eq!(
+        server.received().len(),
+        3,
+        "the refused process called no model"
+    );
+}
+
 /// A run that fails (the model refuses the request) releases its lease on the way out: the
 /// next process continues the session at once.
 #[tokio::test]

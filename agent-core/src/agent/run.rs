@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use opentelemetry::Context;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -145,9 +145,13 @@ async fn persist(
     deadline: Option<Instant>,
     state: &AgentState,
     window: ContextWindow,
-    checkpoint: &RunCheckpoint,
+    checkpoint: &mut RunCheckpoint,
     saved: &mut Saved,
 ) -> Result<(), AgentError> {
+    // Every save renews the run's replica lease.
+    if let (Some(lease), Some(duration)) = (checkpoint.lease.as_mut(), agent.replica_lease) {
+        lease.until_ms = unix_ms().saturating_add(millis(duration));
+    }
     let session_state = SessionState {
         agent_state: state.to_map(),
         window,
@@ -286,10 +290,25 @@ async fn run_traced(
     tx: Option<Sender>,
     trace: Option<Context>,
 ) -> Result<AgentResult, AgentError> {
-    let lease_owner = agent
+    let deadline = agent.limits.timeout.map(|t| Instant::now() + t);
+    // One run per session in this process; the replica lease extends that to other processes.
+    let _lock = agent
+        .locks
+        .acquire(session_id, deadline)
+        .await
+        .ok_or_else(|| AgentError::SessionBusy {
+            session_id: session_id.to_owned(),
+        })?;
+    let Some(owner) = agent
         .replica_lease
-        .map(|_| format!("{}/{:016x}", agent.instance, fastrand::u64(..)));
-    let outcome = run_session(
+        .map(|_| format!("{}/{:016x}", agent.instance, fastrand::u64(..)))
+    else {
+        return run_session(
+            agent, session_id, actor_id, invocation, cancel, tx, trace, deadline, None,
+        )
+        .await;
+    };
+    let outcome = std::panic::AssertUnwindSafe(run_session(
         agent,
         session_id,
         actor_id,
@@ -297,15 +316,25 @@ async fn run_traced(
         cancel,
         tx,
         trace,
-        lease_owner.as_deref(),
-    )
+        deadline,
+        Some(&owner),
+    ))
+    .catch_unwind()
     .await;
-    // A run that ended with an error did not reach its last save: its lease is released here,
-    // so another replica need not wait for it to expire.
-    if let (Err(_), Some(owner)) = (&outcome, &lease_owner) {
-        release_lease(agent, session_id, owner).await;
+    // A run that failed (or panicked) did not reach its last save: its lease is released here,
+    // under the session's lock, so another replica need not wait for it to expire. A run
+    // refused as busy never took one.
+    match outcome {
+        Ok(Err(e)) if e.kind() != "session_busy" => {
+            release_lease(agent, session_id, &owner).await;
+            Err(e)
+        }
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            release_lease(agent, session_id, &owner).await;
+            std::panic::resume_unwind(panic)
+        }
     }
-    outcome
 }
 
 /// Clears the session's lease if `owner` still holds it (bounded, best effort: a lease left
@@ -354,6 +383,7 @@ async fn run_session(
     cancel: CancellationToken,
     tx: Option<Sender>,
     trace: Option<Context>,
+    deadline: Option<Instant>,
     lease_owner: Option<&str>,
 ) -> Result<AgentResult, AgentError> {
     let Invocation {
@@ -367,15 +397,6 @@ async fn run_session(
     if let Some(actor) = actor_id {
         validate_id("actor", actor)?;
     }
-    let deadline = agent.limits.timeout.map(|t| Instant::now() + t);
-    let _lock = agent
-        .locks
-        .acquire(session_id, deadline)
-        .await
-        .ok_or_else(|| AgentError::SessionBusy {
-            session_id: session_id.to_owned(),
-        })?;
-
     let stored = within(deadline, "load", agent.store.load(&key))
         .await?
         .unwrap_or_default();
@@ -437,7 +458,10 @@ async fn run_session(
             .as_deref()
             .map(std::borrow::Cow::Borrowed),
     };
-    if let Some(owner) = lease_owner {
+    let nothing_to_resume = matches!(start, Start::Resume) && run.history.is_empty();
+    if let Some(owner) = lease_owner
+        && !nothing_to_resume
+    {
         // Taken before anything is written; a replica that took it first makes this save a
         // conflict.
         run.checkpoint.lease = Some(RunLease {
@@ -536,8 +560,9 @@ async fn run_session(
                         && idempotency_key.as_deref() == Some(record.key.as_str())
                     {
                         record.stop_reason = Some(StopReason::EndTurn.as_str().to_owned());
-                        run.save_now().await?;
                     }
+                    run.checkpoint.lease = None;
+                    run.save_if_changed().await?;
                     return Ok(outcome);
                 }
                 Some(m) if m.role == Role::Assistant => resume_batch = true,
@@ -599,6 +624,7 @@ async fn run_session(
             if run.deadline.is_some_and(|d| Instant::now() >= d) {
                 break StopReason::Timeout;
             }
+            run.renew_lease_if_due().await?;
             agent.conversation.apply(&run.history, &mut run.window);
             let (response, mut metrics) = match run.model_turn(false).await? {
                 TurnOutcome::Done(r, m) => (r, m),
@@ -653,6 +679,7 @@ async fn run_session(
     {
         run.deadline = Some(Instant::now() + timeout);
         run.emitter.deadline = run.deadline;
+        run.renew_lease_if_due().await?;
         agent.conversation.apply(&run.history, &mut run.window);
         if let TurnOutcome::Done(response, metrics) = run.model_turn(true).await? {
             usage.add(&response.usage);
@@ -779,21 +806,27 @@ fn text_of(content: &[ContentBlock]) -> String {
 impl Run<'_> {
     /// Saves the state now (renewing the run's lease, if it holds one).
     async fn save_now(&mut self) -> Result<(), AgentError> {
-        if let (Some(lease), Some(duration)) =
-            (self.checkpoint.lease.as_mut(), self.agent.replica_lease)
-        {
-            lease.until_ms = unix_ms().saturating_add(millis(duration));
-        }
         persist(
             self.agent,
             &self.key,
             self.deadline,
             &self.state,
             self.window,
-            &self.checkpoint,
+            &mut self.checkpoint,
             &mut self.saved,
         )
         .await
+    }
+
+    /// Renews the run's replica lease when half of it has passed since the last save (a run of
+    /// long model calls and turns that change no state saves seldom).
+    async fn renew_lease_if_due(&mut self) -> Result<(), AgentError> {
+        if let (Some(lease), Some(duration)) = (&self.checkpoint.lease, self.agent.replica_lease)
+            && lease.until_ms.saturating_sub(unix_ms()) < millis(duration) / 2
+        {
+            self.save_now().await?;
+        }
+        Ok(())
     }
 
     /// Saves the state if a tool changed it, the window moved or the checkpoint changed since
@@ -1130,7 +1163,7 @@ impl Run<'_> {
                                     self.deadline,
                                     &self.state,
                                     self.window,
-                                    &self.checkpoint,
+                                    &mut self.checkpoint,
                                     &mut self.saved,
                                 )
                                 .await?;

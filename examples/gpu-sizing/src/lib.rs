@@ -199,10 +199,12 @@ pub struct Instance {
     pub gpu: &'static str,
     /// GPUs (a fraction for G6f's partitioned L4).
     pub gpus: f64,
-    /// Memory of each GPU (or of the fraction), GiB.
+    /// Memory of each GPU (or of the fraction), GiB, as CUDA reports it.
     pub gpu_memory_gib: f64,
     /// vCPUs.
     pub vcpus: u32,
+    /// Host memory, GiB.
+    pub memory_gib: f64,
     /// On-demand price per hour in us-east-1, USD.
     pub usd_per_hour: f64,
 }
@@ -212,37 +214,62 @@ pub struct Instance {
 /// before buying, and expect Spot to be cheaper and to vary.
 pub const PRICES_AS_OF: &str = "2026-11-30";
 
-/// The GPU instance types considered, smallest of each family first.
+/// The GPU instance types considered, smallest of each family first. GPU memory is what CUDA
+/// reports (an L40S sold as 48 GB shows 46,068 MiB = 45.0 GiB), since vLLM's utilisation is a
+/// share of that.
 pub const INSTANCES: &[Instance] = &[
-    inst("g6f.xlarge", "g6f", "L4 (1/8)", 0.125, 3.0, 4, 0.23),
-    inst("g6f.2xlarge", "g6f", "L4 (1/4)", 0.25, 6.0, 8, 0.44),
-    inst("g6f.4xlarge", "g6f", "L4 (1/2)", 0.5, 12.0, 16, 0.88),
-    inst("g6.xlarge", "g6", "L4", 1.0, 24.0, 4, 0.8048),
-    inst("g6.2xlarge", "g6", "L4", 1.0, 24.0, 8, 0.9776),
-    inst("g6.12xlarge", "g6", "L4", 4.0, 24.0, 48, 4.6016),
-    inst("g6.48xlarge", "g6", "L4", 8.0, 24.0, 192, 13.3504),
-    inst("g5.xlarge", "g5", "A10G", 1.0, 24.0, 4, 1.006),
-    inst("g5.2xlarge", "g5", "A10G", 1.0, 24.0, 8, 1.212),
-    inst("g5.12xlarge", "g5", "A10G", 4.0, 24.0, 48, 5.672),
-    inst("g5.48xlarge", "g5", "A10G", 8.0, 24.0, 192, 16.288),
-    inst("g6e.xlarge", "g6e", "L40S", 1.0, 48.0, 4, 1.861),
-    inst("g6e.2xlarge", "g6e", "L40S", 1.0, 48.0, 8, 2.24208),
-    inst("g6e.12xlarge", "g6e", "L40S", 4.0, 48.0, 48, 10.49264),
-    inst("g6e.48xlarge", "g6e", "L40S", 8.0, 48.0, 192, 30.13118),
-    inst("p5.4xlarge", "p5", "H100", 1.0, 80.0, 16, 6.88),
-    inst("p4d.24xlarge", "p4d", "A100", 8.0, 40.0, 96, 21.96),
-    inst("p5.48xlarge", "p5", "H100", 8.0, 80.0, 192, 55.04),
+    inst("g6f.xlarge", "g6f", "L4 (1/8)", 0.125, 2.81, 4, 16.0, 0.23),
+    inst("g6f.2xlarge", "g6f", "L4 (1/4)", 0.25, 5.62, 8, 32.0, 0.44),
+    inst("g6f.4xlarge", "g6f", "L4 (1/2)", 0.5, 11.25, 16, 64.0, 0.88),
+    inst("g6.xlarge", "g6", "L4", 1.0, 22.49, 4, 16.0, 0.8048),
+    inst("g6.2xlarge", "g6", "L4", 1.0, 22.49, 8, 32.0, 0.9776),
+    inst("g6.12xlarge", "g6", "L4", 4.0, 22.49, 48, 192.0, 4.6016),
+    inst("g6.48xlarge", "g6", "L4", 8.0, 22.49, 192, 768.0, 13.3504),
+    inst("g5.xlarge", "g5", "A10G", 1.0, 22.49, 4, 16.0, 1.006),
+    inst("g5.2xlarge", "g5", "A10G", 1.0, 22.49, 8, 32.0, 1.212),
+    inst("g5.12xlarge", "g5", "A10G", 4.0, 22.49, 48, 192.0, 5.672),
+    inst("g5.48xlarge", "g5", "A10G", 8.0, 22.49, 192, 768.0, 16.288),
+    inst("g6e.xlarge", "g6e", "L40S", 1.0, 44.99, 4, 32.0, 1.861),
+    inst("g6e.2xlarge", "g6e", "L40S", 1.0, 44.99, 8, 64.0, 2.24208),
+    inst(
+        "g6e.12xlarge",
+        "g6e",
+        "L40S",
+        4.0,
+        44.99,
+        48,
+        384.0,
+        10.49264,
+    ),
+    inst(
+        "g6e.48xlarge",
+        "g6e",
+        "L40S",
+        8.0,
+        44.99,
+        192,
+        1536.0,
+        30.13118,
+    ),
+    inst("p5.4xlarge", "p5", "H100", 1.0, 79.65, 16, 256.0, 6.88),
+    inst("p4d.24xlarge", "p4d", "A100", 8.0, 39.59, 96, 1152.0, 21.96),
+    inst("p5.48xlarge", "p5", "H100", 8.0, 79.65, 192, 2048.0, 55.04),
     inst(
         "p6-b200.48xlarge",
         "p6-b200",
         "B200",
         8.0,
-        179.0,
+        179.06,
         192,
+        2048.0,
         113.93,
     ),
 ];
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one row of the table, in its column order"
+)]
 const fn inst(
     name: &'static str,
     family: &'static str,
@@ -250,6 +277,7 @@ const fn inst(
     gpus: f64,
     gpu_memory_gib: f64,
     vcpus: u32,
+    memory_gib: f64,
     usd_per_hour: f64,
 ) -> Instance {
     Instance {
@@ -259,6 +287,7 @@ const fn inst(
         gpus,
         gpu_memory_gib,
         vcpus,
+        memory_gib,
         usd_per_hour,
     }
 }

@@ -25,6 +25,13 @@ CUSTOM = {
     ("karpenter.sh/v1", "NodePool"),
     ("karpenter.k8s.aws/v1", "EC2NodeClass"),
     ("keda.sh/v1alpha1", "ScaledObject"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+}
+# vLLM flags that change how much GPU memory it takes: each one in the manifest must be one
+# gpu-sizing prints.
+MEMORY_FLAGS = {
+    "--max-model-len", "--gpu-memory-utilization", "--max-num-seqs", "--tensor-parallel-size",
+    "--pipeline-parallel-size", "--kv-cache-dtype", "--quantization", "--dtype",
 }
 UNVERIFIABLE = {("eks.amazonaws.com/v1", "NodeClass")}
 KUSTOMIZE = ("kustomize.config.k8s.io/v1beta1", "Kustomization")
@@ -244,11 +251,31 @@ def against_code(args, deploy, docs):
     # Metrics the scaler queries are ones the service exports.
     metrics_source = (source / "examples/travel-agent/src/serve/metrics.rs").read_text()
     for so in by_kind(docs, "ScaledObject"):
+        name = so["metadata"]["name"]
         target = so["spec"]["scaleTargetRef"]["name"]
-        check(len(by_kind(docs, "Deployment", target)) == 1, f"ScaledObject {so['metadata']['name']} scales a Deployment {target} that is not here")
-        for trigger in so["spec"].get("triggers", []):
-            for metric in re.findall(r"(travel_agent_[a-z_]+)", trigger.get("metadata", {}).get("query", "")):
-                check(f'"{metric}"' in metrics_source, f"ScaledObject {so['metadata']['name']} queries {metric}, which the service does not export")
+        check(len(by_kind(docs, "Deployment", target)) == 1, f"ScaledObject {name} scales a Deployment {target} that is not here")
+        triggers = so["spec"].get("triggers", [])
+        if "fallback" in so["spec"]:
+            check(
+                all(t.get("metricType", "AverageValue") == "AverageValue" for t in triggers),
+                f"ScaledObject {name}: KEDA refuses a fallback unless every trigger is AverageValue",
+            )
+        for trigger in triggers:
+            query = trigger.get("metadata", {}).get("query", "")
+            for metric in re.findall(r"(travel_agent_[a-z_]+)", query):
+                check(f'"{metric}"' in metrics_source, f"ScaledObject {name} queries {metric}, which the service does not export")
+            # Whatever the query reads must be scraped from the pods that export it.
+            if re.search(r"travel_agent_|vllm:", query):
+                deployment = by_kind(docs, "Deployment", target)
+                pod_labels = deployment[0]["spec"]["template"]["metadata"]["labels"] if deployment else {}
+                port_names = {p.get("name") for p in container(deployment[0]).get("ports", [])} if deployment else set()
+                scraped = [
+                    pm for pm in by_kind(docs, "PodMonitor")
+                    if pm["spec"]["selector"].get("matchLabels")
+                    and all(pod_labels.get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
+                    and any(e.get("port") in port_names for e in pm["spec"].get("podMetricsEndpoints", []))
+                ]
+                check(bool(scraped), f"ScaledObject {name} queries metrics of {target}, but no PodMonitor scrapes a port of its pods")
 
     # Selectors select something.
     labels = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in by_kind(docs, "Deployment")}
@@ -260,7 +287,7 @@ def against_code(args, deploy, docs):
         for d in by_kind(docs, kind):
             spec = d["spec"]
             selector = spec.get("selector", {}) if kind == "Service" else (spec.get("selector") or spec.get("podSelector") or {}).get("matchLabels", {})
-            check(selects(selector), f"{kind} {d['metadata']['name']} selects no Deployment's pods ({selector})")
+            check(bool(selector) and selects(selector), f"{kind} {d['metadata']['name']} selects no Deployment's pods by label ({selector})")
             if kind == "Service":
                 for p in spec.get("ports", []):
                     target = p.get("targetPort")
@@ -300,18 +327,28 @@ def against_sizing(args, deploy, docs, vllm, flags):
     if run.returncode != 0:
         return
     sizing = json.loads(run.stdout)
-    for arg in sizing["vllm_args"]:
-        name, value = arg.split("=", 1)
+    sized = dict(a.split("=", 1) for a in sizing["vllm_args"])
+    for name, value in sized.items():
         check(flags.get(name) == value, f"vLLM has {name}={flags.get(name)}, gpu-sizing says {value}")
+    for arg in container(vllm).get("args", []):
+        name = arg.split("=", 1)[0]
+        check(name not in MEMORY_FLAGS or name in sized, f"vLLM's {name} changes its memory, and gpu-sizing was not given it")
     resources = container(vllm).get("resources", {})
     for side in ("requests", "limits"):
         check(str(resources.get(side, {}).get("nvidia.com/gpu")) == str(sizing["gpus"]), f"vLLM {side} nvidia.com/gpu is not gpu-sizing's {sizing['gpus']}")
-    fitting = {f["instance"]["family"] for f in sizing["fits"]}
+    # A family fits when one of its types holds the model at the deployed tensor parallelism.
+    gpus = sizing["gpus"]
+    deployable = [f for f in sizing["fits"] if f["tensor_parallel"] <= gpus and f["instance"]["gpus"] >= min(gpus, 1)]
+    fitting = {f["instance"]["family"] for f in deployable}
     smallest = {}
-    for f in sizing["fits"]:
+    for f in deployable:
         smallest.setdefault(f["instance"]["family"], f["instance"])
     cpu = str(resources.get("requests", {}).get("cpu", "0"))
     cpu = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    memory = str(resources.get("requests", {}).get("memory", "0"))
+    units = {"Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}
+    unit = next((u for u in units if memory.endswith(u)), None)
+    memory_gib = float(memory[: -len(unit)]) * units[unit] if unit else float(memory) / 2**30
     for path, d in docs:
         if d.get("kind") != "NodePool":
             continue
@@ -321,13 +358,18 @@ def against_sizing(args, deploy, docs, vllm, flags):
         taints = {t["key"] for t in template["spec"].get("taints", [])}
         tolerated = {t["key"] for t in vllm["spec"]["template"]["spec"].get("tolerations", [])}
         check(taints <= tolerated, f"{where}: vLLM does not tolerate the taints {sorted(taints - tolerated)}")
-        for r in template["spec"].get("requirements", []):
-            if r["key"].endswith("/instance-family"):
+        families = [r for r in template["spec"].get("requirements", []) if r["key"].endswith("/instance-family")]
+        check(len(families) == 1, f"{where}: no instance-family requirement (In) limits it to GPUs that hold the model")
+        check(not any(r["key"].endswith(("/instance-type", "node.kubernetes.io/instance-type")) for r in template["spec"].get("requirements", [])), f"{where}: instance types are chosen by family here")
+        for r in families:
+            check(r.get("operator") == "In", f"{where}: the instance-family requirement must be In, not {r.get('operator')}")
+            if r.get("operator") == "In":
                 for family in r["values"]:
                     check(family in fitting, f"{where}: instance family {family} cannot hold the model (gpu-sizing fits: {sorted(fitting)})")
                     check(family in sizing["families"], f"{where}: instance family {family} is beyond twice the cheapest fit's price ({sizing['families']})")
                     if family in smallest:
                         check(cpu < smallest[family]["vcpus"], f"{where}: vLLM requests {cpu} CPUs, {smallest[family]['name']} has {smallest[family]['vcpus']}")
+                        check(memory_gib < smallest[family]["memory_gib"] * 0.9, f"{where}: vLLM requests {memory} of memory, {smallest[family]['name']} has {smallest[family]['memory_gib']} GiB")
         ref = template["spec"]["nodeClassRef"]
         classes = [c for p, c in docs if c.get("kind") == ref["kind"] and p.parent == path.parent and c["metadata"]["name"] == ref["name"]]
         check(len(classes) == 1, f"{where}: its nodeClassRef {ref['kind']} {ref['name']} is not in the overlay")

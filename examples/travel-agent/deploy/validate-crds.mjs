@@ -1,5 +1,5 @@
-// Validates Karpenter and KEDA custom resources against the JSON schemas generated from their
-// published CRDs (npm @kubernetes-models/karpenter and @kubernetes-models/keda). Reads
+// Validates Karpenter, KEDA and Prometheus Operator custom resources against the JSON schemas generated from their
+// published CRDs (npm @kubernetes-models/karpenter, keda and prometheus-operator). Reads
 // [{file, doc}] as JSON on stdin, prints [{file, ok, error?}]. KUBERNETES_MODELS is the
 // node_modules directory the packages are installed in.
 import { readFileSync } from "node:fs";
@@ -11,6 +11,7 @@ const models = {
   "karpenter.sh/v1 NodePool": "@kubernetes-models/karpenter/karpenter.sh/v1/NodePool.js",
   "karpenter.k8s.aws/v1 EC2NodeClass": "@kubernetes-models/karpenter/karpenter.k8s.aws/v1/EC2NodeClass.js",
   "keda.sh/v1alpha1 ScaledObject": "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject.js",
+  "monitoring.coreos.com/v1 PodMonitor": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor.js",
 };
 const input = JSON.parse(readFileSync(0, "utf8"));
 const results = [];

@@ -1155,6 +1155,7 @@ async fn clients_that_stall_lose_their_connection_and_runs_go_on() {
     let addr = service.url.trim_start_matches("http://").to_owned();
 
     // Half a request head, then nothing.
+    let connected = Instant::now();
     let mut half = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");
@@ -1165,8 +1166,44 @@ async fn clients_that_stall_lose_their_connection_and_runs_go_on() {
     let mut silent = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");
-    let half_closed = closed_within(&mut half, Duration::from_secs(10)).await;
-    let silent_closed = closed_within(&mut silent, Duration::from_secs(10)).await;
+    // A body sent a byte at a time: refused when the stall time is up (408), however steady.
+    let mut dribble = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    dribble
+        .write_all(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .expect("write");
+    let dribbling = Instant::now();
+    let mut answer = Vec::new();
+    {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::select! {
+                n = dribble.read(&mut buf) => {
+                    let n = n.unwrap_or(0);
+                    if n == 0 { break; }
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") { break; }
+                }
+                () = tokio::time::sleep(Duration::from_millis(300)) => {
+                    assert!(dribbling.elapsed() < Duration::from_secs(10), "never refused");
+                    let _ = dribble.write_all(b" ").await;
+                }
+            }
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(dribbling.elapsed() >= Duration::from_millis(1500));
+    closed_within(&mut half, Duration::from_secs(10)).await;
+    let half_closed = connected.elapsed();
+    closed_within(&mut silent, Duration::from_secs(10)).await;
+    let silent_closed = connected.elapsed();
     assert!(
         half_closed >= Duration::from_millis(1500),
         "{half_closed:?}"
@@ -1210,7 +1247,10 @@ async fn clients_that_stall_lose_their_connection_and_runs_go_on() {
     model.push([Turn::text("still here")]);
     let (status, _, body) = invoke(&service, None, json!({"prompt": "hi"}), &[]).await;
     assert_eq!((status, body["text"].as_str()), (200, Some("still here")));
-    assert!(silent_closed < Duration::from_secs(10), "{silent_closed:?}");
+    assert!(
+        silent_closed >= Duration::from_millis(1500) && silent_closed < Duration::from_secs(10),
+        "{silent_closed:?}"
+    );
 }
 
 /// An idempotent retry that reaches another replica: during the run it is told the session is

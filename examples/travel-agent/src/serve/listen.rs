@@ -7,7 +7,9 @@
 //!   bounds an idle keep-alive connection);
 //! - a response the client leaves unread for `stall` closes the connection (a write timeout on
 //!   the socket; the run behind an SSE stream goes on, see `serve::invocation`);
-//! - the body has its own bound (`RequestBodyTimeoutLayer`, in the router);
+//! - the whole body must arrive within `stall` too (where the handler reads it, 408);
+//! - at most `connections` connections are open at once; beyond that, new ones wait in the
+//!   listen backlog;
 //! - `TCP_NODELAY`: events are small writes, and without it each one can wait for the client's
 //!   delayed ACK (40 ms on Linux).
 
@@ -23,17 +25,34 @@ use tokio::net::TcpListener;
 /// How long open connections get to end after `stop` before they are dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// The bounds of one listener.
+pub(crate) struct Bounds {
+    /// How long a client may take to send a request head, or leave a response unread.
+    pub(crate) stall: Duration,
+    /// Connections open at once.
+    pub(crate) connections: usize,
+}
+
 /// Serves `router` on `listener` until `stop`, then lets open connections end (at most
 /// [`CLOSE_GRACE`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
-    stall: Duration,
+    bounds: Bounds,
     stop: CancellationToken,
 ) {
+    let Bounds { stall, connections } = bounds;
     let graceful = GracefulShutdown::new();
     let service = TowerToHyperService::new(router);
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(connections));
     loop {
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = stop.cancelled() => break,
+        };
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
@@ -58,6 +77,7 @@ pub(crate) async fn serve(
             .serve_connection(TokioIo::new(Box::pin(io)), service.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -70,7 +90,7 @@ pub(crate) async fn serve(
     {
         tracing::warn!(
             target: "travel_agent::lifecycle",
-            "connections still open {} s after the drain; closing them",
+            "connections still open {} s after the drain; the process exits with them",
             CLOSE_GRACE.as_secs()
         );
     }

@@ -26,8 +26,8 @@ use agent_core::AgentError;
 use agent_core::event::{ErrorEvent, SseEvent};
 use agent_core::prelude::*;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -77,8 +77,9 @@ pub(crate) struct Args {
         default_value = "travel-agent-data"
     )]
     data_dir: PathBuf,
-    /// Seconds a client may take to send a request's head, or leave a response unread, before
-    /// its connection is closed (an SSE stream's run goes on to its end without it).
+    /// Seconds a client may take to send a request's head or its body, or leave a response
+    /// unread, before it is refused or its connection closed (an SSE stream's run goes on to its
+    /// end without it).
     #[arg(long, env = "TRAVEL_AGENT_STALL_SECONDS", default_value_t = 30)]
     stall_seconds: u64,
     /// How long a run's claim on its session lasts without a save (a replica that dies leaves it
@@ -86,6 +87,9 @@ pub(crate) struct Args {
     /// model or tool call.
     #[arg(long, env = "TRAVEL_AGENT_LEASE_SECONDS", default_value_t = 300)]
     lease_seconds: u64,
+    /// Connections open at once; beyond it, new ones wait to be accepted.
+    #[arg(long, env = "TRAVEL_AGENT_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
     /// Where to serve `GET /metrics` (Prometheus text format); none when unset.
     #[arg(long, env = "TRAVEL_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -247,18 +251,20 @@ pub(crate) async fn run(
         .route("/sessions/{id}/messages", get(session_messages))
         .route("/ping", get(ping))
         .route("/ready", get(ready))
-        .layer(DefaultBodyLimit::max(args.max_body_bytes))
-        // A body sent slowly cannot hold a connection and its buffer past 30 s (the head and
-        // an unread response are bounded in `listen`).
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            Duration::from_secs(30),
-        ))
         .with_state(service.clone());
     let stall = Duration::from_secs(args.stall_seconds.max(1));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     let stop_serving = CancellationToken::new();
-    let server = tokio::spawn(listen::serve(listener, router, stall, stop_serving.clone()));
+    let server = tokio::spawn(listen::serve(
+        listener,
+        router,
+        listen::Bounds {
+            stall,
+            connections: args.max_connections.max(1),
+        },
+        stop_serving.clone(),
+    ));
     let metrics_server = match args.metrics_listen {
         Some(at) => {
             let listener = tokio::net::TcpListener::bind(at).await?;
@@ -274,7 +280,10 @@ pub(crate) async fn run(
             Some(tokio::spawn(listen::serve(
                 listener,
                 router,
-                stall,
+                listen::Bounds {
+                    stall,
+                    connections: 64,
+                },
                 stop_serving.clone(),
             )))
         }
@@ -552,10 +561,37 @@ fn header_value(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<St
     }
 }
 
+/// The whole body, at most `max` bytes, within `deadline` (a client that sends it a byte at a
+/// time does not hold its connection longer).
+async fn read_body(
+    body: Body,
+    max: usize,
+    deadline: Duration,
+) -> Result<axum::body::Bytes, Refusal> {
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if e.to_string().contains("length limit") => Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {max} bytes"),
+        )),
+        Ok(Err(e)) => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the body could not be read: {e}"),
+        )),
+        Err(_) => Err(Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {} s", deadline.as_secs()),
+        )),
+    }
+}
+
 async fn invocations(
     State(service): State<Arc<Service>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
     let response = match invocation(service, headers, body).await {
@@ -581,9 +617,16 @@ async fn invocations(
 async fn invocation(
     service: Arc<Service>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, Refusal> {
     let actor = authenticate(&service, &headers).await?;
+    // Read after authentication: an anonymous client gets nothing buffered.
+    let body = read_body(
+        body,
+        service.args.max_body_bytes,
+        Duration::from_secs(service.args.stall_seconds.max(1)),
+    )
+    .await?;
     let request: InvocationRequest = serde_json::from_slice(&body).map_err(|e| {
         Refusal::new(
             StatusCode::BAD_REQUEST,
