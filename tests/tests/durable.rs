@@ -92,13 +92,19 @@ fn kill(mut child: Child) {
     child.wait().expect("reaped");
 }
 
+/// Waits for `child` (off the runtime's threads: the model server runs on them) and returns its
+/// output.
+async fn finished(child: Child) -> std::process::Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Resumes the run in a new process and returns its stdout.
 async fn resume(dirs: &Dirs, server: &MockVllm) -> String {
     let child = agent_process(dirs, server, &["resume"], &[]);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = finished(child).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -194,10 +200,7 @@ async fn a_killed_replica_s_lease_holds_the_session_until_it_expires() {
     );
     tokio::time::sleep(Duration::from_millis(3000).saturating_sub(killed.elapsed())).await;
     let child = agent_process(&dirs, &server, &["resume"], &lease);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = finished(child).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         stdout,
@@ -235,19 +238,13 @@ async fn a_long_run_renews_its_lease() {
     wait_for("the third model call", || server.received().len() == 3).await;
     tokio::time::sleep(Duration::from_millis(2600).saturating_sub(started.elapsed())).await;
     let busy = agent_process(&dirs, &server, &["resume"], &lease);
-    let busy = tokio::task::spawn_blocking(move || busy.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let busy = finished(busy).await;
     let stderr = String::from_utf8_lossy(&busy.stderr);
     assert!(
         !busy.status.success() && stderr.contains("busy"),
         "{stderr}"
     );
-    let out = tokio::task::spawn_blocking(move || first.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = finished(first).await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "answer\nstop: end_turn\n"
@@ -276,20 +273,14 @@ async fn a_failed_run_releases_its_lease() {
     .unwrap();
     let lease = [("REPLICA_LEASE_MS", "600000")];
     let child = agent_process(&dirs, &server, &["run", "plan a trip"], &lease);
-    let failed = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let failed = finished(child).await;
     assert!(
         !failed.status.success(),
         "{}",
         String::from_utf8_lossy(&failed.stdout)
     );
     let child = agent_process(&dirs, &server, &["resume"], &lease);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = finished(child).await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "answer A\nstop: end_turn\n",

@@ -898,11 +898,11 @@ async fn sigterm_drains_and_what_outlives_the_drain_resumes_on_a_new_process() {
     assert_eq!(texts, ["long one", "still there?"], "{history}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_disconnects_leaves_a_valid_session_and_replicas_share_it() {
-    let model = MockVllm::start_bench("127.0.0.1:0").await.expect("model");
+/// Two `serve` processes (no auth) on `model`, sharing sessions in a new S3 bucket named after
+/// `prefix`.
+async fn two_replicas_on_s3(model: &MockVllm, prefix: &str) -> (Service, Service) {
     let (s3, _) = agent_memory::clients_from_env().await;
-    let bucket = format!("travel-replicas-{:08x}", fastrand::u32(..));
+    let bucket = format!("{prefix}-{:08x}", fastrand::u32(..));
     s3.create_bucket()
         .bucket(&bucket)
         .send()
@@ -910,11 +910,16 @@ async fn a_client_that_disconnects_leaves_a_valid_session_and_replicas_share_it(
         .expect("bucket");
     let env = [
         ("OPENAI_BASE_URL", model.base_url()),
-        ("TRAVEL_AGENT_SESSION_BUCKET", bucket.clone()),
+        ("TRAVEL_AGENT_SESSION_BUCKET", bucket),
     ];
     let args = ["--no-auth", "--listen", "127.0.0.1:0"];
-    let a = Service::start(&args, &env);
-    let b = Service::start(&args, &env);
+    (Service::start(&args, &env), Service::start(&args, &env))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_leaves_a_valid_session_and_replicas_share_it() {
+    let model = MockVllm::start_bench("127.0.0.1:0").await.expect("model");
+    let (a, b) = two_replicas_on_s3(&model, "travel-replicas").await;
 
     // Two replicas serve one session alternately: nothing is lost.
     for (i, replica) in [&a, &b, &a, &b].into_iter().enumerate() {
@@ -1258,20 +1263,7 @@ async fn clients_that_stall_lose_their_connection_and_runs_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_retry_on_another_replica_never_runs_the_agent_twice() {
     let model = MockVllm::start([]).await.expect("model");
-    let (s3, _) = agent_memory::clients_from_env().await;
-    let bucket = format!("travel-idem-{:08x}", fastrand::u32(..));
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
-    let env = [
-        ("OPENAI_BASE_URL", model.base_url()),
-        ("TRAVEL_AGENT_SESSION_BUCKET", bucket.clone()),
-    ];
-    let args = ["--no-auth", "--listen", "127.0.0.1:0"];
-    let a = Service::start(&args, &env);
-    let b = Service::start(&args, &env);
+    let (a, b) = two_replicas_on_s3(&model, "travel-idem").await;
     model.push([Turn::text("Booked: one room in Lisbon")
         .with_fault(Fault::SlowFirstByte(Duration::from_secs(2)))]);
     let key = [("idempotency-key", "book-lisbon-1")];

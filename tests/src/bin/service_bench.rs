@@ -241,6 +241,8 @@ async fn run(model_url: &str, quick: bool) {
         .tools(mcp.tools().await.unwrap_or_else(|e| panic!("tools: {e}")))
         .session_store(FileSessionStore::new(data.path().join("library")))
         .memory(MemoryConfig::new(InMemoryMemoryStore::new()))
+        // As the service configures it: runs of a session exclude each other across replicas.
+        .replica_lease(std::time::Duration::from_secs(300))
         .build()
         .unwrap_or_else(|e| panic!("agent: {e}"));
     for i in 0..20 {
