@@ -63,6 +63,9 @@ const MAX_ARRAY: u64 = 1 << 24;
 const MAX_KEYS: u64 = 1 << 16;
 const MAX_TENSORS: u64 = 1 << 20;
 const MAX_DIMS: u32 = 8;
+/// Arrays nest at most this deep (the format uses one level; a deeper file is hostile, and
+/// unbounded nesting would overflow the stack).
+const MAX_NESTING: u32 = 4;
 
 #[derive(Debug, Clone)]
 enum Value {
@@ -113,7 +116,7 @@ impl<R: Read> Reader<R> {
         }
         Ok(())
     }
-    fn value(&mut self, kind: u32) -> Result<Value, GgufError> {
+    fn value(&mut self, kind: u32, depth: u32) -> Result<Value, GgufError> {
         Ok(match kind {
             0 => Value::Uint(u64::from(self.bytes::<1>()?[0])),
             1 => Value::Int(i64::from(i8::from_le_bytes(self.bytes()?))),
@@ -131,6 +134,13 @@ impl<R: Read> Reader<R> {
             }
             8 => Value::Str(self.string()?),
             9 => {
+                if depth >= MAX_NESTING {
+                    return Err(GgufError::TooLarge {
+                        what: "the nesting of arrays",
+                        value: u64::from(depth) + 1,
+                        limit: u64::from(MAX_NESTING),
+                    });
+                }
                 let inner = self.u32()?;
                 let count = self.bounded("an array's length", MAX_ARRAY)?;
                 let width = match inner {
@@ -145,7 +155,7 @@ impl<R: Read> Reader<R> {
                     None => {
                         for _ in 0..count {
                             // Strings (the tokenizer's vocabulary) and nested arrays.
-                            self.value(inner)?;
+                            self.value(inner, depth + 1)?;
                         }
                     }
                 }
@@ -184,7 +194,7 @@ impl GgufModel {
         for _ in 0..keys {
             let key = r.string()?;
             let kind = r.u32()?;
-            let value = r.value(kind)?;
+            let value = r.value(kind, 0)?;
             meta.insert(key, value);
         }
         for _ in 0..tensors {
@@ -320,6 +330,24 @@ mod tests {
         assert!(matches!(
             GgufModel::read(write(&full[..full.len() - 3]).path()),
             Err(GgufError::Io(_))
+        ));
+        // Arrays of arrays, nested a million deep: refused, not a stack overflow.
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes());
+        bytes.extend(1u64.to_le_bytes());
+        string(&mut bytes, "nested");
+        bytes.extend(9u32.to_le_bytes());
+        for _ in 0..1_000_000 {
+            bytes.extend(9u32.to_le_bytes());
+            bytes.extend(1u64.to_le_bytes());
+        }
+        assert!(matches!(
+            GgufModel::read(write(&bytes).path()),
+            Err(GgufError::TooLarge {
+                what: "the nesting of arrays",
+                ..
+            })
         ));
         // Sizes missing.
         assert!(matches!(

@@ -17,6 +17,22 @@ fn workload(context: u64, concurrency: u64) -> Workload {
     }
 }
 
+/// A model given by its sizes: `weights_gb` of weights, 48 layers, 8 KV heads of 128.
+fn synthetic<'a>(weights_gb: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--weights-gb",
+        weights_gb,
+        "--layers",
+        "48",
+        "--kv-heads",
+        "8",
+        "--head-dim",
+        "128",
+    ];
+    args.extend_from_slice(more);
+    args
+}
+
 fn run(args: &[&str]) -> (i32, Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gpu-sizing"))
         .args(args)
@@ -36,19 +52,7 @@ fn run(args: &[&str]) -> (i32, Value, String) {
 /// of it; at 90 % the cheapest fit is four L4s, and a 24 GB GPU holds it only split four ways.
 #[test]
 fn the_talk_s_forty_gigabyte_model() {
-    let talk = [
-        "--weights-gb",
-        "40",
-        "--layers",
-        "48",
-        "--kv-heads",
-        "8",
-        "--head-dim",
-        "128",
-        "--context",
-        "16384",
-        "--json",
-    ];
+    let talk = synthetic("40", &["--context", "16384", "--json"]);
     let (code, r, text) = run(&talk);
     assert_eq!(code, 0, "{text}");
     let total_gb = r["total_gib"].as_f64().unwrap() * GIB / 1e9;
@@ -198,31 +202,11 @@ fn bad_input_is_a_clear_error() {
     let (code, _, text) = run(&["--config", config.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(text.contains("num_hidden_layers"), "{text}");
-    let (code, _, text) = run(&[
-        "--weights-gb",
-        "40",
-        "--layers",
-        "48",
-        "--kv-heads",
-        "8",
-        "--head-dim",
-        "128",
-        "--gpu-memory-utilization",
-        "1.5",
-    ]);
+    let (code, _, text) = run(&synthetic("40", &["--gpu-memory-utilization", "1.5"]));
     assert_eq!(code, 2);
     assert!(text.contains("between 0.1 and 0.99"), "{text}");
     // Nothing fits: a model beyond every GPU in the table.
-    let (code, _, text) = run(&[
-        "--weights-gb",
-        "4000",
-        "--layers",
-        "48",
-        "--kv-heads",
-        "8",
-        "--head-dim",
-        "128",
-    ]);
+    let (code, _, text) = run(&synthetic("4000", &[]));
     assert_eq!(code, 1);
     assert!(text.contains("no instance type"), "{text}");
 }

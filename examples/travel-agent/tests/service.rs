@@ -196,12 +196,24 @@ async fn ping_until(service: &Service, status: &str, within: Duration) {
 
 /// `POST /invocations` in JSON mode, in a task of its own; the task's outcome is the body.
 fn invoke_in_background(service: &Service, body: Value) -> tokio::task::JoinHandle<Value> {
-    let url = service.url.clone();
+    invoke_in_background_with(service, body, &[])
+}
+
+/// [`invoke_in_background`] with request headers.
+fn invoke_in_background_with(
+    service: &Service,
+    body: Value,
+    headers: &[(&'static str, &'static str)],
+) -> tokio::task::JoinHandle<Value> {
+    let mut request = http()
+        .post(format!("{}/invocations", service.url))
+        .header("accept", "application/json")
+        .json(&body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
     tokio::spawn(async move {
-        http()
-            .post(format!("{url}/invocations"))
-            .header("accept", "application/json")
-            .json(&body)
+        request
             .send()
             .await
             .expect("send")
@@ -1268,23 +1280,7 @@ async fn an_idempotent_retry_on_another_replica_never_runs_the_agent_twice() {
         .with_fault(Fault::SlowFirstByte(Duration::from_secs(2)))]);
     let key = [("idempotency-key", "book-lisbon-1")];
     let request = json!({"prompt": "Book the hotel", "session_id": "trip"});
-    let first = {
-        let url = a.url.clone();
-        let request = request.clone();
-        tokio::spawn(async move {
-            http()
-                .post(format!("{url}/invocations"))
-                .header("accept", "application/json")
-                .header("idempotency-key", "book-lisbon-1")
-                .json(&request)
-                .send()
-                .await
-                .expect("send")
-                .json::<Value>()
-                .await
-                .expect("json")
-        })
-    };
+    let first = invoke_in_background_with(&a, request.clone(), &key);
     ping_until(&a, "HealthyBusy", Duration::from_secs(5)).await;
     // The retry lands on replica b while a still runs it.
     let (status, headers, during) = invoke(&b, None, request.clone(), &key).await;

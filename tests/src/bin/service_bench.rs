@@ -245,23 +245,25 @@ async fn run(model_url: &str, quick: bool) {
         .replica_lease(std::time::Duration::from_secs(300))
         .build()
         .unwrap_or_else(|e| panic!("agent: {e}"));
+    // One library invocation, as the service's user makes it.
+    let invoke = |session: String| {
+        let agent = &agent;
+        async move {
+            agent
+                .session(session)
+                .actor("bench-user")
+                .invoke(PROMPT)
+                .await
+                .unwrap_or_else(|e| panic!("invoke: {e}"))
+        }
+    };
     for i in 0..20 {
-        agent
-            .session(format!("warm-{i}"))
-            .actor("bench-user")
-            .invoke(PROMPT)
-            .await
-            .unwrap_or_else(|e| panic!("invoke: {e}"));
+        invoke(format!("warm-{i}")).await;
     }
     // CPU: the library alone in this process.
     let cpu = process_cpu_time();
     for i in 0..sequential {
-        let r = agent
-            .session(format!("lib-cpu-{i}"))
-            .actor("bench-user")
-            .invoke(PROMPT)
-            .await
-            .unwrap_or_else(|e| panic!("invoke: {e}"));
+        let r = invoke(format!("lib-cpu-{i}")).await;
         assert_eq!(r.stop_reason, StopReason::EndTurn);
     }
     let library_cpu = (process_cpu_time() - cpu) / sequential;
@@ -280,12 +282,7 @@ async fn run(model_url: &str, quick: bool) {
     let cpu = cpu_of(pid);
     for i in 0..sequential {
         let started = Instant::now();
-        agent
-            .session(format!("lib-{i}"))
-            .actor("bench-user")
-            .invoke(PROMPT)
-            .await
-            .unwrap_or_else(|e| panic!("invoke: {e}"));
+        invoke(format!("lib-{i}")).await;
         library_wall.push(started.elapsed());
         service_wall.push(
             sse_invocation(&client, &service.url, &token, &format!("seq-{i}"))
