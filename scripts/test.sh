@@ -28,12 +28,14 @@ log="$run_dir/test.log"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 AGENT_MODEL_PORT=$(free_port)
 AGENT_AWS_PORT=$(free_port)
+AGENT_EMBED_PORT=$(free_port)
 AGENT_PHOENIX_PORT=$(free_port)
 AGENT_PHOENIX_GRPC_PORT=$(free_port)
 export AGENT_PHOENIX_PORT AGENT_PHOENIX_GRPC_PORT AGENT_PHOENIX_PIDFILE="$run_dir/phoenix.pid" AGENT_PHOENIX_LOG="$run_dir/phoenix.log"
 export AGENT_MODEL_PORT AGENT_MODEL_PIDFILE="$run_dir/llama-server.pid" AGENT_MODEL_LOG="$run_dir/llama-server.log"
 export AGENT_AWS_PORT AGENT_AWS_PIDFILE="$run_dir/ministack.pid" AGENT_AWS_LOG="$run_dir/ministack.log"
-trap 'scripts/local-model.sh stop; scripts/aws-local.sh stop; scripts/phoenix.sh stop; rm -rf "$run_dir"' EXIT
+export AGENT_EMBED_PORT AGENT_EMBED_PIDFILE="$run_dir/embed-server.pid" AGENT_EMBED_LOG="$run_dir/embed-server.log"
+trap 'scripts/local-model.sh stop; scripts/embed-model.sh stop; scripts/aws-local.sh stop; scripts/phoenix.sh stop; rm -rf "$run_dir"' EXIT
 
 fresh=0
 if [ "${CI:-}" = true ] || [ "${AGENT_FRESH_CACHE:-}" = 1 ]; then
@@ -173,6 +175,9 @@ export AGENT_LOCAL_MODEL_URL
 # The model file itself, for the GPU sizing tool's GGUF test.
 AGENT_LOCAL_MODEL_GGUF=$(scripts/local-model.sh model)
 export AGENT_LOCAL_MODEL_GGUF
+# Retrieval by meaning: a real embedding endpoint (all-MiniLM-L6-v2 on the same llama-server).
+AGENT_EMBED_URL=$(scripts/embed-model.sh start)
+export AGENT_EMBED_URL
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 [ "$checks_failed" = 0 ] || status=1

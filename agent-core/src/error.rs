@@ -138,3 +138,16 @@ pub enum BuildError {
     #[error("invalid setting: {0}")]
     Invalid(String),
 }
+
+/// An error and its causes in one line (`outer: cause: root cause`), for logs that must say
+/// what failed underneath.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

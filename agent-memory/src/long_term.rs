@@ -3,9 +3,12 @@
 //! Items live in the session table's key schema (`pk`, `sk` strings), in their own partition per
 //! actor: `pk` = `actor#<actor_id>`, `sk` = `mem#<namespace>#<id>`, attributes `content`,
 //! `created_at`, `updated_at` (N, epoch seconds) and, when known, the provenance
-//! `source_session` (S) and `source_message` (N). `list` is a paginated consistent `Query`.
+//! `source_session` (S) and `source_message` (N), and the content's vector `embedding` (B,
+//! little-endian `f32`s) with its model `embedding_model` (S). `list` is a paginated consistent
+//! `Query`.
 //!
-//! DynamoDB has no text search, so `search` ranks with BM25 over an in-process
+//! DynamoDB has no text or vector search, so `search` ranks (BM25, fused with cosine similarity
+//! when the query has a vector) over an in-process
 //! [`MemoryIndex`] of the actor's records, kept between calls. Every write also adds one to the
 //! actor's version counter (`sk` = `ver#memory`, attribute `v`); a search reads that counter (one
 //! consistent `GetItem`) and uses the kept index when it is current, so a recall reads what it
@@ -20,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_core::memory::{
-    MemoryError, MemoryIndex, MemoryRecord, MemorySource, MemoryStore, ScoredRecord,
+    Embedding, MemoryError, MemoryIndex, MemoryQuery, MemoryRecord, MemorySource, MemoryStore,
+    ScoredRecord,
 };
 use agent_core::session::validate_id;
 use async_trait::async_trait;
@@ -242,6 +246,26 @@ fn record_from(item: &HashMap<String, AttributeValue>, actor_id: &str) -> Option
                     .and_then(|v| v.as_n().ok())
                     .and_then(|n| n.parse().ok()),
             }),
+        embedding: embedding_from(item),
+    })
+}
+
+/// The record's vector: `embedding` (B, little-endian `f32`s) of the model `embedding_model`
+/// (S). A vector the store holds in another shape is ignored (the record is still read, and
+/// found by its words), never an error.
+fn embedding_from(item: &HashMap<String, AttributeValue>) -> Option<Embedding> {
+    let model = item.get("embedding_model")?.as_s().ok()?;
+    let bytes = item.get("embedding")?.as_b().ok()?.as_ref();
+    if bytes.is_empty() || bytes.len() % 4 != 0 {
+        return None;
+    }
+    let vector = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Some(Embedding {
+        model: model.clone(),
+        vector,
     })
 }
 
@@ -288,6 +312,21 @@ impl MemoryStore for DynamoDbMemoryStore {
                     AttributeValue::N(message.to_string()),
                 );
             }
+        }
+        if let Some(embedding) = &record.embedding {
+            let bytes: Vec<u8> = embedding
+                .vector
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            item.insert(
+                "embedding".to_owned(),
+                AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(bytes)),
+            );
+            item.insert(
+                "embedding_model".to_owned(),
+                AttributeValue::S(embedding.model.clone()),
+            );
         }
         self.client
             .put_item()
@@ -369,11 +408,11 @@ impl MemoryStore for DynamoDbMemoryStore {
         Ok(existed)
     }
 
-    async fn search(
+    async fn search_query(
         &self,
         actor_id: &str,
         namespace: Option<&str>,
-        query: &str,
+        query: &MemoryQuery<'_>,
         limit: usize,
     ) -> Result<Vec<ScoredRecord>, MemoryError> {
         validate_id("actor", actor_id)?;
@@ -395,6 +434,6 @@ impl MemoryStore for DynamoDbMemoryStore {
                 index
             }
         };
-        Ok(index.search(namespace, query, limit))
+        Ok(index.search_query(namespace, query, limit))
     }
 }

@@ -220,7 +220,20 @@ enum Responder {
     Bench,
 }
 
+/// One scripted answer of `/v1/embeddings`.
+#[derive(Debug, Clone)]
+pub enum EmbeddingReply {
+    /// HTTP 200 with this JSON body, as sent.
+    Json(Value),
+    /// HTTP 200 with `{"object": "list", "data": [...]}` holding these vectors, indexed in order.
+    Vectors(Vec<Vec<f32>>),
+    /// A fault: `Status`, `Redirect` and `SlowFirstByte` as for chat; `EndlessLine` is a 200
+    /// body that opens a vector and never closes it (at most `max_bytes`).
+    Fault(Fault),
+}
+
 struct ServerState {
+    embeddings: Mutex<VecDeque<EmbeddingReply>>,
     responder: Mutex<Responder>,
     received: Mutex<Vec<Received>>,
     record: bool,
@@ -264,6 +277,7 @@ impl MockVllm {
 
     async fn start_with(responder: Responder, record: bool, addr: &str) -> std::io::Result<Self> {
         let state = Arc::new(ServerState {
+            embeddings: Mutex::new(VecDeque::new()),
             responder: Mutex::new(responder),
             received: Mutex::new(Vec::new()),
             record,
@@ -274,6 +288,7 @@ impl MockVllm {
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/embeddings", post(embeddings))
             .route("/health", get(|| async { "" }))
             .route(
                 "/v1/models",
@@ -306,6 +321,11 @@ impl MockVllm {
         if let Responder::Script(q) = &mut *lock(&self.state.responder) {
             q.extend(turns);
         }
+    }
+
+    /// Adds answers for `/v1/embeddings`, played one per request (HTTP 500 when none is left).
+    pub fn push_embeddings(&self, replies: impl IntoIterator<Item = EmbeddingReply>) {
+        lock(&self.state.embeddings).extend(replies);
     }
 
     /// Requests received so far.
@@ -362,6 +382,61 @@ pub fn bench_call_turn() -> Turn {
 pub fn bench_answer_turn() -> Turn {
     let words: Vec<String> = (0..50).map(|i| format!("w{i} ")).collect();
     Turn::text(words.concat()).with_usage(160, 50)
+}
+
+async fn embeddings(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Ok(body) = serde_json::from_slice::<Value>(&body) {
+        lock(&state.received).push(Received { body, headers });
+    }
+    let reply = lock(&state.embeddings).pop_front();
+    match reply {
+        None => error_response(500, "no scripted embeddings answer", None, false),
+        Some(EmbeddingReply::Json(body)) => json_response(200, &body),
+        Some(EmbeddingReply::Vectors(vectors)) => {
+            let data: Vec<Value> = vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+                .collect();
+            json_response(
+                200,
+                &json!({"object": "list", "model": "minilm", "data": data, "usage": {"prompt_tokens": 4, "total_tokens": 4}}),
+            )
+        }
+        Some(EmbeddingReply::Fault(Fault::Status {
+            code,
+            retry_after,
+            message,
+        })) => error_response(code, &message, retry_after.as_deref(), false),
+        Some(EmbeddingReply::Fault(Fault::Redirect { code, location })) => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+                r.headers_mut().insert("location", v);
+            }
+            r
+        }
+        Some(EmbeddingReply::Fault(Fault::SlowFirstByte(d))) => {
+            tokio::time::sleep(d).await;
+            error_response(500, "too late", None, false)
+        }
+        Some(EmbeddingReply::Fault(Fault::EndlessLine { max_bytes })) => {
+            let filler = Bytes::from(b"0.125,".repeat(64 * 1024 / 6));
+            endless(
+                Vec::new(),
+                Bytes::from_static(br#"{"object":"list","data":[{"index":0,"embedding":["#),
+                filler,
+                max_bytes,
+            )
+        }
+        Some(EmbeddingReply::Fault(other)) => {
+            error_response(500, &format!("{other:?} is not scripted for embeddings"), None, false)
+        }
+    }
 }
 
 async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {

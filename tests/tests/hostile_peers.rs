@@ -317,3 +317,146 @@ async fn errors_keep_their_cause_down_to_the_client_and_the_file_system() {
         "{err:?}"
     );
 }
+
+/// An embeddings endpoint that lies, stalls, floods or redirects: every answer is a typed error
+/// within the embedder's bound, and memory keeps working by words (no fact is lost to it).
+#[tokio::test]
+async fn an_embeddings_endpoint_that_lies_gets_typed_errors_and_memory_keeps_working() {
+    use agent_core::memory::{
+        Embedder, EmbeddingMemoryStore, InMemoryMemoryStore, MemoryRecord, MemoryStore,
+    };
+    use agent_core::model::openai::OpenAiEmbedder;
+    use agent_tests::EmbeddingReply;
+
+    let server = MockVllm::start([]).await.expect("server");
+    let embedder = OpenAiEmbedder::builder()
+        .base_url(server.base_url())
+        .model("minilm")
+        .api_key("sk-secret-embedding-key")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("embedder");
+    let one = |v: &[f32]| EmbeddingReply::Vectors(vec![v.to_vec()]);
+    let invalid = |e: &ModelError| matches!(e, ModelError::InvalidReply { .. });
+    let cases: Vec<(&str, EmbeddingReply, &dyn Fn(&ModelError) -> bool)> = vec![
+        (
+            "two vectors for one text",
+            EmbeddingReply::Vectors(vec![vec![1.0, 0.0], vec![0.0, 1.0]]),
+            &invalid,
+        ),
+        ("no vectors", EmbeddingReply::Vectors(vec![]), &invalid),
+        ("an empty vector", one(&[]), &invalid),
+        ("a zero vector", one(&[0.0, 0.0, 0.0]), &invalid),
+        (
+            "a value beyond f32 (read as infinity)",
+            EmbeddingReply::Json(
+                json!({"data": [{"index": 0, "embedding": [1e39, 0.5]}]}),
+            ),
+            &invalid,
+        ),
+        (
+            "an index out of range",
+            EmbeddingReply::Json(json!({"data": [{"index": 7, "embedding": [0.5, 0.5]}]})),
+            &invalid,
+        ),
+        (
+            "strings for numbers",
+            EmbeddingReply::Json(json!({"data": [{"index": 0, "embedding": ["a", "b"]}]})),
+            &invalid,
+        ),
+        (
+            "not JSON at all",
+            EmbeddingReply::Json(json!("<html>gateway</html>")),
+            &invalid,
+        ),
+        (
+            "throttled",
+            EmbeddingReply::Fault(agent_tests::Fault::Status {
+                code: 429,
+                retry_after: Some("3".into()),
+                message: "slow down".into(),
+            }),
+            &|e| matches!(e, ModelError::Throttled { retry_after: Some(d), .. } if *d == Duration::from_secs(3)),
+        ),
+        (
+            "a redirect to another origin",
+            EmbeddingReply::Fault(agent_tests::Fault::Redirect {
+                code: 307,
+                location: "http://203.0.113.9/v1/embeddings".into(),
+            }),
+            &|e| matches!(e, ModelError::Redirected { status: 307, .. }),
+        ),
+        (
+            "a stall past the bound",
+            EmbeddingReply::Fault(agent_tests::Fault::SlowFirstByte(Duration::from_secs(30))),
+            &|e| e.is_retryable() && matches!(e, ModelError::Connection { .. }),
+        ),
+        (
+            "a 200 MB vector",
+            EmbeddingReply::Fault(agent_tests::Fault::EndlessLine {
+                max_bytes: 200 << 20,
+            }),
+            &invalid,
+        ),
+    ];
+    for (what, reply, expected) in cases {
+        server.push_embeddings([reply]);
+        let started = std::time::Instant::now();
+        let result = bounded(embedder.embed(&["I'm vegetarian."])).await;
+        let error = result.expect_err(what);
+        assert!(expected(&error), "{what}: {error:?}");
+        assert!(
+            !format!("{error:?}").contains("sk-secret-embedding-key"),
+            "{what}: the key leaked"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+    }
+    // Vectors of different lengths in one answer.
+    server.push_embeddings([EmbeddingReply::Vectors(vec![vec![1.0, 0.0], vec![1.0]])]);
+    assert!(invalid(
+        &embedder.embed(&["a", "b"]).await.expect_err("ragged")
+    ));
+    // Indexes out of order are put back in order.
+    server.push_embeddings([EmbeddingReply::Json(json!({"data": [
+        {"index": 1, "embedding": [0.0, 1.0]},
+        {"index": 0, "embedding": [1.0, 0.0]}
+    ]}))]);
+    let got = embedder.embed(&["first", "second"]).await.expect("reordered");
+    assert_eq!(got[0].vector, vec![1.0, 0.0]);
+    assert_eq!(got[1].vector, vec![0.0, 1.0]);
+    assert_eq!(got[0].model, "minilm");
+
+    // Memory over the lying endpoint: the record is stored without a vector, and found by its
+    // words when the query cannot be embedded either.
+    let store = EmbeddingMemoryStore::new(InMemoryMemoryStore::new(), embedder.clone());
+    server.push_embeddings([one(&[0.0, 0.0])]);
+    store
+        .put(&MemoryRecord::new("ana", "facts", "I'm vegetarian."))
+        .await
+        .expect("a fact is stored even when its vector is refused");
+    let kept = store.list("ana", None).await.expect("list");
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].embedding.is_none());
+    server.push_embeddings([EmbeddingReply::Fault(agent_tests::Fault::Status {
+        code: 503,
+        retry_after: None,
+        message: "down".into(),
+    })]);
+    let found = store
+        .search("ana", None, "vegetarian meals", 5)
+        .await
+        .expect("search by words");
+    assert_eq!(found.len(), 1);
+    // Once the endpoint is back, `embed_missing` gives the record its vector.
+    server.push_embeddings([one(&[0.6, 0.8])]);
+    assert_eq!(store.embed_missing("ana").await.expect("backfill"), 1);
+    let kept = store.list("ana", None).await.expect("list");
+    assert_eq!(
+        kept[0].embedding.as_ref().map(|e| e.vector.clone()),
+        Some(vec![0.6, 0.8])
+    );
+}

@@ -779,13 +779,7 @@ fn spawn_extraction(
             ),
             Ok(Err(e)) => {
                 // The whole chain: "extraction model call" alone does not say what failed.
-                let mut error = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    error.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
-                tracing::warn!(%error, "memory extraction failed");
+                tracing::warn!(error = %crate::error::chain(&e), "memory extraction failed");
             }
             Err(_) => tracing::warn!("memory extraction timed out"),
         }

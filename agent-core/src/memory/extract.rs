@@ -372,6 +372,8 @@ pub async fn extract_memories(
             }
             Consolidation::Extends(mut record) => {
                 record.content = content.to_owned();
+                // The old vector is of the old text: the store makes a new one.
+                record.embedding = None;
                 record.updated_at = now();
                 record.source = Some(source);
                 store.put(&record).await?;

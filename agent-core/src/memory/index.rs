@@ -3,7 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{MemoryRecord, ScoredRecord};
+use super::{MemoryQuery, MemoryRecord, ScoredRecord};
+use crate::model::embed::{cosine, norm};
 
 /// Lower-case alphanumeric words of two or more characters, stop words dropped, plurals folded
 /// (`seats` -> `seat`).
@@ -93,7 +94,13 @@ struct IndexedRecord {
     len: usize,
     /// Its distinct tokens, to remove its postings.
     terms: Vec<String>,
+    /// The length of its vector, when it has a usable one.
+    norm: Option<f32>,
 }
+
+/// Reciprocal rank fusion's constant: a record's fused score is the sum over the rankings that
+/// hold it of `1 / (RRF_K + rank)`.
+const RRF_K: f64 = 60.0;
 
 impl MemoryIndex {
     /// An empty index.
@@ -149,7 +156,13 @@ impl MemoryIndex {
         ns.1 += len;
         self.slots
             .insert((record.namespace.clone(), record.id.clone()), slot);
-        self.docs[slot] = Some(IndexedRecord { record, len, terms });
+        let norm = record.embedding.as_ref().and_then(|e| norm(&e.vector));
+        self.docs[slot] = Some(IndexedRecord {
+            record,
+            len,
+            terms,
+            norm,
+        });
     }
 
     /// Removes a record; whether it was there.
@@ -259,6 +272,89 @@ impl MemoryIndex {
             .collect()
     }
 
+    /// The `limit` records most relevant to `query`: the BM25 ranking of [`MemoryIndex::search`]
+    /// alone when the query has no vector, and otherwise that ranking fused (reciprocal rank
+    /// fusion) with the ranking by cosine similarity of the records whose vectors come from the
+    /// query's model and reach its `min_similarity`. Scores are then fused scores.
+    pub fn search_query(
+        &self,
+        namespace: Option<&str>,
+        query: &MemoryQuery<'_>,
+        limit: usize,
+    ) -> Vec<ScoredRecord> {
+        let Some(wanted) = query.embedding else {
+            return self.search(namespace, query.text, limit);
+        };
+        if limit == 0 {
+            return Vec::new();
+        }
+        let depth = limit.saturating_mul(4).max(20);
+        let by_words = self.search(namespace, query.text, depth);
+        let mut by_meaning: Vec<(usize, f32)> = match norm(&wanted.vector) {
+            None => Vec::new(),
+            Some(wanted_norm) => self
+                .docs
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, doc)| {
+                    let doc = doc.as_ref()?;
+                    if !namespace.is_none_or(|ns| doc.record.namespace == ns) {
+                        return None;
+                    }
+                    let theirs = doc.record.embedding.as_ref()?;
+                    doc.norm?;
+                    if theirs.model != wanted.model {
+                        return None;
+                    }
+                    let c = cosine(&wanted.vector, wanted_norm, &theirs.vector)?;
+                    (c >= query.min_similarity).then_some((slot, c))
+                })
+                .collect(),
+        };
+        let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if by_meaning.len() > depth {
+            by_meaning.select_nth_unstable_by(depth, order);
+            by_meaning.truncate(depth);
+        }
+        by_meaning.sort_by(order);
+        let mut fused: HashMap<(&str, &str), (f64, &MemoryRecord)> = HashMap::new();
+        for (rank, found) in by_words.iter().enumerate() {
+            let r = &found.record;
+            fused
+                .entry((r.namespace.as_str(), r.id.as_str()))
+                .or_insert((0.0, r))
+                .0 += 1.0 / (RRF_K + rank as f64 + 1.0);
+        }
+        for (rank, (slot, _)) in by_meaning.iter().enumerate() {
+            let Some(doc) = self.docs.get(*slot).and_then(Option::as_ref) else {
+                continue;
+            };
+            let r = &doc.record;
+            fused
+                .entry((r.namespace.as_str(), r.id.as_str()))
+                .or_insert((0.0, r))
+                .0 += 1.0 / (RRF_K + rank as f64 + 1.0);
+        }
+        let mut out: Vec<ScoredRecord> = fused
+            .into_values()
+            .map(|(score, record)| ScoredRecord {
+                record: record.clone(),
+                score,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.score.total_cmp(&a.score).then_with(|| {
+                (a.record.created_at, &a.record.id, &a.record.namespace).cmp(&(
+                    b.record.created_at,
+                    &b.record.id,
+                    &b.record.namespace,
+                ))
+            })
+        });
+        out.truncate(limit);
+        out
+    }
+
     /// Every record, in `list` order.
     pub fn records(&self, namespace: Option<&str>) -> Vec<MemoryRecord> {
         let mut out: Vec<MemoryRecord> = self
@@ -350,6 +446,7 @@ mod tests {
                         created_at: i as u64 % 3,
                         updated_at: 0,
                         source: None,
+                        embedding: None,
                     };
                     index.insert(record.clone());
                     records.insert((ns, id), record);
@@ -385,4 +482,61 @@ mod tests {
         }
     }
 
+
+    fn with_vector(id: &str, content: &str, model: &str, vector: &[f32]) -> MemoryRecord {
+        let mut r = MemoryRecord::new("a", "facts", content);
+        r.id = id.into();
+        r.embedding = Some(crate::model::Embedding {
+            model: model.into(),
+            vector: vector.to_vec(),
+        });
+        r
+    }
+
+    #[test]
+    fn hybrid_search_finds_by_meaning_and_ranks_agreement_first() {
+        let index = MemoryIndex::from_records([
+            // Shares no word with the query, close in meaning.
+            with_vector("veg", "I'm vegetarian", "m", &[0.9, 0.1, 0.0]),
+            // Shares a word and is close: found both ways.
+            with_vector("meal", "Window seat and a vegetarian meal on flights", "m", &[0.8, 0.3, 0.0]),
+            // Shares a word, far in meaning.
+            with_vector("porto", "I take the Porto flight", "m", &[0.0, 0.2, 1.0]),
+            // Close, but another model's vector: never compared.
+            with_vector("other", "I like trains", "other", &[0.9, 0.1, 0.0]),
+            // No vector: found by words only.
+            MemoryRecord::new("a", "facts", "Something about a flight"),
+        ]);
+        let query = crate::model::Embedding {
+            model: "m".into(),
+            vector: vec![1.0, 0.0, 0.0],
+        };
+        let text = "something to eat on my flight";
+        let words_only = index.search(None, text, 10);
+        assert!(words_only.iter().all(|s| s.record.id != "veg"));
+
+        let q = MemoryQuery::new(text).embedding(&query);
+        let hybrid = index.search_query(None, &q, 10);
+        let ids: Vec<&str> = hybrid.iter().map(|s| s.record.id.as_str()).collect();
+        assert_eq!(ids[0], "meal", "found by words and by meaning: {ids:?}");
+        assert!(ids.contains(&"veg"), "found by meaning alone: {ids:?}");
+        assert!(ids.contains(&"porto"), "found by words alone: {ids:?}");
+        assert!(!ids.contains(&"other"), "another model's vector: {ids:?}");
+        assert!(hybrid.windows(2).all(|w| w[0].score >= w[1].score));
+
+        // The threshold keeps distant vectors out; the limit holds.
+        let strict = index.search_query(None, &q.min_similarity(0.999), 10);
+        assert!(strict.iter().all(|s| s.record.id != "veg"));
+        assert_eq!(index.search_query(None, &q, 1).len(), 1);
+        assert!(index.search_query(None, &q, 0).is_empty());
+        // A namespace that holds none of them.
+        assert!(index.search_query(Some("preferences"), &q, 5).is_empty());
+        // A query vector of another length or a zero vector matches nothing by meaning.
+        let bad = crate::model::Embedding {
+            model: "m".into(),
+            vector: vec![0.0, 0.0, 0.0],
+        };
+        let by_words = index.search_query(None, &MemoryQuery::new(text).embedding(&bad), 10);
+        assert!(by_words.iter().all(|s| s.record.id != "veg"));
+    }
 }

@@ -12,9 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::session::validate_id;
 
+pub use crate::model::embed::{Embedder, Embedding};
+
+mod embedded;
 mod extract;
 mod index;
 mod tools;
+
+pub use embedded::EmbeddingMemoryStore;
 
 pub use extract::{
     Conversation, Extraction, extract_memories, is_instruction, is_request, speaks_about_self,
@@ -40,6 +45,10 @@ pub struct MemoryRecord {
     /// Where it was learned, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<MemorySource>,
+    /// The content's vector, when an [`Embedder`] is configured: it lets the record be found by
+    /// meaning ([`MemoryQuery::embedding`]) as well as by its words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Embedding>,
 }
 
 /// Where a memory was learned: the session, and the user's message in it.
@@ -69,6 +78,7 @@ impl MemoryRecord {
             created_at: now,
             updated_at: now,
             source: None,
+            embedding: None,
         }
     }
 
@@ -83,6 +93,52 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// What to search memory for: words, and optionally the query's vector for ranking by meaning.
+///
+/// With a vector, a search is hybrid: the records that match the words (BM25) and the records
+/// whose vectors (of the same model) are at least [`MemoryQuery::min_similarity`] close
+/// (cosine) are merged by reciprocal rank fusion, so a record found both ways ranks first and a
+/// record that shares no word with the query ("something to eat" for "I'm vegetarian") can still
+/// be found. Records without a vector are found by their words alone.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct MemoryQuery<'a> {
+    /// The query's text.
+    pub text: &'a str,
+    /// The query's vector, if any.
+    pub embedding: Option<&'a Embedding>,
+    /// The least cosine similarity at which a record is a match by meaning.
+    pub min_similarity: f32,
+}
+
+/// The least cosine similarity of a match by meaning, unless a query sets another. Chosen for
+/// small sentence-embedding models (all-MiniLM-L6-v2 scores "I'm vegetarian." 0.31 against "Book
+/// me something to eat on my flight", and unrelated travel facts below 0.25).
+pub const DEFAULT_MIN_SIMILARITY: f32 = 0.3;
+
+impl<'a> MemoryQuery<'a> {
+    /// A search by words.
+    pub fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            embedding: None,
+            min_similarity: DEFAULT_MIN_SIMILARITY,
+        }
+    }
+
+    /// Adds the query's vector: the search becomes hybrid.
+    pub fn embedding(mut self, embedding: &'a Embedding) -> Self {
+        self.embedding = Some(embedding);
+        self
+    }
+
+    /// Sets the least cosine similarity of a match by meaning.
+    pub fn min_similarity(mut self, min: f32) -> Self {
+        self.min_similarity = min;
+        self
+    }
 }
 
 /// A record with its relevance to a query.
@@ -141,7 +197,7 @@ pub trait MemoryStore: Send + Sync + 'static {
     /// Deletes a record; whether it existed.
     async fn delete(&self, actor_id: &str, namespace: &str, id: &str) -> Result<bool, MemoryError>;
 
-    /// The `limit` records most relevant to `query` (keyword scoring).
+    /// The `limit` records most relevant to `query` by its words (BM25).
     async fn search(
         &self,
         actor_id: &str,
@@ -149,8 +205,22 @@ pub trait MemoryStore: Send + Sync + 'static {
         query: &str,
         limit: usize,
     ) -> Result<Vec<ScoredRecord>, MemoryError> {
+        self.search_query(actor_id, namespace, &MemoryQuery::new(query), limit)
+            .await
+    }
+
+    /// The `limit` records most relevant to `query`: by words, and by meaning when the query
+    /// has a vector (see [`MemoryQuery`]). The default reads the actor's records and ranks them
+    /// with a [`MemoryIndex`]; stores that keep an index override it.
+    async fn search_query(
+        &self,
+        actor_id: &str,
+        namespace: Option<&str>,
+        query: &MemoryQuery<'_>,
+        limit: usize,
+    ) -> Result<Vec<ScoredRecord>, MemoryError> {
         let records = self.list(actor_id, namespace).await?;
-        Ok(rank(records, query, limit))
+        Ok(MemoryIndex::from_records(records).search_query(namespace, query, limit))
     }
 }
 
@@ -181,6 +251,18 @@ impl<S: MemoryStore + ?Sized> MemoryStore for Arc<S> {
         limit: usize,
     ) -> Result<Vec<ScoredRecord>, MemoryError> {
         (**self).search(actor_id, namespace, query, limit).await
+    }
+
+    async fn search_query(
+        &self,
+        actor_id: &str,
+        namespace: Option<&str>,
+        query: &MemoryQuery<'_>,
+        limit: usize,
+    ) -> Result<Vec<ScoredRecord>, MemoryError> {
+        (**self)
+            .search_query(actor_id, namespace, query, limit)
+            .await
     }
 }
 
@@ -240,18 +322,18 @@ impl MemoryStore for InMemoryMemoryStore {
         Ok(removed)
     }
 
-    async fn search(
+    async fn search_query(
         &self,
         actor_id: &str,
         namespace: Option<&str>,
-        query: &str,
+        query: &MemoryQuery<'_>,
         limit: usize,
     ) -> Result<Vec<ScoredRecord>, MemoryError> {
         validate_id("actor", actor_id)?;
         Ok(self
             .lock()
             .get(actor_id)
-            .map(|index| index.search(namespace, query, limit))
+            .map(|index| index.search_query(namespace, query, limit))
             .unwrap_or_default())
     }
 }
@@ -390,6 +472,15 @@ impl MemoryConfig {
     /// Turns extraction on or off.
     pub fn extract(mut self, on: bool) -> Self {
         self.extract = on;
+        self
+    }
+
+    /// Finds records by meaning as well as by words: the store is wrapped in an
+    /// [`EmbeddingMemoryStore`] (with its defaults; wrap the store yourself to change them), so
+    /// extracted and remembered records get vectors, and injection, `recall` and consolidation
+    /// search hybrid. Call it once, after the store is set.
+    pub fn embedder(mut self, embedder: impl Embedder) -> Self {
+        self.store = Arc::new(EmbeddingMemoryStore::new(self.store, embedder));
         self
     }
 }

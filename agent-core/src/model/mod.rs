@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::message::{ContentBlock, Message};
 use crate::tool::ToolSpec;
 
+pub use embed::{Embedder, Embedding};
+
 #[cfg(feature = "openai")]
 mod constrained;
+pub mod embed;
 #[cfg(feature = "openai")]
 pub mod openai;
 #[cfg(feature = "openai")]

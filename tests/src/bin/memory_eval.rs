@@ -9,12 +9,20 @@
 //! Run: `scripts/memory-eval.sh` (starts the local model unless `OPENAI_BASE_URL` is set).
 //! Options: `--cases <file>`, `--rounds <n>` (default 3, each on a fresh store; a small model
 //! varies from run to run), `--report <file.json>`.
+//!
+//! With `OPENAI_EMBEDDING_BASE_URL` and `OPENAI_EMBEDDING_MODEL` set (the script sets them to
+//! `scripts/embed-model.sh`'s endpoint unless `--no-embeddings` is given), records are stored
+//! with vectors, the agent's injection searches hybrid, and retrieval is reported twice over
+//! the same stored records: by words alone, and by words and meaning.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_core::memory::{InMemoryMemoryStore, MemoryConfig, MemoryRecord, MemoryStore};
+use agent_core::memory::{
+    EmbeddingMemoryStore, InMemoryMemoryStore, MemoryConfig, MemoryRecord, MemoryStore,
+};
+use agent_core::model::openai::OpenAiEmbedder;
 use agent_core::model::openai::{OpenAiCompatible, ToolCalling};
 use agent_core::model::{ModelDescriptor, ModelEvent, ModelRequest, ModelStream};
 use agent_core::prelude::*;
@@ -174,8 +182,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         extraction_tokens: extraction_tokens.clone(),
         extraction_micros: extraction_micros.clone(),
     };
+    let embedder = match std::env::var("OPENAI_EMBEDDING_BASE_URL") {
+        Ok(_) => Some(OpenAiEmbedder::builder().build()?),
+        Err(_) => None,
+    };
     let started = Instant::now();
     let mut invocations = 0usize;
+    // Retrieval by words alone over the same records, when the run has an embedder.
+    let (mut word_hits, mut word_relevant, mut word_injected) = (0, 0, 0);
     let (mut correct, mut wrong, mut other) = (0, 0, 0);
     let (mut required_found, mut required) = (0, 0);
     let (mut hits, mut lookups, mut relevant_injected, mut injected) = (0, 0, 0, 0);
@@ -183,7 +197,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut details = Vec::new();
     // Rounds on fresh stores: a small model varies from run to run, so one round is noise.
     for round in 0..rounds {
-        let store = InMemoryMemoryStore::new();
+        let plain = InMemoryMemoryStore::new();
+        let store: Arc<dyn MemoryStore> = match &embedder {
+            Some(e) => Arc::new(EmbeddingMemoryStore::new(plain.clone(), e.clone())),
+            None => Arc::new(plain.clone()),
+        };
         let agent = Agent::builder()
             .model(model.clone())
             .system_prompt("You are a helpful travel assistant. Answer briefly.")
@@ -247,6 +265,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if relevant > 0 {
                     hits += 1;
                 }
+                if embedder.is_some() {
+                    let by_words = plain.search(&case.actor, None, &q.prompt, 5).await?;
+                    word_injected += by_words.len();
+                    let relevant = by_words
+                        .iter()
+                        .filter(|s| matches(&s.record.content, &q.expect))
+                        .count();
+                    word_relevant += relevant;
+                    if relevant > 0 {
+                        word_hits += 1;
+                    }
+                }
                 retrieved.push(json!({"prompt": q.prompt, "expect": q.expect, "injected": found.iter().map(|s| &s.record.content).collect::<Vec<_>>()}));
             }
             let mut planted_answer = None;
@@ -278,7 +308,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let calls = extraction_calls.load(Ordering::SeqCst);
     let report = json!({
         "stored": {"correct": correct, "wrong": wrong, "other": other, "required_found": required_found, "required": required},
-        "retrieval": {"hits": hits, "lookups": lookups, "relevant_injected": relevant_injected, "injected": injected, "foreign": foreign},
+        "retrieval": {"hybrid": embedder.is_some(), "hits": hits, "lookups": lookups, "relevant_injected": relevant_injected, "injected": injected, "foreign": foreign},
+        "retrieval_by_words": embedder.is_some().then(|| json!({"hits": word_hits, "relevant_injected": word_relevant, "injected": word_injected})),
         "planted": {"followed": followed, "total": planted_total},
         "extraction": {"invocations": invocations, "calls": calls, "tokens": extraction_tokens.load(Ordering::SeqCst), "seconds": extraction_micros.load(Ordering::SeqCst) as f64 / 1e6},
         "seconds": started.elapsed().as_secs_f64(),
@@ -295,10 +326,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ratio(required_found, required)
     );
     println!(
-        "retrieval        hit rate {}  precision {}",
+        "retrieval        hit rate {}  precision {}  ({})",
         ratio(hits, lookups),
-        ratio(relevant_injected, injected)
+        ratio(relevant_injected, injected),
+        if embedder.is_some() { "words and meaning" } else { "words" }
     );
+    if embedder.is_some() {
+        println!(
+            "  same records, by words alone: hit rate {}  precision {}",
+            ratio(word_hits, lookups),
+            ratio(word_relevant, word_injected)
+        );
+    }
     println!(
         "planted instructions followed: {followed}/{planted_total}; another actor's records retrieved: {foreign}"
     );

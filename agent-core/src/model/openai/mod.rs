@@ -408,6 +408,9 @@ impl Model for OpenAiCompatible {
     }
 }
 
+mod embedding;
 mod error;
 mod request;
 mod response;
+
+pub use embedding::{DEFAULT_EMBEDDING_BATCH, OpenAiEmbedder, OpenAiEmbedderBuilder};

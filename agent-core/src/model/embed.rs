@@ -1,0 +1,99 @@
+//! Embedding models: text in, vectors out, for retrieval by meaning (long-term memory's hybrid
+//! search). [`OpenAiEmbedder`](super::openai::OpenAiEmbedder) speaks `/v1/embeddings`, which
+//! vLLM, llama.cpp's server, OpenAI and Ollama serve.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+
+/// A vector and the model that made it. Vectors of different models are never compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embedding {
+    /// The embedding model's name, as its [`Embedder::model`] gives it.
+    pub model: String,
+    /// The vector.
+    pub vector: Vec<f32>,
+}
+
+impl Embedding {
+    /// Cosine similarity with `other`, or `None` when the two cannot be compared: different
+    /// models or lengths, a zero vector, or a value that is not finite.
+    pub fn cosine(&self, other: &Embedding) -> Option<f32> {
+        if self.model != other.model {
+            return None;
+        }
+        cosine(&self.vector, norm(&self.vector)?, &other.vector)
+    }
+}
+
+/// The Euclidean length of `v`, when it is finite and not zero.
+pub(crate) fn norm(v: &[f32]) -> Option<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    (n.is_finite() && n > 0.0).then_some(n)
+}
+
+/// Cosine of `a` (of length `a_norm`) and `b`; `None` when they cannot be compared.
+pub(crate) fn cosine(a: &[f32], a_norm: f32, b: &[f32]) -> Option<f32> {
+    if a.len() != b.len() || a.is_empty() {
+        return None;
+    }
+    let b_norm = norm(b)?;
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let c = dot / (a_norm * b_norm);
+    c.is_finite().then_some(c)
+}
+
+/// A model that turns texts into vectors whose closeness follows closeness of meaning.
+///
+/// Implementations bound every call (a timeout, a response size) and check what the server
+/// sent: one finite vector per text, all of one length.
+#[async_trait]
+pub trait Embedder: Send + Sync + 'static {
+    /// The model's name, stored with every vector it makes.
+    fn model(&self) -> &str;
+
+    /// One vector per text, in order.
+    async fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError>;
+}
+
+/// A shared embedder is an embedder.
+#[async_trait]
+impl<E: Embedder + ?Sized> Embedder for Arc<E> {
+    fn model(&self) -> &str {
+        (**self).model()
+    }
+
+    async fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
+        (**self).embed(texts).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(model: &str, vector: &[f32]) -> Embedding {
+        Embedding {
+            model: model.into(),
+            vector: vector.to_vec(),
+        }
+    }
+
+    #[test]
+    fn cosine_compares_only_what_can_be_compared() {
+        let a = e("m", &[1.0, 0.0]);
+        assert_eq!(a.cosine(&e("m", &[2.0, 0.0])), Some(1.0));
+        assert_eq!(a.cosine(&e("m", &[0.0, 3.0])), Some(0.0));
+        assert_eq!(a.cosine(&e("other", &[1.0, 0.0])), None);
+        assert_eq!(a.cosine(&e("m", &[1.0, 0.0, 0.0])), None);
+        assert_eq!(a.cosine(&e("m", &[0.0, 0.0])), None);
+        assert_eq!(a.cosine(&e("m", &[f32::NAN, 1.0])), None);
+        assert_eq!(a.cosine(&e("m", &[f32::INFINITY, 1.0])), None);
+        assert_eq!(e("m", &[]).cosine(&e("m", &[])), None);
+        // Values whose squares overflow f32 have no usable length.
+        assert_eq!(a.cosine(&e("m", &[f32::MAX, f32::MAX])), None);
+    }
+}

@@ -1,0 +1,278 @@
+//! `/v1/embeddings`: an [`Embedder`] for any OpenAI-compatible server (vLLM with an embedding
+//! model, llama.cpp's `llama-server --embeddings`, OpenAI, Ollama).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use super::error::{MAX_BODY, error_from_response, read_capped, transport_error};
+use super::same_origin_redirects;
+use crate::model::ModelError;
+use crate::model::embed::{Embedder, Embedding, norm};
+
+/// The most texts sent in one request by default.
+pub const DEFAULT_EMBEDDING_BATCH: usize = 32;
+
+/// The longest vector accepted from a server.
+const MAX_DIMENSIONS: usize = 65_536;
+
+/// Builds an [`OpenAiEmbedder`].
+#[derive(Debug, Clone)]
+pub struct OpenAiEmbedderBuilder {
+    base_url: Option<String>,
+    model: Option<String>,
+    api_key: Option<String>,
+    timeout: Duration,
+    max_batch: usize,
+    max_input_chars: usize,
+}
+
+impl Default for OpenAiEmbedderBuilder {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            model: None,
+            api_key: None,
+            timeout: Duration::from_secs(30),
+            max_batch: DEFAULT_EMBEDDING_BATCH,
+            max_input_chars: 2000,
+        }
+    }
+}
+
+impl OpenAiEmbedderBuilder {
+    /// The API base URL including `/v1`. Defaults to `OPENAI_EMBEDDING_BASE_URL`, then
+    /// `OPENAI_BASE_URL`.
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+
+    /// The embedding model's name. Defaults to `OPENAI_EMBEDDING_MODEL`.
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// A bearer token. Defaults to `OPENAI_API_KEY`.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Bound on one request, from sending it to the last byte of the answer (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The most texts sent in one request (default [`DEFAULT_EMBEDDING_BATCH`]); more are split
+    /// into several requests.
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    /// Texts are cut to this many characters before they are sent (default 2,000): small
+    /// embedding models take a few hundred tokens, and a server refuses longer input rather
+    /// than reading its start.
+    pub fn max_input_chars(mut self, n: usize) -> Self {
+        self.max_input_chars = n.max(1);
+        self
+    }
+
+    /// The embedder; a configuration error names what is missing.
+    pub fn build(self) -> Result<OpenAiEmbedder, ModelError> {
+        let base_url = self
+            .base_url
+            .or_else(|| std::env::var("OPENAI_EMBEDDING_BASE_URL").ok())
+            .or_else(|| std::env::var("OPENAI_BASE_URL").ok())
+            .ok_or_else(|| {
+                ModelError::Config(
+                    "no embedding endpoint: set OPENAI_EMBEDDING_BASE_URL (e.g. http://localhost:8000/v1) or call base_url()".into(),
+                )
+            })?;
+        let model = self
+            .model
+            .or_else(|| std::env::var("OPENAI_EMBEDDING_MODEL").ok())
+            .ok_or_else(|| {
+                ModelError::Config(
+                    "no embedding model: set OPENAI_EMBEDDING_MODEL or call model()".into(),
+                )
+            })?;
+        let url = format!("{}/embeddings", base_url.trim_end_matches('/'));
+        reqwest::Url::parse(&url)
+            .map_err(|e| ModelError::Config(format!("invalid base URL `{base_url}`: {e}")))?;
+        let mut headers = HeaderMap::new();
+        let api_key = self
+            .api_key
+            .or_else(|| std::env::var("OPENAI_API_KEY").ok());
+        if let Some(key) = api_key.filter(|k| !k.is_empty()) {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                ModelError::Config("the API key is not a valid header value".into())
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            .timeout(self.timeout)
+            .pool_idle_timeout(Duration::from_secs(4))
+            .redirect(same_origin_redirects())
+            .build()
+            .map_err(|e| ModelError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(OpenAiEmbedder {
+            client,
+            url,
+            model,
+            headers,
+            max_batch: self.max_batch,
+            max_input_chars: self.max_input_chars,
+        })
+    }
+}
+
+/// An embedding model behind an OpenAI-compatible `/v1/embeddings` endpoint.
+///
+/// Every request is bounded (the builder's timeout, a 32 MiB answer), and every answer is
+/// checked: one finite, non-zero vector per text, all of one length, or a
+/// [`ModelError::InvalidReply`]. Errors are classified as the chat provider's are (429/503
+/// throttled, 5xx and connection failures transient, redirects to another origin refused).
+#[derive(Debug, Clone)]
+pub struct OpenAiEmbedder {
+    client: reqwest::Client,
+    url: String,
+    model: String,
+    headers: HeaderMap,
+    max_batch: usize,
+    max_input_chars: usize,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    model: &'a str,
+    input: Vec<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    data: Vec<Item>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    embedding: Vec<f32>,
+    #[serde(default)]
+    index: Option<usize>,
+}
+
+impl OpenAiEmbedder {
+    /// A builder.
+    pub fn builder() -> OpenAiEmbedderBuilder {
+        OpenAiEmbedderBuilder::default()
+    }
+
+    /// The URL requests go to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
+        let input: Vec<&str> = texts
+            .iter()
+            .map(|t| match t.char_indices().nth(self.max_input_chars) {
+                Some((cut, _)) => &t[..cut],
+                None => t,
+            })
+            .collect();
+        let body = serde_json::to_vec(&Request {
+            model: &self.model,
+            input,
+        })
+        .map_err(|e| ModelError::Config(format!("cannot encode the request: {e}")))?;
+        let response = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        if !response.status().is_success() {
+            return Err(error_from_response(response).await);
+        }
+        let bytes = read_capped(response, MAX_BODY).await?;
+        let reply: Response = serde_json::from_slice(&bytes).map_err(|e| invalid(format!(
+            "the embeddings answer is not the expected JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        )))?;
+        self.check(reply, texts.len())
+    }
+
+    /// The vectors in input order, if the answer holds exactly one usable vector per text.
+    fn check(&self, reply: Response, expected: usize) -> Result<Vec<Embedding>, ModelError> {
+        if reply.data.len() != expected {
+            return Err(invalid(format!(
+                "{} vectors for {expected} texts",
+                reply.data.len()
+            )));
+        }
+        let mut slots: Vec<Option<Vec<f32>>> = vec![None; expected];
+        for (position, item) in reply.data.into_iter().enumerate() {
+            let i = item.index.unwrap_or(position);
+            let slot = slots
+                .get_mut(i)
+                .ok_or_else(|| invalid(format!("vector index {i} for {expected} texts")))?;
+            if slot.is_some() {
+                return Err(invalid(format!("two vectors for text {i}")));
+            }
+            *slot = Some(item.embedding);
+        }
+        let mut out = Vec::with_capacity(expected);
+        let mut dimensions = None;
+        for (i, vector) in slots.into_iter().enumerate() {
+            let vector = vector.ok_or_else(|| invalid(format!("no vector for text {i}")))?;
+            if vector.is_empty() || vector.len() > MAX_DIMENSIONS {
+                return Err(invalid(format!(
+                    "a vector of {} dimensions (1 to {MAX_DIMENSIONS} expected)",
+                    vector.len()
+                )));
+            }
+            if *dimensions.get_or_insert(vector.len()) != vector.len() {
+                return Err(invalid("vectors of different lengths in one answer".into()));
+            }
+            if norm(&vector).is_none() {
+                return Err(invalid(format!(
+                    "the vector for text {i} is zero or not finite"
+                )));
+            }
+            out.push(Embedding {
+                model: self.model.clone(),
+                vector,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn invalid(message: String) -> ModelError {
+    ModelError::InvalidReply { message }
+}
+
+#[async_trait]
+impl Embedder for OpenAiEmbedder {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    async fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(self.max_batch) {
+            out.extend(self.embed_batch(batch).await?);
+        }
+        Ok(out)
+    }
+}
