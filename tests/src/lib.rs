@@ -433,9 +433,12 @@ async fn embeddings(
                 max_bytes,
             )
         }
-        Some(EmbeddingReply::Fault(other)) => {
-            error_response(500, &format!("{other:?} is not scripted for embeddings"), None, false)
-        }
+        Some(EmbeddingReply::Fault(other)) => error_response(
+            500,
+            &format!("{other:?} is not scripted for embeddings"),
+            None,
+            false,
+        ),
     }
 }
 

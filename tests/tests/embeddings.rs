@@ -101,13 +101,23 @@ async fn memory_finds_facts_by_meaning_where_words_find_nothing() {
     assert!(kept.iter().all(|r| r.embedding.is_some()));
     for (query, _) in BY_MEANING {
         assert!(
-            plain.search("ana", None, query, 3).await.unwrap().is_empty(),
+            plain
+                .search("ana", None, query, 3)
+                .await
+                .unwrap()
+                .is_empty(),
             "`{query}` shares a word with a fact; the test needs queries that do not"
         );
     }
     finds_by_meaning(&store, "ana").await;
     // Another actor's memory stays out of reach.
-    assert!(store.search("bo", None, BY_MEANING[0].0, 3).await.unwrap().is_empty());
+    assert!(
+        store
+            .search("bo", None, BY_MEANING[0].0, 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -129,7 +139,8 @@ async fn dynamodb_keeps_the_vectors_and_a_second_replica_searches_by_meaning() {
         .create_table()
         .await
         .expect("table");
-    let writer = EmbeddingMemoryStore::new(DynamoDbMemoryStore::new(ddb.clone(), &table), embedder());
+    let writer =
+        EmbeddingMemoryStore::new(DynamoDbMemoryStore::new(ddb.clone(), &table), embedder());
     for fact in FACTS {
         writer
             .put(&MemoryRecord::new("ana", "facts", *fact))
@@ -144,7 +155,10 @@ async fn dynamodb_keeps_the_vectors_and_a_second_replica_searches_by_meaning() {
     for (r, w) in read.iter().zip(&written) {
         let (r, w) = (r.embedding.as_ref().unwrap(), w.embedding.as_ref().unwrap());
         assert_eq!(r.model, "all-minilm-l6-v2");
-        assert_eq!(r.vector, w.vector, "the vector survives the store bit for bit");
+        assert_eq!(
+            r.vector, w.vector,
+            "the vector survives the store bit for bit"
+        );
     }
     let reader = EmbeddingMemoryStore::new(reader_store, embedder());
     finds_by_meaning(&reader, "ana").await;

@@ -349,9 +349,7 @@ async fn an_embeddings_endpoint_that_lies_gets_typed_errors_and_memory_keeps_wor
         ("a zero vector", one(&[0.0, 0.0, 0.0]), &invalid),
         (
             "a value beyond f32 (read as infinity)",
-            EmbeddingReply::Json(
-                json!({"data": [{"index": 0, "embedding": [1e39, 0.5]}]}),
-            ),
+            EmbeddingReply::Json(json!({"data": [{"index": 0, "embedding": [1e39, 0.5]}]})),
             &invalid,
         ),
         (
@@ -425,7 +423,10 @@ async fn an_embeddings_endpoint_that_lies_gets_typed_errors_and_memory_keeps_wor
         {"index": 1, "embedding": [0.0, 1.0]},
         {"index": 0, "embedding": [1.0, 0.0]}
     ]}))]);
-    let got = embedder.embed(&["first", "second"]).await.expect("reordered");
+    let got = embedder
+        .embed(&["first", "second"])
+        .await
+        .expect("reordered");
     assert_eq!(got[0].vector, vec![1.0, 0.0]);
     assert_eq!(got[1].vector, vec![0.0, 1.0]);
     assert_eq!(got[0].model, "minilm");

@@ -99,6 +99,48 @@ async fn relevant_memories_go_with_the_prompt_as_quoted_context_never_into_syste
     assert_eq!(server.last_message(1), "Book my seat on the flight");
 }
 
+/// A model that keeps rephrasing `recall` (the user issue: six calls until the turn limit) is
+/// stopped by the loop guard once new wordings find only what an earlier one found, and answers.
+#[tokio::test]
+async fn rephrased_recalls_that_find_nothing_new_end_tool_use_with_an_answer() {
+    let memories: Arc<dyn MemoryStore> = Arc::new(InMemoryMemoryStore::new());
+    let recall = |q: &str| Turn::tool_call("recall", json!({ "query": q }));
+    let server = MockVllm::start([
+        recall("food preferences"),
+        recall("diet"),
+        recall("what do I eat"),
+        recall("meals on flights"),
+        Turn::text("I don't know your food preferences yet."),
+        // What the model would have gone on with, unguarded.
+        recall("dietary restrictions"),
+        recall("allergies"),
+    ])
+    .await
+    .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .tools(memory_tools(memories.clone()))
+        .limits(Limits::default().max_turns(10))
+        .build()
+        .expect("agent");
+    let r = agent
+        .session("loop")
+        .actor("dana")
+        .invoke("Book me something to eat on my flight")
+        .await
+        .expect("invoke");
+    assert_eq!(r.stop_reason, StopReason::ToolLoop);
+    assert_eq!(r.text(), "I don't know your food preferences yet.");
+    // Three rephrasings found the same nothing: the first two were answered with the note, the
+    // third went past the allowance and ended tool use, and the final answer was asked for
+    // without tools.
+    let received = server.received();
+    assert_eq!(received.len(), 5, "four recalls and the final answer");
+    assert!(server.last_message(2).contains("other wording will not find more"));
+    assert_eq!(received[4].body["tool_choice"], "none");
+    assert_eq!(server.remaining(), 2, "two scripted recalls were never asked for");
+}
+
 #[tokio::test]
 async fn the_model_can_remember_and_recall() {
     let memories: Arc<dyn MemoryStore> = Arc::new(InMemoryMemoryStore::new());

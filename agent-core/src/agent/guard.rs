@@ -20,8 +20,19 @@ was not run again; the result above is the earlier one and will not change. Do n
 tool with these arguments again: answer the user with the results you have, or call a \
 different tool.";
 
+/// The note appended to a result that an earlier call of the same tool, with other arguments,
+/// returned as well.
+pub const SAME_RESULT_NOTE: &str = "Note: an earlier call of this tool, with other arguments, returned exactly this result. \
+If you are searching, other wording will not find more: answer the user with what you have, or \
+call a different tool.";
+
 /// How the loop treats repeated identical tool calls (same tool name and the same arguments,
 /// compared as JSON values) within one invocation. On by default.
+///
+/// A call with other arguments that returns exactly what an earlier call of the same tool
+/// returned counts as a repeat too (its result gets [`SAME_RESULT_NOTE`]): a model that keeps
+/// rephrasing a search that finds nothing new (`recall` with one wording after another) is
+/// looping as surely as one that repeats its arguments.
 ///
 /// A repeat is answered with the earlier call's result and [`REPEATED_CALL_NOTE`], without
 /// running the tool again. After `max_repeats` such answers, the next repeat ends the run's tool
@@ -78,6 +89,8 @@ impl LoopGuard {
 pub(crate) struct CallMemory {
     calls: Vec<(String, Value, ToolResult)>,
     repeats: u32,
+    /// Whether repeated results went past the allowance (tool use ends after this batch).
+    tripped: bool,
 }
 
 /// The guard's verdict on one batch.
@@ -119,19 +132,49 @@ impl CallMemory {
         Screened { answers, tripped }
     }
 
-    /// Remembers a call that ran to completion (not cancelled or timed out).
-    pub(crate) fn remember(&mut self, tool_use: &ToolUse, result: &ToolResult) {
-        if !self
+    /// Remembers a call that ran to completion (not cancelled or timed out), and returns its
+    /// result: with [`SAME_RESULT_NOTE`] when an earlier call of the tool with other arguments
+    /// returned the same (a repeat, counted against the allowance).
+    pub(crate) fn remember(
+        &mut self,
+        guard: &LoopGuard,
+        tool_use: &ToolUse,
+        mut result: ToolResult,
+    ) -> ToolResult {
+        if self
             .calls
             .iter()
             .any(|(name, input, _)| *name == tool_use.name && *input == tool_use.input)
         {
-            self.calls.push((
-                tool_use.name.clone(),
-                tool_use.input.clone(),
-                result.clone(),
-            ));
+            return result;
         }
+        let same_result = guard.enabled
+            && !guard.exempt.contains(&tool_use.name)
+            && self.calls.iter().any(|(name, _, earlier)| {
+                *name == tool_use.name
+                    && earlier.status == result.status
+                    && earlier.content == result.content
+            });
+        self.calls.push((
+            tool_use.name.clone(),
+            tool_use.input.clone(),
+            result.clone(),
+        ));
+        if same_result {
+            self.repeats = self.repeats.saturating_add(1);
+            if self.repeats > guard.max_repeats {
+                self.tripped = true;
+            }
+            result
+                .content
+                .push(ToolResultContent::Text(format!("\n\n{SAME_RESULT_NOTE}")));
+        }
+        result
+    }
+
+    /// Whether repeated results have gone past the allowance since the last call; clears it.
+    pub(crate) fn take_tripped(&mut self) -> bool {
+        std::mem::take(&mut self.tripped)
     }
 }
 
@@ -155,7 +198,7 @@ mod tests {
         let first = call("1", "weather", json!({"city": "Lisbon", "days": 1}));
         let s = memory.screen(&guard, &[&first]);
         assert!(s.answers[0].is_none() && !s.tripped);
-        memory.remember(&first, &ToolResult::success("1", "sunny"));
+        memory.remember(&guard, &first, ToolResult::success("1", "sunny"));
 
         // Same arguments in another key order: a repeat, answered with the earlier result.
         let again = call("2", "weather", json!({"days": 1, "city": "Lisbon"}));
@@ -179,11 +222,75 @@ mod tests {
     fn disabled_and_exempt_tools_always_run() {
         let mut memory = CallMemory::default();
         let first = call("1", "clock", json!({}));
-        memory.remember(&first, &ToolResult::success("1", "12:00"));
+        memory.remember(&LoopGuard::new(), &first, ToolResult::success("1", "12:00"));
         let again = call("2", "clock", json!({}));
         for guard in [LoopGuard::disabled(), LoopGuard::new().exempt("clock")] {
             let s = memory.screen(&guard, &[&again]);
             assert!(s.answers[0].is_none() && !s.tripped);
+        }
+    }
+
+    #[test]
+    fn rephrased_calls_that_find_nothing_new_are_repeats() {
+        let guard = LoopGuard::new().max_repeats(1);
+        let mut memory = CallMemory::default();
+        let nothing = |id: &str| ToolResult::success(id, r#"{"memories":[]}"#);
+        let first = memory.remember(
+            &guard,
+            &call("1", "recall", json!({"query": "food"})),
+            nothing("1"),
+        );
+        assert_eq!(first.content.len(), 1, "a first result is left alone");
+        // Other arguments, other result: progress, not a repeat.
+        let other = ToolResult::success("2", r#"{"memories":["vegetarian"]}"#);
+        let r = memory.remember(
+            &guard,
+            &call("2", "recall", json!({"query": "diet"})),
+            other,
+        );
+        assert_eq!(r.content.len(), 1);
+        // Another tool with the same result is not a repeat either.
+        let r = memory.remember(
+            &guard,
+            &call("3", "search", json!({"q": "x"})),
+            nothing("3"),
+        );
+        assert_eq!(r.content.len(), 1);
+        assert!(!memory.take_tripped());
+        // Other wording, the same nothing: a repeat, noted.
+        let r = memory.remember(
+            &guard,
+            &call("4", "recall", json!({"query": "meals"})),
+            nothing("4"),
+        );
+        assert_eq!(
+            r.content.last(),
+            Some(&ToolResultContent::Text(format!("\n\n{SAME_RESULT_NOTE}")))
+        );
+        assert!(!memory.take_tripped(), "one repeat is allowed");
+        memory.remember(
+            &guard,
+            &call("5", "recall", json!({"query": "eat"})),
+            nothing("5"),
+        );
+        assert!(memory.take_tripped(), "the second goes past the allowance");
+        assert!(!memory.take_tripped(), "taken once");
+        // Exempt tools and a disabled guard never count.
+        let mut memory = CallMemory::default();
+        for guard in [
+            LoopGuard::disabled(),
+            LoopGuard::new().max_repeats(0).exempt("recall"),
+        ] {
+            for i in 0..3 {
+                let id = format!("{i}");
+                let r = memory.remember(
+                    &guard,
+                    &call(&id, "recall", json!({"query": id})),
+                    nothing(&id),
+                );
+                assert_eq!(r.content.len(), 1);
+            }
+            assert!(!memory.take_tripped());
         }
     }
 }

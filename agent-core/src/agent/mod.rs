@@ -50,7 +50,8 @@ pub enum StopReason {
     LimitTokens,
     /// The wall-clock limit was reached.
     Timeout,
-    /// The model kept repeating an identical tool call (see [`LoopGuard`]).
+    /// The model kept repeating a tool call: the same arguments, or new ones that found only
+    /// what an earlier call found (see [`LoopGuard`]).
     ToolLoop,
 }
 

@@ -1142,6 +1142,14 @@ impl Run<'_> {
                     item = stream.next() => match item {
                         Some((index, result, cancelled)) => {
                             running -= 1;
+                            let slot = slots.get(index).copied();
+                            // The loop guard notes a result another wording already got.
+                            let result = match slot.and_then(|i| uses.get(i)) {
+                                Some(u) if !cancelled => {
+                                    self.calls.remember(&agent.loop_guard, u, result)
+                                }
+                                _ => result,
+                            };
                             if self.emitter.active() {
                                 self.emitter.send(AgentEvent::ToolResult { result: result.clone() }).await;
                             }
@@ -1162,10 +1170,7 @@ impl Run<'_> {
                                 )
                                 .await?;
                             }
-                            if let Some(&i) = slots.get(index) {
-                                if !cancelled && let Some(u) = uses.get(i) {
-                                    self.calls.remember(u, &result);
-                                }
+                            if let Some(i) = slot {
                                 results[i] = Some((result, cancelled));
                             }
                         }
@@ -1199,8 +1204,8 @@ impl Run<'_> {
             Some(StopReason::Cancelled)
         } else if timed_out {
             Some(StopReason::Timeout)
-        } else if tripped {
-            tracing::warn!(session = %self.key.session_id(), "the model keeps repeating identical tool calls: tool use ended");
+        } else if tripped || self.calls.take_tripped() {
+            tracing::warn!(session = %self.key.session_id(), "the model keeps repeating tool calls (the same arguments, or new ones that find the same): tool use ended");
             Some(StopReason::ToolLoop)
         } else {
             None

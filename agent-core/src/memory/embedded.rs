@@ -181,7 +181,9 @@ impl MemoryStore for EmbeddingMemoryStore {
             }
             Err(e) => {
                 tracing::warn!(error = %crate::error::chain(&e), "memory search by words only: the query could not be embedded");
-                self.store.search_query(actor_id, namespace, &q, limit).await
+                self.store
+                    .search_query(actor_id, namespace, &q, limit)
+                    .await
             }
         }
     }

@@ -428,7 +428,6 @@ async fn consolidate(
     Ok(extended.map_or(Consolidation::New, Consolidation::Extends))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,5 +486,4 @@ mod tests {
         assert!(speaks_about_self("Book me a seat"));
         assert!(!speaks_about_self("What is the weather in Lisbon?"));
     }
-
 }

@@ -482,7 +482,6 @@ mod tests {
         }
     }
 
-
     fn with_vector(id: &str, content: &str, model: &str, vector: &[f32]) -> MemoryRecord {
         let mut r = MemoryRecord::new("a", "facts", content);
         r.id = id.into();
@@ -499,7 +498,12 @@ mod tests {
             // Shares no word with the query, close in meaning.
             with_vector("veg", "I'm vegetarian", "m", &[0.9, 0.1, 0.0]),
             // Shares a word and is close: found both ways.
-            with_vector("meal", "Window seat and a vegetarian meal on flights", "m", &[0.8, 0.3, 0.0]),
+            with_vector(
+                "meal",
+                "Window seat and a vegetarian meal on flights",
+                "m",
+                &[0.8, 0.3, 0.0],
+            ),
             // Shares a word, far in meaning.
             with_vector("porto", "I take the Porto flight", "m", &[0.0, 0.2, 1.0]),
             // Close, but another model's vector: never compared.

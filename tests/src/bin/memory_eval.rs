@@ -329,7 +329,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "retrieval        hit rate {}  precision {}  ({})",
         ratio(hits, lookups),
         ratio(relevant_injected, injected),
-        if embedder.is_some() { "words and meaning" } else { "words" }
+        if embedder.is_some() {
+            "words and meaning"
+        } else {
+            "words"
+        }
     );
     if embedder.is_some() {
         println!(

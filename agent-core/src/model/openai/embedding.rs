@@ -205,10 +205,12 @@ impl OpenAiEmbedder {
             return Err(error_from_response(response).await);
         }
         let bytes = read_capped(response, MAX_BODY).await?;
-        let reply: Response = serde_json::from_slice(&bytes).map_err(|e| invalid(format!(
-            "the embeddings answer is not the expected JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-        )))?;
+        let reply: Response = serde_json::from_slice(&bytes).map_err(|e| {
+            invalid(format!(
+                "the embeddings answer is not the expected JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ))
+        })?;
         self.check(reply, texts.len())
     }
 
