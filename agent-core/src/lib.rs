@@ -45,7 +45,7 @@ pub mod tool;
 
 pub use agent::{
     Agent, AgentBuilder, AgentResult, AgentStream, FINAL_ANSWER_NOTE, Limits, LoopGuard, Prompt,
-    REPEATED_CALL_NOTE, ResumePolicy, Session, StopReason, TurnMetrics,
+    REPEATED_CALL_NOTE, ResumePolicy, SAME_RESULT_NOTE, Session, StopReason, TurnMetrics,
 };
 pub use error::{AgentError, BuildError};
 pub use event::AgentEvent;

@@ -108,6 +108,9 @@ pub enum Fault {
     },
     /// HTTP 400 whose message echoes the request's `authorization` and `x-api-key` headers.
     EchoHeaders,
+    /// Hold the response until [`MockVllm::open_gate`] is called (once per gated request; an
+    /// opening before the request arrives is kept for it).
+    Gate,
 }
 
 /// One scripted model turn.
@@ -233,6 +236,7 @@ pub enum EmbeddingReply {
 }
 
 struct ServerState {
+    gate: tokio::sync::Semaphore,
     embeddings: Mutex<VecDeque<EmbeddingReply>>,
     responder: Mutex<Responder>,
     received: Mutex<Vec<Received>>,
@@ -277,6 +281,7 @@ impl MockVllm {
 
     async fn start_with(responder: Responder, record: bool, addr: &str) -> std::io::Result<Self> {
         let state = Arc::new(ServerState {
+            gate: tokio::sync::Semaphore::new(0),
             embeddings: Mutex::new(VecDeque::new()),
             responder: Mutex::new(responder),
             received: Mutex::new(Vec::new()),
@@ -321,6 +326,11 @@ impl MockVllm {
         if let Responder::Script(q) = &mut *lock(&self.state.responder) {
             q.extend(turns);
         }
+    }
+
+    /// Lets one request held by [`Fault::Gate`] be answered.
+    pub fn open_gate(&self) {
+        self.state.gate.add_permits(1);
     }
 
     /// Adds answers for `/v1/embeddings`, played one per request (HTTP 500 when none is left).
@@ -525,6 +535,11 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
             return error_response(400, message, None, *legacy);
         }
         Some(Fault::SlowFirstByte(d)) => tokio::time::sleep(*d).await,
+        Some(Fault::Gate) => {
+            if let Ok(permit) = state.gate.acquire().await {
+                permit.forget();
+            }
+        }
         Some(Fault::Redirect { code, location }) => {
             let mut r = Response::new(Body::empty());
             *r.status_mut() =

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::memory::{
-    InMemoryMemoryStore, MemoryConfig, MemoryRecord, MemoryStore, memory_tools,
+    InMemoryMemoryStore, MemoryConfig, MemoryEvent, MemoryRecord, MemoryStore, memory_tools,
 };
 use agent_core::prelude::*;
 use agent_core::session::{InMemorySessionStore, SessionKey, SessionStore};
@@ -136,9 +136,17 @@ async fn rephrased_recalls_that_find_nothing_new_end_tool_use_with_an_answer() {
     // without tools.
     let received = server.received();
     assert_eq!(received.len(), 5, "four recalls and the final answer");
-    assert!(server.last_message(2).contains("other wording will not find more"));
+    assert!(
+        server
+            .last_message(2)
+            .contains("other wording will not find more")
+    );
     assert_eq!(received[4].body["tool_choice"], "none");
-    assert_eq!(server.remaining(), 2, "two scripted recalls were never asked for");
+    assert_eq!(
+        server.remaining(),
+        2,
+        "two scripted recalls were never asked for"
+    );
 }
 
 #[tokio::test]
@@ -259,6 +267,143 @@ async fn finished_invocations_are_mined_and_extended_records_replaced() {
     let records = memories.list("dave", None).await.unwrap();
     assert_eq!(records.len(), 1, "extended, not duplicated: {records:?}");
     assert_eq!(records[0].content, "Prefers aisle seats on long flights");
+}
+
+/// Invocations of one actor that finish while its extraction runs wait, and are then mined
+/// together in one model call; every outcome is an event and a count.
+#[tokio::test]
+async fn extraction_batches_an_actors_invocations_and_reports_each_outcome() {
+    let memories = InMemoryMemoryStore::new();
+    let server = MockVllm::start([
+        Turn::text("Noted."),
+        save(json!([{"namespace": "facts", "content": "Is vegetarian"}])).with_fault(Fault::Gate),
+        Turn::text("Noted."),
+        Turn::text("Noted."),
+        save(json!([
+            {"namespace": "preferences", "content": "Prefers window seats"},
+            {"namespace": "facts", "content": "Travels with a dog named Bolt"}
+        ])),
+    ])
+    .await
+    .expect("server");
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .memory(MemoryConfig::new(memories.clone()))
+        .build()
+        .expect("agent");
+    let memory = agent.memory().expect("memory").clone();
+    let mut events = memory.subscribe();
+    let ask = |session: &str, prompt: &str| {
+        let session = agent.session(session).actor("ana");
+        let prompt = prompt.to_owned();
+        async move { session.invoke(prompt.as_str()).await.expect("invoke") }
+    };
+    ask("s1", "I'm vegetarian.").await;
+    // The first extraction is at the server, held there.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while server.received().len() < 2 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the extraction call arrives");
+    ask("s2", "I prefer window seats.").await;
+    ask("s3", "I travel with my dog Bolt.").await;
+    assert_eq!(memory.pending_extractions(), 3, "one mined, two waiting");
+    server.open_gate();
+    settle(&agent).await;
+
+    // Two model calls for three invocations: the waiting two went together.
+    assert_eq!(server.received().len(), 5);
+    let batch = server.last_message(4);
+    assert!(
+        batch.contains("window seats") && batch.contains("Bolt") && !batch.contains("vegetarian"),
+        "{batch}"
+    );
+    let first = events.recv().await.expect("event");
+    let second = events.recv().await.expect("event");
+    match (&first, &second) {
+        (
+            MemoryEvent::Extracted {
+                sessions: a,
+                written: wa,
+                ..
+            },
+            MemoryEvent::Extracted {
+                sessions: b,
+                written: wb,
+                ..
+            },
+        ) => {
+            assert_eq!(a, &["s1"]);
+            assert_eq!(b, &["s2", "s3"]);
+            assert_eq!(wa.len(), 1);
+            assert_eq!(wb.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Each record names the session and message that support it.
+    let mut sources: Vec<(String, String)> = memories
+        .list("ana", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.content, r.source.expect("provenance").session_id))
+        .collect();
+    sources.sort();
+    assert_eq!(
+        sources,
+        [
+            ("Is vegetarian".into(), "s1".into()),
+            ("Prefers window seats".into(), "s2".into()),
+            ("Travels with a dog named Bolt".into(), "s3".into()),
+        ]
+    );
+    let stats = memory.stats();
+    assert_eq!(
+        (stats.extractions, stats.invocations, stats.written),
+        (2, 3, 3)
+    );
+    assert_eq!((stats.failed, stats.skipped), (0, 0));
+
+    // A full queue skips, and says so.
+    let small = MemoryConfig::new(InMemoryMemoryStore::new()).max_pending_extractions(1);
+    let mut small_events = small.subscribe();
+    server.push([
+        Turn::text("Noted."),
+        save(json!([])).with_fault(Fault::Gate),
+        Turn::text("Noted."),
+    ]);
+    let agent = Agent::builder()
+        .model(provider(&server))
+        .memory(small.clone())
+        .build()
+        .expect("agent");
+    agent
+        .session("t1")
+        .actor("bo")
+        .invoke("I'm a nurse.")
+        .await
+        .expect("invoke");
+    agent
+        .session("t2")
+        .actor("bo")
+        .invoke("I live in Faro.")
+        .await
+        .expect("invoke");
+    assert_eq!(small.stats().skipped, 1);
+    assert_eq!(
+        small_events.recv().await.expect("event"),
+        MemoryEvent::Skipped {
+            actor_id: "bo".into(),
+            session_id: "t2".into()
+        }
+    );
+    server.open_gate();
+    tokio::time::timeout(Duration::from_secs(10), small.settled())
+        .await
+        .expect("settled");
 }
 
 async fn settle(agent: &Agent) {

@@ -28,7 +28,7 @@ pub(crate) use locks::SessionLocks;
 pub use session::{AgentStream, Session};
 pub(crate) use tools::AgentTools;
 
-pub use guard::{LoopGuard, REPEATED_CALL_NOTE};
+pub use guard::{LoopGuard, REPEATED_CALL_NOTE, SAME_RESULT_NOTE};
 pub use run::{FINAL_ANSWER_NOTE, INTERRUPTED_TEXT, TIME_LIMIT_TEXT};
 
 /// Why a run ended.

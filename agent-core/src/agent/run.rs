@@ -715,9 +715,8 @@ async fn run_session(
             .filter(|m| m.role == Role::User)
             .any(|m| crate::memory::speaks_about_self(&m.text()));
         if said_about_self {
-            spawn_extraction(
-                agent,
-                memory,
+            memory.submit_extraction(
+                agent.model.clone(),
                 actor,
                 session_id,
                 first_new,
@@ -736,54 +735,6 @@ async fn run_session(
         usage,
         turns,
     })
-}
-
-/// Mines a finished invocation for long-term memories, off the response path and bounded.
-fn spawn_extraction(
-    agent: &AgentInner,
-    memory: &crate::memory::MemoryConfig,
-    actor: &str,
-    session_id: &str,
-    first_message: usize,
-    conversation: Vec<Message>,
-) {
-    let Some(slot) = memory.start_extraction() else {
-        tracing::warn!(
-            "memory extraction skipped: {} already running",
-            memory.pending_extractions()
-        );
-        return;
-    };
-    let model = agent.model.clone();
-    let store = memory.store.clone();
-    let timeout = memory.extraction_timeout;
-    let actor = actor.to_owned();
-    let session_id = session_id.to_owned();
-    tokio::spawn(async move {
-        let _slot = slot;
-        let work = crate::memory::extract_memories(
-            &*model,
-            &*store,
-            &actor,
-            crate::memory::Conversation {
-                messages: &conversation,
-                session_id: &session_id,
-                first_message,
-            },
-        );
-        match tokio::time::timeout(timeout, work).await {
-            Ok(Ok(outcome)) => tracing::info!(
-                written = outcome.written.len(),
-                refused = ?outcome.refused,
-                "memories extracted"
-            ),
-            Ok(Err(e)) => {
-                // The whole chain: "extraction model call" alone does not say what failed.
-                tracing::warn!(error = %crate::error::chain(&e), "memory extraction failed");
-            }
-            Err(_) => tracing::warn!("memory extraction timed out"),
-        }
-    });
 }
 
 /// The text blocks of a message's content.

@@ -242,23 +242,39 @@ pub async fn extract_memories(
     actor_id: &str,
     conversation: Conversation<'_>,
 ) -> Result<Extraction, MemoryError> {
+    extract_memories_from(model, store, actor_id, &[conversation]).await
+}
+
+/// [`extract_memories`] over several finished conversations of one actor in one model call:
+/// the agent batches the invocations that finish while an extraction for their actor runs.
+/// Each memory's provenance names the session and message that support it.
+pub async fn extract_memories_from(
+    model: &dyn Model,
+    store: &dyn MemoryStore,
+    actor_id: &str,
+    conversations: &[Conversation<'_>],
+) -> Result<Extraction, MemoryError> {
     let mut outcome = Extraction::default();
+    // (line number, text) of the user's lines, and where each comes from.
     let mut user_lines: Vec<(usize, String)> = Vec::new();
+    let mut origins: Vec<(&str, usize)> = Vec::new();
     let mut replies = String::new();
-    for (i, m) in conversation.messages.iter().enumerate() {
-        let text = m.text();
-        if text.trim().is_empty() {
-            continue;
-        }
-        match m.role {
-            Role::User => user_lines.push((
-                conversation.first_message + i,
-                text.chars().take(4000).collect(),
-            )),
-            Role::Assistant => {
-                replies.push_str("- ");
-                replies.extend(text.chars().take(300));
-                replies.push('\n');
+    for conversation in conversations {
+        for (i, m) in conversation.messages.iter().enumerate() {
+            let text = m.text();
+            if text.trim().is_empty() {
+                continue;
+            }
+            match m.role {
+                Role::User => {
+                    user_lines.push((user_lines.len(), text.chars().take(4000).collect()));
+                    origins.push((conversation.session_id, conversation.first_message + i));
+                }
+                Role::Assistant => {
+                    replies.push_str("- ");
+                    replies.extend(text.chars().take(300));
+                    replies.push('\n');
+                }
             }
         }
     }
@@ -354,14 +370,16 @@ pub async fn extract_memories(
                 .push((content.to_owned(), "a one-off request, not about the user"));
             continue;
         }
-        let Some(message) = supporting_line(content, &user_lines) else {
+        let Some((session_id, message)) =
+            supporting_line(content, &user_lines).and_then(|line| origins.get(line).copied())
+        else {
             outcome
                 .refused
                 .push((content.to_owned(), "not something the user said"));
             continue;
         };
         let source = MemorySource {
-            session_id: conversation.session_id.to_owned(),
+            session_id: session_id.to_owned(),
             message: Some(message),
         };
         match consolidate(store, actor_id, namespace, content).await? {

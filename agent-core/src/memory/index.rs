@@ -298,7 +298,7 @@ impl MemoryIndex {
                 .enumerate()
                 .filter_map(|(slot, doc)| {
                     let doc = doc.as_ref()?;
-                    if !namespace.is_none_or(|ns| doc.record.namespace == ns) {
+                    if namespace.is_some_and(|ns| doc.record.namespace != ns) {
                         return None;
                     }
                     let theirs = doc.record.embedding.as_ref()?;

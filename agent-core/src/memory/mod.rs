@@ -17,14 +17,19 @@ pub use crate::model::embed::{Embedder, Embedding};
 mod embedded;
 mod extract;
 mod index;
+mod queue;
 mod tools;
 
 pub use embedded::EmbeddingMemoryStore;
 
 pub use extract::{
-    Conversation, Extraction, extract_memories, is_instruction, is_request, speaks_about_self,
+    Conversation, Extraction, extract_memories, extract_memories_from, is_instruction, is_request,
+    speaks_about_self,
 };
 pub use index::{MemoryIndex, rank, similarity, sort_records, tokens};
+pub use queue::{
+    DEFAULT_MAX_PENDING_EXTRACTIONS, ExtractionStats, MAX_EXTRACTION_BATCH, MemoryEvent,
+};
 pub use tools::memory_tools;
 
 /// One remembered item.
@@ -349,21 +354,9 @@ pub struct MemoryConfig {
     pub extract: bool,
     /// Bound on one extraction (default 60 s).
     pub extraction_timeout: Duration,
-    /// Extractions still running, shared by the config's clones.
-    pending: Arc<Pending>,
+    /// Invocations waiting to be mined, shared by the config's clones.
+    queue: Arc<queue::Queue>,
 }
-
-/// Extractions in flight, and a wake-up for those waiting until there are none.
-#[derive(Debug)]
-struct Pending {
-    running: std::sync::atomic::AtomicUsize,
-    max: usize,
-    idle: tokio::sync::Notify,
-    skipped: std::sync::atomic::AtomicU64,
-}
-
-/// Extractions that may run at once before new ones are skipped (and counted).
-pub const DEFAULT_MAX_PENDING_EXTRACTIONS: usize = 16;
 
 impl std::fmt::Debug for MemoryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -383,82 +376,67 @@ impl MemoryConfig {
             inject: 5,
             extract: true,
             extraction_timeout: Duration::from_secs(60),
-            pending: Arc::new(Pending {
-                running: std::sync::atomic::AtomicUsize::new(0),
-                max: DEFAULT_MAX_PENDING_EXTRACTIONS,
-                idle: tokio::sync::Notify::new(),
-                skipped: std::sync::atomic::AtomicU64::new(0),
-            }),
+            queue: Arc::new(queue::Queue::new(DEFAULT_MAX_PENDING_EXTRACTIONS)),
         }
     }
 
-    /// Sets how many extractions may run at once; beyond it, finished invocations are not mined
-    /// (a warning is logged and [`MemoryConfig::skipped_extractions`] counts them), so a burst
-    /// cannot queue model calls without bound. Starts a new count, shared by later clones.
+    /// Sets how many finished invocations may wait to be mined, or be mined, at once (default
+    /// [`DEFAULT_MAX_PENDING_EXTRACTIONS`]); beyond it, invocations are not mined (a warning, a
+    /// [`MemoryEvent::Skipped`], and [`ExtractionStats::skipped`]), so a burst cannot queue model
+    /// calls without bound. Starts a new queue and new counts, shared by later clones.
     pub fn max_pending_extractions(mut self, n: usize) -> Self {
-        self.pending = Arc::new(Pending {
-            running: std::sync::atomic::AtomicUsize::new(0),
-            max: n,
-            idle: tokio::sync::Notify::new(),
-            skipped: std::sync::atomic::AtomicU64::new(0),
-        });
+        self.queue = Arc::new(queue::Queue::new(n));
         self
     }
 
-    /// Extractions running now.
+    /// Invocations waiting to be mined or being mined now.
     pub fn pending_extractions(&self) -> usize {
-        self.pending
-            .running
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.queue.pending()
     }
 
-    /// Extractions skipped because too many were running.
+    /// Invocations not mined because the queue was full.
     pub fn skipped_extractions(&self) -> u64 {
-        self.pending
-            .skipped
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.queue.stats().skipped
     }
 
-    /// Waits until no extraction is running: for tests, and for a service's drain before it
-    /// exits. Each extraction is bounded by its timeout, so this wait is too.
+    /// Counts of extraction outcomes.
+    pub fn stats(&self) -> ExtractionStats {
+        self.queue.stats()
+    }
+
+    /// Every extraction outcome from now on, as it happens.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MemoryEvent> {
+        self.queue.subscribe()
+    }
+
+    /// Waits until no invocation waits to be mined or is being mined: for tests, and for a
+    /// service's drain before it exits (bound it with the drain's deadline). Each extraction is
+    /// bounded by its timeout and the queue by its size, so this wait is bounded too.
     pub async fn settled(&self) {
-        loop {
-            let idle = self.pending.idle.notified();
-            if self.pending_extractions() == 0 {
-                return;
-            }
-            idle.await;
-        }
+        self.queue.settled().await;
     }
 
-    /// Takes a slot for one extraction, if one is free.
-    pub(crate) fn start_extraction(&self) -> Option<ExtractionSlot> {
-        use std::sync::atomic::Ordering;
-        let p = &self.pending;
-        let taken = p
-            .running
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < p.max).then_some(n + 1)
-            })
-            .is_ok();
-        if taken {
-            Some(ExtractionSlot(self.pending.clone()))
-        } else {
-            p.skipped.fetch_add(1, Ordering::SeqCst);
-            None
-        }
-    }
-}
-
-/// A running extraction; its end (however it ends) frees the slot.
-pub(crate) struct ExtractionSlot(Arc<Pending>);
-
-impl Drop for ExtractionSlot {
-    fn drop(&mut self) {
-        self.0
-            .running
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.idle.notify_waiters();
+    /// Queues a finished invocation for mining (batched with the actor's other invocations that
+    /// finish while one of its extractions runs).
+    pub(crate) fn submit_extraction(
+        &self,
+        model: Arc<dyn crate::model::Model>,
+        actor_id: &str,
+        session_id: &str,
+        first_message: usize,
+        messages: Vec<crate::message::Message>,
+    ) {
+        let miner = queue::Miner {
+            model,
+            store: self.store.clone(),
+            timeout: self.extraction_timeout,
+        };
+        let job = queue::Job {
+            session_id: session_id.to_owned(),
+            first_message,
+            messages,
+        };
+        self.queue.submit(miner, actor_id, job);
     }
 }
 

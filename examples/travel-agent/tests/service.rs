@@ -739,6 +739,16 @@ async fn bounded_under_load_and_idempotent() {
     );
     assert_eq!(metrics["travel_agent_invocations_admitted_total"], 1.0);
     assert_eq!(metrics["travel_agent_draining"], 0.0);
+    // Nothing was said about the user yet: no extraction ran or waits.
+    assert_eq!(metrics["travel_agent_memory_extractions_pending"], 0.0);
+    assert_eq!(
+        metrics["travel_agent_memory_extractions_total{outcome=\"done\"}"],
+        0.0
+    );
+    assert_eq!(
+        metrics["travel_agent_memory_records_total{result=\"written\"}"],
+        0.0
+    );
     assert_eq!(slow.await.unwrap()["text"], "slow answer");
     assert_eq!(
         service.metrics().await["travel_agent_invocations_in_flight"],

@@ -93,6 +93,37 @@ pub(super) async fn render(State(service): State<Arc<Service>>) -> Response {
             ("{reason=\"draining\"}", refused(Refused::Draining)),
         ],
     );
+    if let Some(memory) = service.agent.memory() {
+        let stats = memory.stats();
+        family(
+            &mut out,
+            "travel_agent_memory_extractions_pending",
+            "gauge",
+            "Finished invocations waiting to be mined for long-term memory, or being mined.",
+            &[("", memory.pending_extractions() as u64)],
+        );
+        family(
+            &mut out,
+            "travel_agent_memory_extractions_total",
+            "counter",
+            "Memory extraction model calls, by outcome; skipped counts invocations the full queue turned away.",
+            &[
+                ("{outcome=\"done\"}", stats.extractions),
+                ("{outcome=\"failed\"}", stats.failed),
+                ("{outcome=\"skipped\"}", stats.skipped),
+            ],
+        );
+        family(
+            &mut out,
+            "travel_agent_memory_records_total",
+            "counter",
+            "Memory candidates the extractions wrote or refused.",
+            &[
+                ("{result=\"written\"}", stats.written),
+                ("{result=\"refused\"}", stats.refused),
+            ],
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -323,6 +323,26 @@ pub(crate) async fn run(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // What the finished runs taught about their users is written before the process goes: the
+    // extraction queue gets what is left of the drain time (at least the cancel grace).
+    if let Some(memory) = service.agent.memory() {
+        let pending = memory.pending_extractions();
+        if pending > 0 {
+            let until = deadline.max(tokio::time::Instant::now() + CANCEL_GRACE);
+            if tokio::time::timeout_at(until, memory.settled())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    target: LIFECYCLE,
+                    pending = memory.pending_extractions(),
+                    "memory extraction still running at the end of the drain: those invocations are not mined"
+                );
+            } else {
+                tracing::info!(target: LIFECYCLE, mined = pending, "memory extraction flushed");
+            }
+        }
+    }
     stop_serving.cancel();
     for task in std::iter::once(server).chain(metrics_server) {
         if let Err(e) = task.await {

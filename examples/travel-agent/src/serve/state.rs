@@ -1,12 +1,14 @@
 //! Where the service keeps state: sessions in S3 and long-term memory in DynamoDB when
 //! configured (`TRAVEL_AGENT_SESSION_BUCKET`, `TRAVEL_AGENT_MEMORY_TABLE`, with the SDK's
 //! standard `AWS_*` settings), otherwise a file store under the data directory and memory in
-//! the process, which the service says at start.
+//! the process, which the service says at start. With `OPENAI_EMBEDDING_BASE_URL` (and
+//! `OPENAI_EMBEDDING_MODEL`), memory is found by meaning as well as by words.
 
 use std::path::Path;
 
 use agent_core::agent::AgentBuilder;
 use agent_core::memory::{InMemoryMemoryStore, MemoryConfig};
+use agent_core::model::openai::OpenAiEmbedder;
 use agent_memory::{DynamoDbMemoryStore, FileSessionStore, S3SessionStore};
 
 use super::LIFECYCLE;
@@ -47,21 +49,34 @@ pub(super) async fn configure(
             builder.session_store(FileSessionStore::new(dir))
         }
     };
-    let builder = match (&table, &clients) {
+    let memory = match (&table, &clients) {
         (Some(table), Some((_, dynamodb))) => {
             tracing::info!(target: LIFECYCLE, "long-term memory in DynamoDB table {table}");
-            builder.memory(MemoryConfig::new(DynamoDbMemoryStore::new(
-                dynamodb.clone(),
-                table,
-            )))
+            MemoryConfig::new(DynamoDbMemoryStore::new(dynamodb.clone(), table))
         }
         _ => {
             tracing::warn!(
                 target: LIFECYCLE,
                 "no TRAVEL_AGENT_MEMORY_TABLE: long-term memory in this process only"
             );
-            builder.memory(MemoryConfig::new(InMemoryMemoryStore::new()))
+            MemoryConfig::new(InMemoryMemoryStore::new())
         }
     };
+    // Retrieval by meaning when an embedding endpoint is configured (vLLM serving an embedding
+    // model, or llama.cpp's server with --embeddings).
+    let memory = if var("OPENAI_EMBEDDING_BASE_URL").is_some() {
+        let embedder = OpenAiEmbedder::builder()
+            .build()
+            .map_err(|e| format!("the embedding endpoint: {e}"))?;
+        tracing::info!(
+            target: LIFECYCLE,
+            "long-term memory found by meaning too: embeddings from {}",
+            embedder.url()
+        );
+        memory.embedder(embedder)
+    } else {
+        memory
+    };
+    let builder = builder.memory(memory);
     Ok(builder)
 }
