@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{MemoryQuery, MemoryRecord, ScoredRecord};
-use crate::model::embed::{cosine, norm};
+use crate::model::embed::{cosine_with_norms, norm};
 
 /// Lower-case alphanumeric words of two or more characters, stop words dropped, plurals folded
 /// (`seats` -> `seat`).
@@ -302,11 +302,11 @@ impl MemoryIndex {
                         return None;
                     }
                     let theirs = doc.record.embedding.as_ref()?;
-                    doc.norm?;
                     if theirs.model != wanted.model {
                         return None;
                     }
-                    let c = cosine(&wanted.vector, wanted_norm, &theirs.vector)?;
+                    let c =
+                        cosine_with_norms(&wanted.vector, wanted_norm, &theirs.vector, doc.norm?)?;
                     (c >= query.min_similarity).then_some((slot, c))
                 })
                 .collect(),

@@ -1,7 +1,10 @@
 //! Long-term memory: records per actor and namespace (facts, preferences, session summaries)
-//! behind the [`MemoryStore`] trait, keyword search, injection into the system context before
-//! model calls (never into durable history), `remember`/`recall` tools, and extraction of new
-//! records from a finished invocation with consolidation of near-duplicates.
+//! behind the [`MemoryStore`] trait; search by words (BM25), and by meaning too when an
+//! [`Embedder`] is configured ([`MemoryConfig::embedder`], hybrid ranking); injection of the
+//! relevant records with the prompt as quoted data (never into the system prompt or durable
+//! history); `remember`/`recall` tools; and extraction of new records from finished
+//! invocations (batched per actor, bounded, reported as [`MemoryEvent`]s), with consolidation
+//! that never loses a fact.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -37,10 +37,14 @@ pub(crate) fn norm(v: &[f32]) -> Option<f32> {
 
 /// Cosine of `a` (of length `a_norm`) and `b`; `None` when they cannot be compared.
 pub(crate) fn cosine(a: &[f32], a_norm: f32, b: &[f32]) -> Option<f32> {
+    cosine_with_norms(a, a_norm, b, norm(b)?)
+}
+
+/// Cosine of `a` and `b` whose lengths are known; `None` when they cannot be compared.
+pub(crate) fn cosine_with_norms(a: &[f32], a_norm: f32, b: &[f32], b_norm: f32) -> Option<f32> {
     if a.len() != b.len() || a.is_empty() {
         return None;
     }
-    let b_norm = norm(b)?;
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let c = dot / (a_norm * b_norm);
     c.is_finite().then_some(c)
