@@ -317,6 +317,9 @@ impl MemoryIndex {
             by_meaning.truncate(depth);
         }
         by_meaning.sort_by(order);
+        if let Some(&(_, best)) = by_meaning.first() {
+            by_meaning.retain(|(_, c)| *c >= best - query.similarity_margin);
+        }
         let mut fused: HashMap<(&str, &str), (f64, &MemoryRecord)> = HashMap::new();
         for (rank, found) in by_words.iter().enumerate() {
             let r = &found.record;
@@ -510,6 +513,8 @@ mod tests {
             with_vector("other", "I like trains", "other", &[0.9, 0.1, 0.0]),
             // No vector: found by words only.
             MemoryRecord::new("a", "facts", "Something about a flight"),
+            // Above the threshold, but far below the closest: not meant (the margin).
+            with_vector("rail", "I like rail journeys", "m", &[0.7, 0.7, 0.0]),
         ]);
         let query = crate::model::Embedding {
             model: "m".into(),
@@ -528,6 +533,9 @@ mod tests {
         assert!(!ids.contains(&"other"), "another model's vector: {ids:?}");
         assert!(hybrid.windows(2).all(|w| w[0].score >= w[1].score));
 
+        assert!(!ids.contains(&"rail"), "outside the margin: {ids:?}");
+        let wide = index.search_query(None, &q.similarity_margin(f32::INFINITY), 10);
+        assert!(wide.iter().any(|s| s.record.id == "rail"));
         // The threshold keeps distant vectors out; the limit holds.
         let strict = index.search_query(None, &q.min_similarity(0.999), 10);
         assert!(strict.iter().all(|s| s.record.id != "veg"));

@@ -107,7 +107,7 @@ fn now() -> u64 {
 ///
 /// With a vector, a search is hybrid: the records that match the words (BM25) and the records
 /// whose vectors (of the same model) are at least [`MemoryQuery::min_similarity`] close
-/// (cosine) are merged by reciprocal rank fusion, so a record found both ways ranks first and a
+/// (cosine), and within [`MemoryQuery::similarity_margin`] of the closest, are merged by reciprocal rank fusion, so a record found both ways ranks first and a
 /// record that shares no word with the query ("something to eat" for "I'm vegetarian") can still
 /// be found. Records without a vector are found by their words alone.
 #[derive(Debug, Clone, Copy)]
@@ -119,7 +119,15 @@ pub struct MemoryQuery<'a> {
     pub embedding: Option<&'a Embedding>,
     /// The least cosine similarity at which a record is a match by meaning.
     pub min_similarity: f32,
+    /// How far below the closest record's cosine another record may be and still match by
+    /// meaning: small embedding models score every record of a common topic (travel, for a
+    /// travel agent) moderately, so only the records near the best one are meant.
+    pub similarity_margin: f32,
 }
+
+/// How far below the best match by meaning other matches may score, unless a query sets
+/// another.
+pub const DEFAULT_SIMILARITY_MARGIN: f32 = 0.12;
 
 /// The least cosine similarity of a match by meaning, unless a query sets another. Chosen for
 /// small sentence-embedding models (all-MiniLM-L6-v2 scores "I'm vegetarian." 0.31 against "Book
@@ -133,6 +141,7 @@ impl<'a> MemoryQuery<'a> {
             text,
             embedding: None,
             min_similarity: DEFAULT_MIN_SIMILARITY,
+            similarity_margin: DEFAULT_SIMILARITY_MARGIN,
         }
     }
 
@@ -145,6 +154,13 @@ impl<'a> MemoryQuery<'a> {
     /// Sets the least cosine similarity of a match by meaning.
     pub fn min_similarity(mut self, min: f32) -> Self {
         self.min_similarity = min;
+        self
+    }
+
+    /// Sets how far below the best match by meaning other matches may score
+    /// (`f32::INFINITY`: no limit).
+    pub fn similarity_margin(mut self, margin: f32) -> Self {
+        self.similarity_margin = margin;
         self
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Run: `scripts/memory-eval.sh` (starts the local model unless `OPENAI_BASE_URL` is set).
 //! Options: `--cases <file>`, `--rounds <n>` (default 3, each on a fresh store; a small model
-//! varies from run to run), `--report <file.json>`.
+//! varies from run to run), `--report <file.json>`, `--retrieval-only <report.json>` (retrieval
+//! alone over the records an earlier run stored: no model calls).
 //!
 //! With `OPENAI_EMBEDDING_BASE_URL` and `OPENAI_EMBEDDING_MODEL` set (the script sets them to
 //! `scripts/embed-model.sh`'s endpoint unless `--no-embeddings` is given), records are stored
@@ -149,6 +150,64 @@ fn ratio(n: usize, d: usize) -> String {
     }
 }
 
+/// Retrieval alone, over the records an earlier run stored (its `--report`): no model calls, so
+/// ranking changes can be compared on the same records. Needs the embedding endpoint.
+async fn retrieval_only(cases: &Cases, report: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report)?)?;
+    let embedder = OpenAiEmbedder::builder().build()?;
+    let (mut lookups, mut word_hits, mut word_rel, mut word_inj) = (0, 0, 0, 0);
+    let (mut hits, mut rel, mut inj) = (0, 0, 0);
+    for run in report["actors"].as_array().into_iter().flatten() {
+        let actor = run["actor"].as_str().unwrap_or_default();
+        let Some(case) = cases.actors.iter().find(|c| c.actor == actor) else {
+            continue;
+        };
+        let plain = InMemoryMemoryStore::new();
+        let hybrid = EmbeddingMemoryStore::new(plain.clone(), embedder.clone());
+        for r in run["stored"].as_array().into_iter().flatten() {
+            let (Some(ns), Some(content)) = (r["namespace"].as_str(), r["content"].as_str()) else {
+                continue;
+            };
+            hybrid.put(&MemoryRecord::new(actor, ns, content)).await?;
+        }
+        for q in &case.retrieval {
+            lookups += 1;
+            for (store, hits, rel, inj) in [
+                (
+                    &plain as &dyn MemoryStore,
+                    &mut word_hits,
+                    &mut word_rel,
+                    &mut word_inj,
+                ),
+                (&hybrid, &mut hits, &mut rel, &mut inj),
+            ] {
+                let found = store.search(actor, None, &q.prompt, 5).await?;
+                let relevant = found
+                    .iter()
+                    .filter(|s| matches(&s.record.content, &q.expect))
+                    .count();
+                *inj += found.len();
+                *rel += relevant;
+                *hits += usize::from(relevant > 0);
+            }
+            let found = hybrid.search(actor, None, &q.prompt, 5).await?;
+            println!(
+                "{actor}: {} -> {:?}",
+                q.prompt,
+                found.iter().map(|s| &s.record.content).collect::<Vec<_>>()
+            );
+        }
+    }
+    println!(
+        "retrieval over stored records: by words hit rate {} precision {}; words and meaning hit rate {} precision {}",
+        ratio(word_hits, lookups),
+        ratio(word_rel, word_inj),
+        ratio(hits, lookups),
+        ratio(rel, inj)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Extraction outcomes (what was written, what was refused and why) on stderr.
@@ -163,6 +222,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let cases: Cases = serde_json::from_str(&std::fs::read_to_string(&cases_path)?)?;
     let rounds: usize = arg("--rounds").and_then(|n| n.parse().ok()).unwrap_or(3);
+    if let Some(report) = arg("--retrieval-only") {
+        return retrieval_only(&cases, &report).await;
+    }
     let base_url = std::env::var("OPENAI_BASE_URL")
         .map_err(|_| "OPENAI_BASE_URL is not set: run scripts/memory-eval.sh")?;
     let mut builder = OpenAiCompatible::builder()
