@@ -394,13 +394,29 @@ pub fn bench_answer_turn() -> Turn {
     Turn::text(words.concat()).with_usage(160, 50)
 }
 
+/// HTTP 400 whose message repeats the request's credentials, as careless servers do.
+fn echo_headers(headers: &HeaderMap) -> Response {
+    let echoed: Vec<String> = ["authorization", "x-api-key"]
+        .iter()
+        .filter_map(|h| {
+            let v = headers.get(*h)?.to_str().ok()?;
+            Some(format!("{h}: {v}"))
+        })
+        .collect();
+    let message = format!("bad request; you sent {}", echoed.join(", "));
+    error_response(400, &message, None, false)
+}
+
 async fn embeddings(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if let Ok(body) = serde_json::from_slice::<Value>(&body) {
-        lock(&state.received).push(Received { body, headers });
+        lock(&state.received).push(Received {
+            body,
+            headers: headers.clone(),
+        });
     }
     let reply = lock(&state.embeddings).pop_front();
     match reply {
@@ -443,6 +459,7 @@ async fn embeddings(
                 max_bytes,
             )
         }
+        Some(EmbeddingReply::Fault(Fault::EchoHeaders)) => echo_headers(&headers),
         Some(EmbeddingReply::Fault(other)) => error_response(
             500,
             &format!("{other:?} is not scripted for embeddings"),
@@ -549,17 +566,7 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
             }
             return r;
         }
-        Some(Fault::EchoHeaders) => {
-            let echoed: Vec<String> = ["authorization", "x-api-key"]
-                .iter()
-                .filter_map(|h| {
-                    let v = headers.get(*h)?.to_str().ok()?;
-                    Some(format!("{h}: {v}"))
-                })
-                .collect();
-            let message = format!("bad request; you sent {}", echoed.join(", "));
-            return error_response(400, &message, None, false);
-        }
+        Some(Fault::EchoHeaders) => return echo_headers(&headers),
         _ => {}
     }
     if !streaming {

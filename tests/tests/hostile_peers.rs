@@ -338,7 +338,8 @@ async fn an_embeddings_endpoint_that_lies_gets_typed_errors_and_memory_keeps_wor
         .expect("embedder");
     let one = |v: &[f32]| EmbeddingReply::Vectors(vec![v.to_vec()]);
     let invalid = |e: &ModelError| matches!(e, ModelError::InvalidReply { .. });
-    let cases: Vec<(&str, EmbeddingReply, &dyn Fn(&ModelError) -> bool)> = vec![
+    type Expected<'a> = &'a dyn Fn(&ModelError) -> bool;
+    let cases: Vec<(&str, EmbeddingReply, Expected<'_>)> = vec![
         (
             "two vectors for one text",
             EmbeddingReply::Vectors(vec![vec![1.0, 0.0], vec![0.0, 1.0]]),
@@ -383,6 +384,11 @@ async fn an_embeddings_endpoint_that_lies_gets_typed_errors_and_memory_keeps_wor
                 location: "http://203.0.113.9/v1/embeddings".into(),
             }),
             &|e| matches!(e, ModelError::Redirected { status: 307, .. }),
+        ),
+        (
+            "an error that repeats the API key",
+            EmbeddingReply::Fault(agent_tests::Fault::EchoHeaders),
+            &|e| matches!(e, ModelError::Fatal { status: Some(400), message } if message.contains("[REDACTED]")),
         ),
         (
             "a stall past the bound",

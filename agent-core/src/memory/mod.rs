@@ -418,6 +418,13 @@ impl MemoryConfig {
         self.queue.stats().skipped
     }
 
+    /// The `remember` and `recall` tools over this config's store: with an
+    /// [`embedder`](Self::embedder), `remember` stores vectors and `recall` searches by meaning
+    /// too (unlike [`memory_tools`] over the bare store).
+    pub fn tools(&self) -> Vec<Arc<dyn crate::tool::Tool>> {
+        memory_tools(self.store.clone())
+    }
+
     /// Counts of extraction outcomes.
     pub fn stats(&self) -> ExtractionStats {
         self.queue.stats()

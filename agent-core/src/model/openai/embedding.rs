@@ -109,7 +109,10 @@ impl OpenAiEmbedderBuilder {
         let api_key = self
             .api_key
             .or_else(|| std::env::var("OPENAI_API_KEY").ok());
+        // A server that echoes the key into an error must not put it into logs.
+        let mut secrets = Vec::new();
         if let Some(key) = api_key.filter(|k| !k.is_empty()) {
+            secrets.push(key.clone());
             let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
                 ModelError::Config("the API key is not a valid header value".into())
             })?;
@@ -128,6 +131,7 @@ impl OpenAiEmbedderBuilder {
             url,
             model,
             headers,
+            secrets,
             max_batch: self.max_batch,
             max_input_chars: self.max_input_chars,
         })
@@ -146,6 +150,8 @@ pub struct OpenAiEmbedder {
     url: String,
     model: String,
     headers: HeaderMap,
+    /// The API key, never to appear in an error.
+    secrets: Vec<String>,
     max_batch: usize,
     max_input_chars: usize,
 }
@@ -273,7 +279,11 @@ impl Embedder for OpenAiEmbedder {
     async fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
         let mut out = Vec::with_capacity(texts.len());
         for batch in texts.chunks(self.max_batch) {
-            out.extend(self.embed_batch(batch).await?);
+            let vectors = self
+                .embed_batch(batch)
+                .await
+                .map_err(|e| e.redacted(&self.secrets))?;
+            out.extend(vectors);
         }
         Ok(out)
     }
