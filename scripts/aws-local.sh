@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Local DynamoDB-, S3- and Cognito-compatible server for the tests: ministack (PyPI, pinned), on 127.0.0.1,
-# in memory. See ../shared/reference/local-aws.md for why this server (conditional writes enforced
-# and atomic, DynamoDB validations like AWS's own DynamoDB Local).
+# Local DynamoDB-, S3-, Cognito- and Bedrock Runtime-compatible server for the tests: ministack
+# (PyPI, pinned), on 127.0.0.1, in memory. See ../shared/reference/local-aws.md for why this
+# server (conditional writes enforced and atomic, DynamoDB validations like AWS's own DynamoDB
+# Local).
 #
 #   scripts/aws-local.sh start    install once (cached), start, wait until healthy, print the endpoint
 #   scripts/aws-local.sh stop     stop the server this script started (by its PID)
@@ -51,7 +52,7 @@ start() {
     return 0
   fi
   say "starting ministack on 127.0.0.1:$PORT (log: $LOG)"
-  BIND_HOST=127.0.0.1 GATEWAY_PORT="$PORT" SERVICES=dynamodb,s3,cognito-idp nohup "$VENV/bin/ministack" >"$LOG" 2>&1 &
+  BIND_HOST=127.0.0.1 GATEWAY_PORT="$PORT" SERVICES=dynamodb,s3,cognito-idp,bedrock-runtime nohup "$VENV/bin/ministack" >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
   wait_healthy 30 || exit 1
   echo "http://127.0.0.1:$PORT"

@@ -50,6 +50,38 @@ pub(crate) fn cosine_with_norms(a: &[f32], a_norm: f32, b: &[f32], b_norm: f32) 
     c.is_finite().then_some(c)
 }
 
+/// The longest vector accepted from a server.
+pub(crate) const MAX_DIMENSIONS: usize = 65_536;
+
+/// `vectors` as embeddings of `model`, if every one is usable: not empty, at most
+/// [`MAX_DIMENSIONS`] long, all of one length, finite and not zero.
+pub(crate) fn checked(model: &str, vectors: Vec<Vec<f32>>) -> Result<Vec<Embedding>, ModelError> {
+    let invalid = |message: String| ModelError::InvalidReply { message };
+    let mut dimensions = None;
+    let mut out = Vec::with_capacity(vectors.len());
+    for (i, vector) in vectors.into_iter().enumerate() {
+        if vector.is_empty() || vector.len() > MAX_DIMENSIONS {
+            return Err(invalid(format!(
+                "a vector of {} dimensions (1 to {MAX_DIMENSIONS} expected)",
+                vector.len()
+            )));
+        }
+        if *dimensions.get_or_insert(vector.len()) != vector.len() {
+            return Err(invalid("vectors of different lengths in one answer".into()));
+        }
+        if norm(&vector).is_none() {
+            return Err(invalid(format!(
+                "the vector for text {i} is zero or not finite"
+            )));
+        }
+        out.push(Embedding {
+            model: model.to_owned(),
+            vector,
+        });
+    }
+    Ok(out)
+}
+
 /// A model that turns texts into vectors whose closeness follows closeness of meaning.
 ///
 /// Implementations bound every call (a timeout, a response size) and check what the server

@@ -11,6 +11,9 @@ use crate::tool::ToolSpec;
 
 pub use embed::{Embedder, Embedding};
 
+#[cfg(feature = "bedrock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bedrock")))]
+pub mod bedrock;
 #[cfg(feature = "openai")]
 mod constrained;
 pub mod embed;

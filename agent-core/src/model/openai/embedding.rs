@@ -10,13 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::error::{MAX_BODY, error_from_response, read_capped, transport_error};
 use super::same_origin_redirects;
 use crate::model::ModelError;
-use crate::model::embed::{Embedder, Embedding, norm};
+use crate::model::embed::{Embedder, Embedding, checked};
 
 /// The most texts sent in one request by default.
 pub const DEFAULT_EMBEDDING_BATCH: usize = 32;
-
-/// The longest vector accepted from a server.
-const MAX_DIMENSIONS: usize = 65_536;
 
 /// Builds an [`OpenAiEmbedder`].
 #[derive(Debug, Clone)]
@@ -239,30 +236,12 @@ impl OpenAiEmbedder {
             }
             *slot = Some(item.embedding);
         }
-        let mut out = Vec::with_capacity(expected);
-        let mut dimensions = None;
-        for (i, vector) in slots.into_iter().enumerate() {
-            let vector = vector.ok_or_else(|| invalid(format!("no vector for text {i}")))?;
-            if vector.is_empty() || vector.len() > MAX_DIMENSIONS {
-                return Err(invalid(format!(
-                    "a vector of {} dimensions (1 to {MAX_DIMENSIONS} expected)",
-                    vector.len()
-                )));
-            }
-            if *dimensions.get_or_insert(vector.len()) != vector.len() {
-                return Err(invalid("vectors of different lengths in one answer".into()));
-            }
-            if norm(&vector).is_none() {
-                return Err(invalid(format!(
-                    "the vector for text {i} is zero or not finite"
-                )));
-            }
-            out.push(Embedding {
-                model: self.model.clone(),
-                vector,
-            });
-        }
-        Ok(out)
+        let vectors = slots
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| invalid(format!("no vector for text {i}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        checked(&self.model, vectors)
     }
 }
 
