@@ -78,16 +78,10 @@ start() {
     return 0
   fi
   say "starting the embedding server on 127.0.0.1:$PORT (log: $LOG)"
-  mkdir -p "$(dirname "$PIDFILE")" "$(dirname "$LOG")"
-  trap 'stop' EXIT
-  trap 'exit 130' INT TERM HUP
   # 512 tokens is the model's context; each request's texts share one batch of that size.
-  nohup "$SERVER" -m "$MODEL" --embeddings --host 127.0.0.1 --port "$PORT" -c 2048 -b 2048 \
-    -ub 512 -np 4 -t "$(nproc)" --alias all-minilm-l6-v2 >"$LOG" 2>&1 &
-  echo $! >"$PIDFILE"
-  wait_healthy 60
-  trap - EXIT INT TERM HUP
-  echo "http://127.0.0.1:$PORT/v1"
+  launch 60 "http://127.0.0.1:$PORT/v1" \
+    "$SERVER" -m "$MODEL" --embeddings --host 127.0.0.1 --port "$PORT" -c 2048 -b 2048 \
+    -ub 512 -np 4 -t "$(nproc)" --alias all-minilm-l6-v2
 }
 
 case "${1:-}" in

@@ -149,16 +149,9 @@ start() {
     return 0
   fi
   say "starting llama-server on 127.0.0.1:$PORT (log: $LOG)"
-  mkdir -p "$(dirname "$PIDFILE")" "$(dirname "$LOG")"
-  # Until the server is healthy and handed over, any way out of this script stops it.
-  trap 'stop' EXIT
-  trap 'exit 130' INT TERM HUP
-  nohup "$SERVER" -m "$MODEL" --jinja --host 127.0.0.1 --port "$PORT" -c 8192 -t "$(nproc)" -np 1 \
-    --alias local >"$LOG" 2>&1 &
-  echo $! >"$PIDFILE"
-  wait_healthy 120
-  trap - EXIT INT TERM HUP
-  echo "http://127.0.0.1:$PORT/v1"
+  launch 120 "http://127.0.0.1:$PORT/v1" \
+    "$SERVER" -m "$MODEL" --jinja --host 127.0.0.1 --port "$PORT" -c 8192 -t "$(nproc)" -np 1 \
+    --alias local
 }
 
 case "${1:-}" in

@@ -82,6 +82,22 @@ wait_healthy() {
   return 1
 }
 
+# Starts the command $3... in the background (output in $LOG, PID in $PIDFILE) and waits up to
+# $1 seconds for healthy(); until it is healthy, any way out of the calling script stops it.
+# Prints $2 (the server's URL) once it is.
+launch() {
+  local seconds=$1 url=$2
+  shift 2
+  mkdir -p "$(dirname "$PIDFILE")" "$(dirname "$LOG")"
+  trap 'stop' EXIT
+  trap 'exit 130' INT TERM HUP
+  nohup "$@" >"$LOG" 2>&1 &
+  echo $! >"$PIDFILE"
+  wait_healthy "$seconds"
+  trap - EXIT INT TERM HUP
+  echo "$url"
+}
+
 # Stops the server this script started, by its PID: TERM, then KILL after 5 s.
 stop() {
   local pid

@@ -383,6 +383,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The local AWS endpoint the suite runs (`AWS_ENDPOINT_URL`); panics with what to run when it is
+/// not set.
+pub fn aws_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
+        panic!(
+            "AWS_ENDPOINT_URL is not set: run scripts/test.sh, or `scripts/aws-local.sh start` and export AWS_ENDPOINT_URL=<url> AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
+        )
+    })
+}
+
+/// A DynamoDB client for the local server and a new table (the session stores' key schema) named
+/// `<prefix>-<random>`.
+pub async fn fresh_dynamodb_table(prefix: &str) -> (aws_sdk_dynamodb::Client, String) {
+    aws_endpoint();
+    let (_, ddb) = agent_memory::clients_from_env().await;
+    let table = format!("{prefix}-{:x}", fastrand::u64(..));
+    agent_memory::DynamoDbSessionStore::new(ddb.clone(), &table)
+        .create_table()
+        .await
+        .unwrap_or_else(|e| panic!("creating table {table}: {e}"));
+    (ddb, table)
+}
+
 /// The benchmark's first turn: a call of `get_weather`.
 pub fn bench_call_turn() -> Turn {
     Turn::tool_call("get_weather", json!({"city": "Lisbon"})).with_usage(120, 20)

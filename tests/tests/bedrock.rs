@@ -255,9 +255,7 @@ async fn bedrock_errors_are_classified_and_bounded() {
 /// real peer's wrong shape, refused with a typed error.
 #[tokio::test]
 async fn ministacks_text_answer_to_an_embedding_request_is_refused() {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!("AWS_ENDPOINT_URL is not set: run scripts/test.sh, or `scripts/aws-local.sh start` and export AWS_ENDPOINT_URL=<url>")
-    });
+    let endpoint = agent_tests::aws_endpoint();
     let titan = BedrockEmbedder::new(client(&endpoint), "amazon.titan-embed-text-v2:0").unwrap();
     let e = titan
         .embed(&["I'm vegetarian."])

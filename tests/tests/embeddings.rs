@@ -122,23 +122,7 @@ async fn memory_finds_facts_by_meaning_where_words_find_nothing() {
 
 #[tokio::test]
 async fn dynamodb_keeps_the_vectors_and_a_second_replica_searches_by_meaning() {
-    if std::env::var("AWS_ENDPOINT_URL").is_err() {
-        panic!(
-            "AWS_ENDPOINT_URL is not set: run scripts/test.sh, or `scripts/aws-local.sh start` and export AWS_ENDPOINT_URL=<url> AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
-        );
-    }
-    let (_, ddb) = agent_memory::clients_from_env().await;
-    let table = format!(
-        "embeddings-{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    DynamoDbSessionStore::new(ddb.clone(), &table)
-        .create_table()
-        .await
-        .expect("table");
+    let (ddb, table) = agent_tests::fresh_dynamodb_table("embeddings").await;
     let writer =
         EmbeddingMemoryStore::new(DynamoDbMemoryStore::new(ddb.clone(), &table), embedder());
     for fact in FACTS {

@@ -561,23 +561,7 @@ async fn the_remember_tool_refuses_instructions() {
 
 #[tokio::test]
 async fn dynamodb_memory_store_against_the_local_server() {
-    if std::env::var("AWS_ENDPOINT_URL").is_err() {
-        panic!(
-            "AWS_ENDPOINT_URL is not set: run scripts/test.sh, or `scripts/aws-local.sh start` and export AWS_ENDPOINT_URL=<url> AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
-        );
-    }
-    let (_, ddb) = agent_memory::clients_from_env().await;
-    let table = format!(
-        "memories-{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    DynamoDbSessionStore::new(ddb.clone(), &table)
-        .create_table()
-        .await
-        .expect("table");
+    let (ddb, table) = agent_tests::fresh_dynamodb_table("memories").await;
     let store = DynamoDbMemoryStore::new(ddb, &table);
     let window = MemoryRecord::new("erin", "preferences", "Prefers window seats").with_source(
         agent_core::memory::MemorySource {
@@ -641,17 +625,7 @@ async fn dynamodb_memory_store_against_the_local_server() {
 /// replica is seen by the next search.
 #[tokio::test]
 async fn dynamodb_recall_reads_the_version_not_the_whole_memory_and_sees_other_replicas() {
-    if std::env::var("AWS_ENDPOINT_URL").is_err() {
-        panic!(
-            "AWS_ENDPOINT_URL is not set: run scripts/test.sh, or `scripts/aws-local.sh start` and export AWS_ENDPOINT_URL=<url> AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
-        );
-    }
-    let (_, ddb) = agent_memory::clients_from_env().await;
-    let table = format!("recall-{:x}", fastrand::u64(..));
-    DynamoDbSessionStore::new(ddb.clone(), &table)
-        .create_table()
-        .await
-        .expect("table");
+    let (ddb, table) = agent_tests::fresh_dynamodb_table("recall").await;
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = aws_sdk_dynamodb::Client::from_conf(
         ddb.config()
