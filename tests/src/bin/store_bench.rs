@@ -1,7 +1,9 @@
 //! Session-store measurements against the local S3/DynamoDB server and a local disk: requests
 //! per appended message (counted by an SDK interceptor, so every HTTP request is seen) and the
 //! time to restore a 1,000-message session; long-term memory recall over one actor's records
-//! (100,000 by default, `--records N`): reading them all and ranking, against the kept index.
+//! (100,000 by default, `--records N`; `--dynamodb-records N` for the DynamoDB row alone), each
+//! with a 384-dimension vector: reading them all and ranking, against the kept index, by words
+//! and hybrid.
 //!
 //! Run: `scripts/store-bench.sh` (starts and stops the local server).
 
@@ -129,6 +131,13 @@ async fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
+    // ministack reads a 100,000-record partition with vectors slowly (minutes per read): the
+    // DynamoDB row may use fewer records.
+    let dynamodb_records: usize = std::env::args()
+        .skip_while(|a| a != "--dynamodb-records")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(records);
     let memory_requests = Arc::new(AtomicUsize::new(0));
     let memory_client = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&config)
@@ -149,7 +158,12 @@ async fn main() {
         ),
         (
             "DynamoDB (ministack)",
-            search_latency(Arc::new(dynamo_memory), records, Some(&memory_requests)).await,
+            search_latency(
+                Arc::new(dynamo_memory),
+                dynamodb_records,
+                Some(&memory_requests),
+            )
+            .await,
         ),
     ];
     println!("\nsession stores: 1,000 messages appended one at a time, then restored (best of 5)");
@@ -169,7 +183,7 @@ async fn main() {
         );
     }
     println!(
-        "\nlong-term memory: recall (5 results) over {records} records of one actor, each with a\n 384-dimension vector: BM25 alone, and hybrid (BM25 fused with cosine over every vector)"
+        "\nlong-term memory: recall (5 results) over {records} records of one actor ({dynamodb_records}\n in DynamoDB), each with a 384-dimension vector: BM25 alone, and hybrid (BM25 fused with\n cosine over every vector)"
     );
     println!(
         "{:<22} {:>22} {:>18} {:>18} {:>20} {:>20}",
