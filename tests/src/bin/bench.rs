@@ -540,7 +540,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
-    let (mut rows, overhead, bounded, unbounded, cpu_ok, unary_ok) = rt.block_on(async {
+    let (mut rows, overhead, bounded, unbounded, cpu_ok, unary_ok, noise) = rt.block_on(async {
         let subjects = Arc::new(Subjects::new(&base_url));
         let cpu_n = if quick { 200 } else { 2000 };
         // Warm up every subject (connections, allocator, caches).
@@ -553,8 +553,10 @@ fn main() {
         ] {
             cpu_per_invocation(&subjects, who, 100).await;
         }
-        // The least CPU of five rounds, floor and agent interleaved so that drift hits both.
+        // The least CPU of five rounds, floor and agent interleaved so that drift hits both; the
+        // spread of the rounds is the noise the table states.
         let mut best = [Duration::MAX; 5];
+        let mut worst = [Duration::ZERO; 5];
         for _ in 0..5 {
             for (i, who) in [
                 Who::Floor,
@@ -566,10 +568,21 @@ fn main() {
             .into_iter()
             .enumerate()
             {
-                best[i] = best[i].min(cpu_per_invocation(&subjects, who, cpu_n).await);
+                let cpu = cpu_per_invocation(&subjects, who, cpu_n).await;
+                best[i] = best[i].min(cpu);
+                worst[i] = worst[i].max(cpu);
             }
         }
         let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let spread: Vec<f64> = best
+            .iter()
+            .zip(&worst)
+            .map(|(b, w)| 100.0 * (us(*w) - us(*b)) / us(*b).max(1e-9))
+            .collect();
+        let noise = format!(
+            "CPU rows: the least of 5 interleaved rounds of {cpu_n} invocations; the rounds spread by {:.1}% / {:.1}% (streamed floor / agent), {:.1}% / {:.1}% (unary floor / agent)",
+            spread[0], spread[1], spread[3], spread[4]
+        );
         let mut rows: Vec<Row> = vec![
             (
                 "client CPU per invocation, streamed (us)".to_owned(),
@@ -663,7 +676,7 @@ fn main() {
             &[10_000, 50_000, 100_000],
         )
         .await;
-        (rows, overhead, bounded, unbounded, cpu_ok, unary_ok)
+        (rows, overhead, bounded, unbounded, cpu_ok, unary_ok, noise)
     });
     drop(rt);
     // Throughput on one thread: the runtime a sidecar or a small pod runs.
@@ -699,6 +712,7 @@ fn main() {
         "{:<72} {:>10} {:>10.1} {:>8}  <= 8192",
         "idle session cost beyond its messages (bytes)", "", overhead, ""
     );
+    println!("noise: {noise}");
     let mem_ok = overhead <= 8192.0;
     println!("\nprocess RSS over a long run, a fresh session id per invocation (MiB):");
     let row = |name: &str, points: &[(usize, f64)]| {
