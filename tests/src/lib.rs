@@ -228,6 +228,8 @@ enum Responder {
 pub enum EmbeddingReply {
     /// HTTP 200 with this JSON body, as sent.
     Json(Value),
+    /// HTTP 200 with this body, as sent (JSON content type, whatever it holds).
+    Raw(String),
     /// HTTP 200 with `{"object": "list", "data": [...]}` holding these vectors, indexed in order.
     Vectors(Vec<Vec<f32>>),
     /// A fault: `Status`, `Redirect` and `SlowFirstByte` as for chat; `EndlessLine` is a 200
@@ -445,6 +447,14 @@ async fn embeddings(
     match reply {
         None => error_response(500, "no scripted embeddings answer", None, false),
         Some(EmbeddingReply::Json(body)) => json_response(200, &body),
+        Some(EmbeddingReply::Raw(body)) => {
+            let mut r = Response::new(Body::from(body));
+            r.headers_mut().insert(
+                "content-type",
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         Some(EmbeddingReply::Vectors(vectors)) => {
             let data: Vec<Value> = vectors
                 .iter()

@@ -225,6 +225,11 @@ async fn bedrock_errors_are_classified_and_bounded() {
             "invalid",
         ),
         (Next::Stall, "transient"),
+        // 40 MB declared and sent: refused on its Content-Length, before it is buffered.
+        (
+            Next::Body(json!({"embedding": [0.5], "padding": "x".repeat(40 << 20)})),
+            "too large",
+        ),
     ];
     for (next, kind) in cases {
         state.next.lock().unwrap().push(next.clone());
@@ -245,6 +250,9 @@ async fn bedrock_errors_are_classified_and_bounded() {
                 matches!(&e, ModelError::Fatal { status: Some(404), message } if message.contains("in this region"))
             }
             "fatal" => matches!(e, ModelError::Fatal { .. }) && !e.is_retryable(),
+            "too large" => {
+                matches!(&e, ModelError::Connection { message, .. } if message.contains("beyond"))
+            }
             _ => matches!(e, ModelError::InvalidReply { .. }),
         };
         assert!(ok, "{next:?}: {e:?}");

@@ -365,6 +365,11 @@ async fn an_embeddings_endpoint_that_lies_gets_typed_errors_and_memory_keeps_wor
         ),
         (
             "not JSON at all",
+            EmbeddingReply::Raw("<html>gateway</html>".into()),
+            &invalid,
+        ),
+        (
+            "a JSON string, not an object",
             EmbeddingReply::Json(json!("<html>gateway</html>")),
             &invalid,
         ),
@@ -439,7 +444,8 @@ async fn an_embeddings_endpoint_that_lies_gets_typed_errors_and_memory_keeps_wor
 
     // Memory over the lying endpoint: the record is stored without a vector, and found by its
     // words when the query cannot be embedded either.
-    let store = EmbeddingMemoryStore::new(InMemoryMemoryStore::new(), embedder.clone());
+    let store = EmbeddingMemoryStore::new(InMemoryMemoryStore::new(), embedder.clone())
+        .pause_after_failure(Duration::ZERO);
     server.push_embeddings([one(&[0.0, 0.0])]);
     store
         .put(&MemoryRecord::new("ana", "facts", "I'm vegetarian."))
@@ -458,6 +464,30 @@ async fn an_embeddings_endpoint_that_lies_gets_typed_errors_and_memory_keeps_wor
         .await
         .expect("search by words");
     assert_eq!(found.len(), 1);
+    // A failed embedder is left alone for a while: with the default pause, the next write and
+    // search do not call it at all (no request reaches the server).
+    let paused = EmbeddingMemoryStore::new(InMemoryMemoryStore::new(), embedder.clone());
+    server.push_embeddings([EmbeddingReply::Fault(agent_tests::Fault::SlowFirstByte(
+        Duration::from_secs(30),
+    ))]);
+    let started = std::time::Instant::now();
+    for fact in ["I'm vegetarian.", "I fly from Porto.", "I have a dog."] {
+        paused
+            .put(&MemoryRecord::new("bo", "facts", fact))
+            .await
+            .expect("stored without a vector");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "one stall, not three: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(paused.list("bo", None).await.unwrap().len(), 3);
+    assert_eq!(
+        paused.search("bo", None, "dog", 5).await.unwrap().len(),
+        1,
+        "found by words while the embedder is left alone"
+    );
     // Once the endpoint is back, `embed_missing` gives the record its vector.
     server.push_embeddings([one(&[0.6, 0.8])]);
     assert_eq!(store.embed_missing("ana").await.expect("backfill"), 1);

@@ -12,7 +12,7 @@ use agent_core::memory::{
 };
 use agent_core::prelude::*;
 use agent_core::session::{InMemorySessionStore, SessionKey, SessionStore};
-use agent_memory::{DynamoDbMemoryStore, DynamoDbSessionStore};
+use agent_memory::DynamoDbMemoryStore;
 use agent_tests::{Fault, MockVllm, Turn, provider};
 use serde_json::json;
 
@@ -100,7 +100,8 @@ async fn relevant_memories_go_with_the_prompt_as_quoted_context_never_into_syste
 }
 
 /// A model that keeps rephrasing `recall` (the user issue: six calls until the turn limit) is
-/// stopped by the loop guard once new wordings find only what an earlier one found, and answers.
+/// stopped by the loop guard once new wordings keep finding only what an earlier one found, and
+/// answers.
 #[tokio::test]
 async fn rephrased_recalls_that_find_nothing_new_end_tool_use_with_an_answer() {
     let memories: Arc<dyn MemoryStore> = Arc::new(InMemoryMemoryStore::new());
@@ -110,10 +111,11 @@ async fn rephrased_recalls_that_find_nothing_new_end_tool_use_with_an_answer() {
         recall("diet"),
         recall("what do I eat"),
         recall("meals on flights"),
+        recall("dietary restrictions"),
         Turn::text("I don't know your food preferences yet."),
         // What the model would have gone on with, unguarded.
-        recall("dietary restrictions"),
         recall("allergies"),
+        recall("snacks"),
     ])
     .await
     .expect("server");
@@ -131,17 +133,15 @@ async fn rephrased_recalls_that_find_nothing_new_end_tool_use_with_an_answer() {
         .expect("invoke");
     assert_eq!(r.stop_reason, StopReason::ToolLoop);
     assert_eq!(r.text(), "I don't know your food preferences yet.");
-    // Three rephrasings found the same nothing: the first two were answered with the note, the
-    // third went past the allowance and ended tool use, and the final answer was asked for
-    // without tools.
+    // Four rephrasings found the same nothing: the first three were answered with the note,
+    // the fourth went past the allowance (3) and ended tool use, and the final answer was asked
+    // for without tools.
     let received = server.received();
-    assert_eq!(received.len(), 5, "four recalls and the final answer");
-    assert!(
-        server
-            .last_message(2)
-            .contains("other wording will not find more")
-    );
-    assert_eq!(received[4].body["tool_choice"], "none");
+    assert_eq!(received.len(), 6, "five recalls and the final answer");
+    let note = "other wording will not find more";
+    assert!(!server.last_message(1).contains(note));
+    assert!(server.last_message(2).contains(note));
+    assert_eq!(received[5].body["tool_choice"], "none");
     assert_eq!(
         server.remaining(),
         2,
@@ -316,6 +316,8 @@ async fn extraction_batches_an_actors_invocations_and_reports_each_outcome() {
 
     // Two model calls for three invocations: the waiting two went together.
     assert_eq!(server.received().len(), 5);
+    // The batch's output bound is that of its two conversations together.
+    assert_eq!(server.received()[4].body["max_tokens"], 1024);
     let batch = server.last_message(4);
     assert!(
         batch.contains("window seats") && batch.contains("Bolt") && !batch.contains("vegetarian"),

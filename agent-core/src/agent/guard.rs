@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use crate::message::{ToolResult, ToolResultContent, ToolUse};
+use crate::message::{ToolResult, ToolResultContent, ToolResultStatus, ToolUse};
 
 /// The note appended to a result that answers a repeated call.
 pub const REPEATED_CALL_NOTE: &str = "Note: this call repeats an earlier one with the same tool and the same arguments, so it \
@@ -29,10 +29,12 @@ call a different tool.";
 /// How the loop treats repeated identical tool calls (same tool name and the same arguments,
 /// compared as JSON values) within one invocation. On by default.
 ///
-/// A call with other arguments that returns exactly what an earlier call of the same tool
-/// returned counts as a repeat too (its result gets [`SAME_RESULT_NOTE`]): a model that keeps
+/// A call with other arguments that succeeds with exactly what an earlier successful call of the
+/// same tool returned is counted too (its result gets [`SAME_RESULT_NOTE`]): a model that keeps
 /// rephrasing a search that finds nothing new (`recall` with one wording after another) is
-/// looping as surely as one that repeats its arguments.
+/// looping as surely as one that repeats its arguments. Such results have their own, larger
+/// allowance (`max_same_results`, default 3), since different questions can have one answer
+/// ("sunny" in two cities); errors never count (a timeout, an unknown tool).
 ///
 /// A repeat is answered with the earlier call's result and [`REPEATED_CALL_NOTE`], without
 /// running the tool again. After `max_repeats` such answers, the next repeat ends the run's tool
@@ -43,6 +45,7 @@ call a different tool.";
 pub struct LoopGuard {
     enabled: bool,
     max_repeats: u32,
+    max_same_results: u32,
     exempt: HashSet<String>,
 }
 
@@ -51,6 +54,7 @@ impl Default for LoopGuard {
         Self {
             enabled: true,
             max_repeats: 2,
+            max_same_results: 3,
             exempt: HashSet::new(),
         }
     }
@@ -77,6 +81,13 @@ impl LoopGuard {
         self
     }
 
+    /// How many calls with new arguments may return what an earlier call of their tool returned
+    /// before the next one ends the run's tool use (default 3).
+    pub fn max_same_results(mut self, n: u32) -> Self {
+        self.max_same_results = n;
+        self
+    }
+
     /// Lets a tool be called repeatedly with the same arguments; its calls always run.
     pub fn exempt(mut self, tool_name: impl Into<String>) -> Self {
         self.exempt.insert(tool_name.into());
@@ -89,6 +100,7 @@ impl LoopGuard {
 pub(crate) struct CallMemory {
     calls: Vec<(String, Value, ToolResult)>,
     repeats: u32,
+    same_results: u32,
     /// Whether repeated results went past the allowance (tool use ends after this batch).
     tripped: bool,
 }
@@ -149,10 +161,11 @@ impl CallMemory {
             return result;
         }
         let same_result = guard.enabled
+            && result.status == ToolResultStatus::Success
             && !guard.exempt.contains(&tool_use.name)
             && self.calls.iter().any(|(name, _, earlier)| {
                 *name == tool_use.name
-                    && earlier.status == result.status
+                    && earlier.status == ToolResultStatus::Success
                     && earlier.content == result.content
             });
         self.calls.push((
@@ -161,8 +174,8 @@ impl CallMemory {
             result.clone(),
         ));
         if same_result {
-            self.repeats = self.repeats.saturating_add(1);
-            if self.repeats > guard.max_repeats {
+            self.same_results = self.same_results.saturating_add(1);
+            if self.same_results > guard.max_same_results {
                 self.tripped = true;
             }
             result
@@ -232,7 +245,7 @@ mod tests {
 
     #[test]
     fn rephrased_calls_that_find_nothing_new_are_repeats() {
-        let guard = LoopGuard::new().max_repeats(1);
+        let guard = LoopGuard::new().max_same_results(1);
         let mut memory = CallMemory::default();
         let nothing = |id: &str| ToolResult::success(id, r#"{"memories":[]}"#);
         let first = memory.remember(
@@ -292,5 +305,15 @@ mod tests {
             }
             assert!(!memory.take_tripped());
         }
+        // Errors never count: a tool that times out for every input is not a loop.
+        let guard = LoopGuard::new().max_same_results(0);
+        let mut memory = CallMemory::default();
+        for i in 0..3 {
+            let id = format!("e{i}");
+            let failed = ToolResult::error(&id, "tool `search` timed out after 100 ms");
+            let r = memory.remember(&guard, &call(&id, "search", json!({ "q": id })), failed);
+            assert_eq!(r.content.len(), 1);
+        }
+        assert!(!memory.take_tripped());
     }
 }

@@ -703,11 +703,19 @@ async fn run_session(
     }
     run.checkpoint.lease = None;
     run.save_if_changed().await?;
-    // Only a run that ended with an answer is mined; a failed or stopped one may hold half a
-    // thought, and the extraction call would compete with the user's next request.
+    // Only a run that ended with an answer is mined (also one the loop guard sent to its final
+    // answer); a failed or stopped one may hold half a thought, and the extraction call would
+    // compete with the user's next request.
+    let answered = match stop_reason {
+        StopReason::EndTurn => true,
+        StopReason::ToolLoop => run.history.messages()[first_new..]
+            .last()
+            .is_some_and(|m| m.role == Role::Assistant && !m.text().trim().is_empty()),
+        _ => false,
+    };
     if let (Some(memory), Some(actor)) = (&agent.memory, actor_id)
         && memory.extract
-        && stop_reason == StopReason::EndTurn
+        && answered
     {
         let messages = &run.history.messages()[first_new..];
         let said_about_self = messages

@@ -2,6 +2,7 @@
 //! makes every search hybrid (words and meaning).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +19,8 @@ use super::{
 ///   without a vector (and found by its words): a fact is never lost to an embedding outage.
 /// - `search` embeds the query and runs the hybrid search of [`MemoryQuery`]; when the embedder
 ///   fails or takes longer than its bound, it falls back to words.
+/// - After a failure the embedder is left alone for [`EMBEDDER_PAUSE`] (records without
+///   vectors, searches by words), so a stalled embedder costs one timeout, not one per record.
 ///
 /// A record whose content changes must be written without its old vector
 /// (`record.embedding = None`), so that it gets a new one. [`MemoryConfig::embedder`](super::MemoryConfig::embedder)
@@ -28,6 +31,9 @@ pub struct EmbeddingMemoryStore {
     embedder: Arc<dyn Embedder>,
     min_similarity: f32,
     timeout: Duration,
+    /// Until when (epoch milliseconds) the embedder is left alone after a failure.
+    paused_until: Arc<AtomicU64>,
+    pause: Duration,
 }
 
 impl std::fmt::Debug for EmbeddingMemoryStore {
@@ -49,6 +55,8 @@ impl EmbeddingMemoryStore {
             embedder: Arc::new(embedder),
             min_similarity: DEFAULT_MIN_SIMILARITY,
             timeout: Duration::from_secs(10),
+            paused_until: Arc::new(AtomicU64::new(0)),
+            pause: EMBEDDER_PAUSE,
         }
     }
 
@@ -64,22 +72,54 @@ impl EmbeddingMemoryStore {
         self
     }
 
+    /// Sets how long a failed embedder is left alone (default [`EMBEDDER_PAUSE`]; zero tries it
+    /// again at once).
+    pub fn pause_after_failure(mut self, pause: Duration) -> Self {
+        self.pause = pause;
+        self
+    }
+
     /// The store underneath.
     pub fn inner(&self) -> &Arc<dyn MemoryStore> {
         &self.store
     }
 
+    /// Runs one embedding call under the store's bound. After a failure the embedder is left
+    /// alone for [`EMBEDDER_PAUSE`]: records are stored without vectors and searches go by words
+    /// meanwhile, so an embedder that stalls costs one bound, not one per record, and an
+    /// extraction's writes are not starved by it (see [`Self::pause_after_failure`]).
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, crate::model::ModelError>>,
+    ) -> Result<T, MemoryError> {
+        let now = millis();
+        if now < self.paused_until.load(Ordering::Relaxed) {
+            return Err(MemoryError::Backend {
+                message: "the embedder failed moments ago; it is left alone for now".into(),
+                source: None,
+            });
+        }
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => MemoryError::backend("embedding", e),
+            Err(_) => MemoryError::Backend {
+                message: format!("embedding took longer than {:?}", self.timeout),
+                source: None,
+            },
+        };
+        let pause = u64::try_from(self.pause.as_millis()).unwrap_or(u64::MAX);
+        self.paused_until
+            .store(millis().saturating_add(pause), Ordering::Relaxed);
+        Err(result)
+    }
+
     async fn embed_one(&self, text: &str) -> Result<super::Embedding, MemoryError> {
         let texts = [text];
-        match tokio::time::timeout(self.timeout, self.embedder.embed(&texts)).await {
-            Ok(Ok(mut v)) if v.len() == 1 => Ok(v.remove(0)),
-            Ok(Ok(v)) => Err(MemoryError::Backend {
-                message: format!("the embedder returned {} vectors for one text", v.len()),
-                source: None,
-            }),
-            Ok(Err(e)) => Err(MemoryError::backend("embedding", e)),
-            Err(_) => Err(MemoryError::Backend {
-                message: format!("embedding took longer than {:?}", self.timeout),
+        let mut vectors = self.bounded(self.embedder.embed(&texts)).await?;
+        match vectors.len() {
+            1 => Ok(vectors.remove(0)),
+            n => Err(MemoryError::Backend {
+                message: format!("the embedder returned {n} vectors for one text"),
                 source: None,
             }),
         }
@@ -87,7 +127,10 @@ impl EmbeddingMemoryStore {
 
     /// Gives the actor's records that have no vector of this embedder's model one, in batches:
     /// for memory written before the embedder was configured, or while it was down. Returns how
-    /// many records were updated.
+    /// many records were updated. A record whose text or update time changed while its vector
+    /// was being made is left for the next run, never written back over the change; a writer
+    /// that changes it between this call's last read and its write (a few milliseconds) can
+    /// still be overwritten, as the store has no conditional write for memory records.
     pub async fn embed_missing(&self, actor_id: &str) -> Result<usize, MemoryError> {
         let model = self.embedder.model().to_owned();
         let missing: Vec<MemoryRecord> = self
@@ -100,13 +143,7 @@ impl EmbeddingMemoryStore {
         let mut updated = 0;
         for chunk in missing.chunks(32) {
             let texts: Vec<&str> = chunk.iter().map(|r| r.content.as_str()).collect();
-            let vectors = tokio::time::timeout(self.timeout, self.embedder.embed(&texts))
-                .await
-                .map_err(|_| MemoryError::Backend {
-                    message: format!("embedding took longer than {:?}", self.timeout),
-                    source: None,
-                })?
-                .map_err(|e| MemoryError::backend("embedding", e))?;
+            let vectors = self.bounded(self.embedder.embed(&texts)).await?;
             if vectors.len() != chunk.len() {
                 return Err(MemoryError::Backend {
                     message: format!(
@@ -117,7 +154,24 @@ impl EmbeddingMemoryStore {
                     source: None,
                 });
             }
+            // What the store holds now: only records unchanged since they were read get their
+            // vector.
+            let current: std::collections::HashMap<(String, String), MemoryRecord> = self
+                .store
+                .list(actor_id, None)
+                .await?
+                .into_iter()
+                .map(|r| ((r.namespace.clone(), r.id.clone()), r))
+                .collect();
             for (record, vector) in chunk.iter().zip(vectors) {
+                let unchanged = current
+                    .get(&(record.namespace.clone(), record.id.clone()))
+                    .is_some_and(|now| {
+                        now.content == record.content && now.updated_at == record.updated_at
+                    });
+                if !unchanged {
+                    continue;
+                }
                 let mut record = record.clone();
                 record.embedding = Some(vector);
                 self.store.put(&record).await?;
@@ -126,6 +180,15 @@ impl EmbeddingMemoryStore {
         }
         Ok(updated)
     }
+}
+
+/// How long an embedder that failed is left alone.
+pub const EMBEDDER_PAUSE: Duration = Duration::from_secs(30);
+
+fn millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[async_trait]
@@ -173,7 +236,7 @@ impl MemoryStore for EmbeddingMemoryStore {
         limit: usize,
     ) -> Result<Vec<ScoredRecord>, MemoryError> {
         let q = MemoryQuery::new(query).min_similarity(self.min_similarity);
-        match self.embed_one(query).await {
+        match self.bounded(self.embedder.embed_query(query)).await {
             Ok(vector) => {
                 self.store
                     .search_query(actor_id, namespace, &q.embedding(&vector), limit)

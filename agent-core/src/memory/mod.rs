@@ -23,7 +23,7 @@ mod index;
 mod queue;
 mod tools;
 
-pub use embedded::EmbeddingMemoryStore;
+pub use embedded::{EMBEDDER_PAUSE, EmbeddingMemoryStore};
 
 pub use extract::{
     Conversation, Extraction, extract_memories, extract_memories_from, is_instruction, is_request,
@@ -436,8 +436,9 @@ impl MemoryConfig {
     }
 
     /// Waits until no invocation waits to be mined or is being mined: for tests, and for a
-    /// service's drain before it exits (bound it with the drain's deadline). Each extraction is
-    /// bounded by its timeout and the queue by its size, so this wait is bounded too.
+    /// service's drain before it exits (bound it with the drain's deadline). Once no new
+    /// invocations finish, the wait is bounded: each extraction by its timeout, the queue by its
+    /// size. Under steady load it may not end; bound it.
     pub async fn settled(&self) {
         self.queue.settled().await;
     }

@@ -39,7 +39,8 @@ pub enum MemoryEvent {
         /// How long the extraction took.
         elapsed: Duration,
     },
-    /// The extraction failed or timed out; nothing was written for these invocations.
+    /// The extraction failed, timed out or ended early. Records it wrote before that stay;
+    /// nothing more is written for these invocations.
     Failed {
         /// Whose memory.
         actor_id: String,
@@ -90,8 +91,9 @@ pub(crate) struct Queue {
     pending: AtomicUsize,
     max: usize,
     idle: Notify,
-    /// Actors with an extraction task, and the invocations waiting for it.
-    actors: Mutex<HashMap<String, Vec<Job>>>,
+    /// Actors (with the store and model their jobs go to) that have an extraction task, and the
+    /// invocations waiting for it.
+    actors: Mutex<HashMap<ActorKey, Vec<Job>>>,
     events: broadcast::Sender<MemoryEvent>,
     extractions: AtomicU64,
     invocations: AtomicU64,
@@ -107,6 +109,15 @@ impl std::fmt::Debug for Job {
             .field("session_id", &self.session_id)
             .finish_non_exhaustive()
     }
+}
+
+/// An actor's queue: jobs are batched only with jobs for the same store and model (clones of a
+/// config share the queue, and may have changed their store).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ActorKey {
+    actor: String,
+    store: usize,
+    model: usize,
 }
 
 /// What an extraction task needs besides its jobs.
@@ -133,7 +144,7 @@ impl Queue {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Job>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ActorKey, Vec<Job>>> {
         // Every critical section leaves the map consistent.
         self.actors
             .lock()
@@ -198,16 +209,22 @@ impl Queue {
             });
             return;
         }
-        if let Some(waiting) = actors.get_mut(actor_id) {
+        let key = ActorKey {
+            actor: actor_id.to_owned(),
+            store: Arc::as_ptr(&miner.store).cast::<()>() as usize,
+            model: Arc::as_ptr(&miner.model).cast::<()>() as usize,
+        };
+        if let Some(waiting) = actors.get_mut(&key) {
             waiting.push(job);
             return;
         }
-        actors.insert(actor_id.to_owned(), Vec::new());
+        actors.insert(key.clone(), Vec::new());
         drop(actors);
         let runner = Runner {
             queue: self.clone(),
-            actor: actor_id.to_owned(),
-            in_hand: 0,
+            key,
+            // The job is counted in `pending` already: it is in hand from now on.
+            in_hand: vec![job.session_id.clone()],
             finished: false,
         };
         tokio::spawn(runner.run(miner, vec![job]));
@@ -218,26 +235,26 @@ impl Queue {
 /// drop forgets the actor's waiting jobs, so the actor's next invocation starts a new task.
 struct Runner {
     queue: Arc<Queue>,
-    actor: String,
-    /// Jobs of the batch being mined, not yet counted done.
-    in_hand: usize,
+    key: ActorKey,
+    /// Sessions of the jobs being mined, not yet counted done.
+    in_hand: Vec<String>,
     finished: bool,
 }
 
 impl Runner {
     async fn run(mut self, miner: Miner, mut batch: Vec<Job>) {
         loop {
-            self.in_hand = batch.len();
+            self.in_hand = batch.iter().map(|j| j.session_id.clone()).collect();
             self.mine(&miner, &batch).await;
-            self.queue.done(std::mem::take(&mut self.in_hand));
+            self.queue.done(std::mem::take(&mut self.in_hand).len());
             let mut actors = self.queue.lock();
-            match actors.get_mut(&self.actor) {
+            match actors.get_mut(&self.key) {
                 Some(waiting) if !waiting.is_empty() => {
                     let take = waiting.len().min(MAX_EXTRACTION_BATCH);
                     batch = waiting.drain(..take).collect();
                 }
                 _ => {
-                    actors.remove(&self.actor);
+                    actors.remove(&self.key);
                     self.finished = true;
                     return;
                 }
@@ -257,7 +274,12 @@ impl Runner {
             })
             .collect();
         let started = Instant::now();
-        let work = extract_memories_from(&*miner.model, &*miner.store, &self.actor, &conversations);
+        let work = extract_memories_from(
+            &*miner.model,
+            &*miner.store,
+            &self.key.actor,
+            &conversations,
+        );
         let event = match tokio::time::timeout(miner.timeout, work).await {
             Ok(Ok(outcome)) => {
                 q.extractions.fetch_add(1, Ordering::SeqCst);
@@ -268,14 +290,14 @@ impl Runner {
                 q.refused
                     .fetch_add(outcome.refused.len() as u64, Ordering::SeqCst);
                 tracing::info!(
-                    actor = %self.actor,
+                    actor = %self.key.actor,
                     invocations = batch.len(),
                     written = outcome.written.len(),
                     refused = ?outcome.refused,
                     "memories extracted"
                 );
                 MemoryEvent::Extracted {
-                    actor_id: self.actor.clone(),
+                    actor_id: self.key.actor.clone(),
                     sessions,
                     written: outcome.written,
                     refused: outcome.refused,
@@ -286,9 +308,9 @@ impl Runner {
                 q.failed.fetch_add(1, Ordering::SeqCst);
                 // The whole chain: "extraction model call" alone does not say what failed.
                 let error = crate::error::chain(&e);
-                tracing::warn!(actor = %self.actor, %error, "memory extraction failed");
+                tracing::warn!(actor = %self.key.actor, %error, "memory extraction failed");
                 MemoryEvent::Failed {
-                    actor_id: self.actor.clone(),
+                    actor_id: self.key.actor.clone(),
                     sessions,
                     error,
                 }
@@ -296,9 +318,9 @@ impl Runner {
             Err(_) => {
                 q.failed.fetch_add(1, Ordering::SeqCst);
                 let error = format!("timed out after {:?}", miner.timeout);
-                tracing::warn!(actor = %self.actor, %error, "memory extraction failed");
+                tracing::warn!(actor = %self.key.actor, %error, "memory extraction failed");
                 MemoryEvent::Failed {
-                    actor_id: self.actor.clone(),
+                    actor_id: self.key.actor.clone(),
                     sessions,
                     error,
                 }
@@ -313,8 +335,22 @@ impl Drop for Runner {
         if self.finished {
             return;
         }
-        let waiting = self.queue.lock().remove(&self.actor).unwrap_or_default();
-        // The batch in hand when the task ended is counted too: it never reached `done`.
-        self.queue.done(waiting.len() + self.in_hand);
+        // The task ended early (a panic, or the runtime shutting down): its batch and the
+        // actor's waiting jobs are reported failed and no longer counted as pending.
+        let waiting = self.queue.lock().remove(&self.key).unwrap_or_default();
+        let mut sessions = std::mem::take(&mut self.in_hand);
+        sessions.extend(waiting.into_iter().map(|j| j.session_id));
+        if sessions.is_empty() {
+            return;
+        }
+        self.queue.failed.fetch_add(1, Ordering::SeqCst);
+        tracing::warn!(actor = %self.key.actor, invocations = sessions.len(), "memory extraction ended early: these invocations are not mined");
+        let n = sessions.len();
+        let _ = self.queue.events.send(MemoryEvent::Failed {
+            actor_id: self.key.actor.clone(),
+            sessions,
+            error: "the extraction task ended before it finished (a panic, or shutdown)".into(),
+        });
+        self.queue.done(n);
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ModelError;
-use super::embed::{Embedder, Embedding, checked};
+use super::embed::{Embedder, Embedding, checked, cut, invalid, parse_answer};
 
 /// The request and answer shapes of the embedding model families Bedrock serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,14 +25,49 @@ enum Family {
 /// Texts per Cohere request (the service's limit).
 const COHERE_BATCH: usize = 96;
 
+/// The largest answer read: a larger `Content-Length` fails the call before its body is read.
+const MAX_ANSWER: usize = 32 * 1024 * 1024;
+
+/// Refuses an answer whose declared length is beyond [`MAX_ANSWER`], before the SDK buffers it.
+#[derive(Debug)]
+struct AnswerLimit;
+
+impl aws_sdk_bedrockruntime::config::Intercept for AnswerLimit {
+    fn name(&self) -> &'static str {
+        "answer-limit"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &aws_sdk_bedrockruntime::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &aws_sdk_bedrockruntime::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_bedrockruntime::config::ConfigBag,
+    ) -> Result<(), aws_sdk_bedrockruntime::error::BoxError> {
+        let declared = context
+            .response()
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.parse::<usize>().ok());
+        match declared {
+            Some(n) if n > MAX_ANSWER => {
+                Err(format!("the answer declares {n} bytes, beyond {MAX_ANSWER}").into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// An embedding model on Amazon Bedrock: Amazon Titan Text Embeddings (`amazon.titan-embed-*`)
-/// or Cohere Embed (`cohere.embed-*`), by model id or inference-profile ARN.
+/// or Cohere Embed (`cohere.embed-*`), by model id ([`BedrockEmbedder::new`] tells the family
+/// from it) or inference-profile ARN ([`BedrockEmbedder::titan`], [`BedrockEmbedder::cohere`]).
 ///
-/// Each request is bounded (default 30 s); errors are classified as the chat providers' are:
-/// throttling and quota errors are [`ModelError::Throttled`], service unavailability and
-/// internal errors are transient, and access denied, an unknown model or a refused request are
-/// fatal with a message that says what to fix. Every answer is checked as
-/// [`OpenAiEmbedder`](super::openai::OpenAiEmbedder)'s is.
+/// Each request is bounded (default 30 s, and an answer of at most 32 MiB); texts are cut to
+/// 2,000 characters (Cohere's limit is 2,048). Errors are classified as the chat providers' are:
+/// throttling, quota and a model that is not ready yet are [`ModelError::Throttled`], service
+/// unavailability and internal errors are retryable, and access denied, an unknown model or a
+/// refused request are fatal with a message that says what to fix. Every answer is checked as
+/// [`OpenAiEmbedder`](super::openai::OpenAiEmbedder)'s is. Cohere embeds queries as
+/// `search_query` and memories as `search_document`.
 #[derive(Debug, Clone)]
 pub struct BedrockEmbedder {
     client: aws_sdk_bedrockruntime::Client,
@@ -40,6 +75,7 @@ pub struct BedrockEmbedder {
     family: Family,
     dimensions: Option<u32>,
     timeout: Duration,
+    max_input_chars: usize,
 }
 
 #[derive(Deserialize)]
@@ -53,29 +89,47 @@ struct CohereAnswer {
 }
 
 impl BedrockEmbedder {
-    /// An embedder for `model_id` (e.g. `amazon.titan-embed-text-v2:0`); a model of another
-    /// family is a configuration error.
+    /// An embedder for `model_id` (e.g. `amazon.titan-embed-text-v2:0`), its family told from
+    /// the id; an id of another family is a configuration error.
     pub fn new(
         client: aws_sdk_bedrockruntime::Client,
         model_id: impl Into<String>,
     ) -> Result<Self, ModelError> {
         let model_id = model_id.into();
-        let family = if model_id.contains("titan-embed") {
-            Family::Titan
+        if model_id.contains("titan-embed") {
+            Ok(Self::titan(client, model_id))
         } else if model_id.contains("cohere.embed") {
-            Family::Cohere
+            Ok(Self::cohere(client, model_id))
         } else {
-            return Err(ModelError::Config(format!(
-                "`{model_id}` is not a Bedrock embedding model this embedder speaks: use amazon.titan-embed-* or cohere.embed-*"
-            )));
-        };
-        Ok(Self {
+            Err(ModelError::Config(format!(
+                "`{model_id}` is not a Bedrock embedding model this embedder speaks: use amazon.titan-embed-* or cohere.embed-*, or name the family with BedrockEmbedder::titan / ::cohere (inference profiles)"
+            )))
+        }
+    }
+
+    /// A Titan Text Embeddings model (or an inference profile of one).
+    pub fn titan(client: aws_sdk_bedrockruntime::Client, model_id: impl Into<String>) -> Self {
+        Self::with_family(client, model_id.into(), Family::Titan)
+    }
+
+    /// A Cohere Embed model (or an inference profile of one).
+    pub fn cohere(client: aws_sdk_bedrockruntime::Client, model_id: impl Into<String>) -> Self {
+        Self::with_family(client, model_id.into(), Family::Cohere)
+    }
+
+    fn with_family(
+        client: aws_sdk_bedrockruntime::Client,
+        model_id: String,
+        family: Family,
+    ) -> Self {
+        Self {
             client,
             model_id,
             family,
             dimensions: None,
             timeout: Duration::from_secs(30),
-        })
+            max_input_chars: 2000,
+        }
     }
 
     /// Asks Titan Text Embeddings V2 for vectors of this length (256, 512 or 1024).
@@ -98,6 +152,8 @@ impl BedrockEmbedder {
             .content_type("application/json")
             .accept("application/json")
             .body(Blob::new(body.to_string()))
+            .customize()
+            .interceptor(AnswerLimit)
             .send();
         let output = tokio::time::timeout(self.timeout, call)
             .await
@@ -155,9 +211,11 @@ fn invoke_error(
             message: format!("no model {model_id} in this region ({message})"),
         }
     } else if service.is_model_not_ready_exception() {
-        ModelError::Fatal {
-            status: Some(429),
-            message: format!("{model_id} is not ready to serve ({message})"),
+        // AWS: the model is being readied; retry.
+        ModelError::Throttled {
+            status: 429,
+            message: format!("{model_id} is not ready to serve yet ({message})"),
+            retry_after: None,
         }
     } else {
         // A validation error, or one the SDK does not model: its whole context says which.
@@ -168,10 +226,6 @@ fn invoke_error(
     }
 }
 
-fn invalid(message: String) -> ModelError {
-    ModelError::InvalidReply { message }
-}
-
 #[async_trait]
 impl Embedder for BedrockEmbedder {
     fn model(&self) -> &str {
@@ -179,35 +233,47 @@ impl Embedder for BedrockEmbedder {
     }
 
     async fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
+        self.embed_as(texts, "search_document").await
+    }
+
+    async fn embed_query(&self, text: &str) -> Result<Embedding, ModelError> {
+        let mut vectors = self.embed_as(&[text], "search_query").await?;
+        match vectors.len() {
+            1 => Ok(vectors.remove(0)),
+            n => Err(invalid(format!("{n} vectors for one text"))),
+        }
+    }
+}
+
+impl BedrockEmbedder {
+    /// Vectors for `texts`; `input_type` is Cohere's (`search_document` or `search_query`).
+    async fn embed_as(
+        &self,
+        texts: &[&str],
+        input_type: &str,
+    ) -> Result<Vec<Embedding>, ModelError> {
+        let texts: Vec<&str> = texts.iter().map(|t| cut(t, self.max_input_chars)).collect();
         let mut vectors = Vec::with_capacity(texts.len());
         match self.family {
             Family::Titan => {
-                for text in texts {
+                for text in &texts {
                     let mut body = json!({ "inputText": text });
                     if let Some(n) = self.dimensions {
                         body["dimensions"] = json!(n);
                     }
                     let bytes = self.invoke(body).await?;
-                    let answer: TitanAnswer = serde_json::from_slice(&bytes).map_err(|e| {
-                        invalid(format!(
-                            "the Titan answer has no embedding ({e}): {}",
-                            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-                        ))
-                    })?;
+                    let answer: TitanAnswer =
+                        parse_answer("the Titan answer has no embedding", &bytes)?;
                     vectors.push(answer.embedding);
                 }
             }
             Family::Cohere => {
                 for batch in texts.chunks(COHERE_BATCH) {
                     let bytes = self
-                        .invoke(json!({ "texts": batch, "input_type": "search_document" }))
+                        .invoke(json!({ "texts": batch, "input_type": input_type }))
                         .await?;
-                    let answer: CohereAnswer = serde_json::from_slice(&bytes).map_err(|e| {
-                        invalid(format!(
-                            "the Cohere answer has no embeddings ({e}): {}",
-                            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-                        ))
-                    })?;
+                    let answer: CohereAnswer =
+                        parse_answer("the Cohere answer has no embeddings", &bytes)?;
                     if answer.embeddings.len() != batch.len() {
                         return Err(invalid(format!(
                             "{} vectors for {} texts",

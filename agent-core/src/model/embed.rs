@@ -68,10 +68,35 @@ pub(crate) fn cosine_with_norms(a: &[f32], a_norm: f32, b: &[f32], b_norm: f32) 
 /// The longest vector accepted from a server.
 pub(crate) const MAX_DIMENSIONS: usize = 65_536;
 
+/// An answer that is not what the protocol promises.
+pub(crate) fn invalid(message: String) -> ModelError {
+    ModelError::InvalidReply { message }
+}
+
+/// `text` cut to at most `max_chars` characters (at a character boundary).
+pub(crate) fn cut(text: &str, max_chars: usize) -> &str {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// An answer body that does not parse as `T`: an invalid reply quoting its start.
+pub(crate) fn parse_answer<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, ModelError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        invalid(format!(
+            "{what} ({e}): {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        ))
+    })
+}
+
 /// `vectors` as embeddings of `model`, if every one is usable: not empty, at most
 /// [`MAX_DIMENSIONS`] long, all of one length, finite and not zero.
 pub(crate) fn checked(model: &str, vectors: Vec<Vec<f32>>) -> Result<Vec<Embedding>, ModelError> {
-    let invalid = |message: String| ModelError::InvalidReply { message };
     let mut dimensions = None;
     let mut out = Vec::with_capacity(vectors.len());
     for (i, vector) in vectors.into_iter().enumerate() {
@@ -106,8 +131,18 @@ pub trait Embedder: Send + Sync + 'static {
     /// The model's name, stored with every vector it makes.
     fn model(&self) -> &str;
 
-    /// One vector per text, in order.
+    /// One vector per text, in order: for texts to be found (memories).
     async fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError>;
+
+    /// The vector of a search query. Models that embed queries and documents differently
+    /// (Cohere's `search_query`) override it; by default it is [`Embedder::embed`]'s.
+    async fn embed_query(&self, text: &str) -> Result<Embedding, ModelError> {
+        let mut vectors = self.embed(&[text]).await?;
+        match vectors.len() {
+            1 => Ok(vectors.remove(0)),
+            n => Err(invalid(format!("{n} vectors for one text"))),
+        }
+    }
 }
 
 /// A shared embedder is an embedder.
@@ -119,6 +154,10 @@ impl<E: Embedder + ?Sized> Embedder for Arc<E> {
 
     async fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
         (**self).embed(texts).await
+    }
+
+    async fn embed_query(&self, text: &str) -> Result<Embedding, ModelError> {
+        (**self).embed_query(text).await
     }
 }
 
@@ -152,5 +191,8 @@ mod tests {
         assert!((dot(&long, &long) - plain).abs() < 1e-3);
         let l = e("m", &long);
         assert!((l.cosine(&l).unwrap() - 1.0).abs() < 1e-6);
+        // Cut at characters, not bytes.
+        assert_eq!(cut("Zoë likes café", 3), "Zoë");
+        assert_eq!(cut("short", 10), "short");
     }
 }

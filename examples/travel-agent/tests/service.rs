@@ -787,6 +787,42 @@ async fn bounded_under_load_and_idempotent() {
         2,
         "{history}"
     );
+
+    // A user who says something about themselves: one extraction, counted on /metrics.
+    model.push([
+        Turn::text("Noted."),
+        Turn::tool_call(
+            "save_memories",
+            json!({"memories": [{"namespace": "facts", "content": "Is vegetarian"}]}),
+        ),
+    ]);
+    let (status, _, body) = invoke(
+        &service,
+        None,
+        json!({"prompt": "I'm vegetarian.", "session_id": "diet"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let done = "travel_agent_memory_extractions_total{outcome=\"done\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = service.metrics().await;
+        if metrics[done] >= 1.0 || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(metrics[done], 1.0, "{metrics:?}");
+    assert_eq!(
+        metrics["travel_agent_memory_records_total{result=\"written\"}"],
+        1.0
+    );
+    assert_eq!(
+        metrics["travel_agent_memory_invocations_total{result=\"mined\"}"],
+        1.0
+    );
+    assert_eq!(metrics["travel_agent_memory_extractions_pending"], 0.0);
 }
 
 #[test]

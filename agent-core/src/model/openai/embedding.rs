@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{MAX_BODY, error_from_response, read_capped, transport_error};
 use super::same_origin_redirects;
 use crate::model::ModelError;
-use crate::model::embed::{Embedder, Embedding, checked};
+use crate::model::embed::{Embedder, Embedding, checked, cut, invalid, parse_answer};
 
 /// The most texts sent in one request by default.
 pub const DEFAULT_EMBEDDING_BATCH: usize = 32;
@@ -53,7 +53,8 @@ impl OpenAiEmbedderBuilder {
         self
     }
 
-    /// A bearer token. Defaults to `OPENAI_API_KEY`.
+    /// A bearer token. Defaults to `OPENAI_EMBEDDING_API_KEY`, and to `OPENAI_API_KEY` when the
+    /// endpoint is the chat endpoint (`OPENAI_BASE_URL`).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
         self
@@ -82,10 +83,19 @@ impl OpenAiEmbedderBuilder {
 
     /// The embedder; a configuration error names what is missing.
     pub fn build(self) -> Result<OpenAiEmbedder, ModelError> {
+        // The chat endpoint's key goes only to the chat endpoint: an embedding server elsewhere
+        // gets `OPENAI_EMBEDDING_API_KEY` (or the builder's key).
+        let mut key_from_env = std::env::var("OPENAI_EMBEDDING_API_KEY").ok();
         let base_url = self
             .base_url
             .or_else(|| std::env::var("OPENAI_EMBEDDING_BASE_URL").ok())
-            .or_else(|| std::env::var("OPENAI_BASE_URL").ok())
+            .or_else(|| {
+                let url = std::env::var("OPENAI_BASE_URL").ok()?;
+                key_from_env = key_from_env
+                    .take()
+                    .or_else(|| std::env::var("OPENAI_API_KEY").ok());
+                Some(url)
+            })
             .ok_or_else(|| {
                 ModelError::Config(
                     "no embedding endpoint: set OPENAI_EMBEDDING_BASE_URL (e.g. http://localhost:8000/v1) or call base_url()".into(),
@@ -103,9 +113,7 @@ impl OpenAiEmbedderBuilder {
         reqwest::Url::parse(&url)
             .map_err(|e| ModelError::Config(format!("invalid base URL `{base_url}`: {e}")))?;
         let mut headers = HeaderMap::new();
-        let api_key = self
-            .api_key
-            .or_else(|| std::env::var("OPENAI_API_KEY").ok());
+        let api_key = self.api_key.or(key_from_env);
         // A server that echoes the key into an error must not put it into logs.
         let mut secrets = Vec::new();
         if let Some(key) = api_key.filter(|k| !k.is_empty()) {
@@ -183,13 +191,7 @@ impl OpenAiEmbedder {
     }
 
     async fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
-        let input: Vec<&str> = texts
-            .iter()
-            .map(|t| match t.char_indices().nth(self.max_input_chars) {
-                Some((cut, _)) => &t[..cut],
-                None => t,
-            })
-            .collect();
+        let input: Vec<&str> = texts.iter().map(|t| cut(t, self.max_input_chars)).collect();
         let body = serde_json::to_vec(&Request {
             model: &self.model,
             input,
@@ -208,12 +210,8 @@ impl OpenAiEmbedder {
             return Err(error_from_response(response).await);
         }
         let bytes = read_capped(response, MAX_BODY).await?;
-        let reply: Response = serde_json::from_slice(&bytes).map_err(|e| {
-            invalid(format!(
-                "the embeddings answer is not the expected JSON ({e}): {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-            ))
-        })?;
+        let reply: Response =
+            parse_answer("the embeddings answer is not the expected JSON", &bytes)?;
         self.check(reply, texts.len())
     }
 
@@ -243,10 +241,6 @@ impl OpenAiEmbedder {
             .collect::<Result<Vec<_>, _>>()?;
         checked(&self.model, vectors)
     }
-}
-
-fn invalid(message: String) -> ModelError {
-    ModelError::InvalidReply { message }
 }
 
 #[async_trait]

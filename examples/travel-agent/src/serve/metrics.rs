@@ -106,11 +106,20 @@ pub(super) async fn render(State(service): State<Arc<Service>>) -> Response {
             &mut out,
             "travel_agent_memory_extractions_total",
             "counter",
-            "Memory extraction model calls, by outcome; skipped counts invocations the full queue turned away.",
+            "Memory extraction model calls, by outcome (one call may mine several invocations).",
             &[
                 ("{outcome=\"done\"}", stats.extractions),
                 ("{outcome=\"failed\"}", stats.failed),
-                ("{outcome=\"skipped\"}", stats.skipped),
+            ],
+        );
+        family(
+            &mut out,
+            "travel_agent_memory_invocations_total",
+            "counter",
+            "Finished invocations for memory extraction: mined, or skipped because the queue was full.",
+            &[
+                ("{result=\"mined\"}", stats.invocations),
+                ("{result=\"skipped\"}", stats.skipped),
             ],
         );
         family(

@@ -324,11 +324,12 @@ pub(crate) async fn run(
         }
     }
     // What the finished runs taught about their users is written before the process goes: the
-    // extraction queue gets what is left of the drain time (at least the cancel grace).
+    // extraction queue gets what is left of the drain time and its cancel grace, never more, so
+    // preStop + drain + cancel grace + close stays inside the pod's termination grace period.
     if let Some(memory) = service.agent.memory() {
         let pending = memory.pending_extractions();
         if pending > 0 {
-            let until = deadline.max(tokio::time::Instant::now() + CANCEL_GRACE);
+            let until = deadline + CANCEL_GRACE;
             if tokio::time::timeout_at(until, memory.settled())
                 .await
                 .is_err()
