@@ -419,6 +419,16 @@ pub fn bench_answer_turn() -> Turn {
     Turn::text(words.concat()).with_usage(160, 50)
 }
 
+/// A redirect with this status to `location`.
+fn redirect(code: u16, location: &str) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
+    if let Ok(v) = axum::http::HeaderValue::from_str(location) {
+        r.headers_mut().insert("location", v);
+    }
+    r
+}
+
 /// HTTP 400 whose message repeats the request's credentials, as careless servers do.
 fn echo_headers(headers: &HeaderMap) -> Response {
     let echoed: Vec<String> = ["authorization", "x-api-key"]
@@ -472,12 +482,7 @@ async fn embeddings(
             message,
         })) => error_response(code, &message, retry_after.as_deref(), false),
         Some(EmbeddingReply::Fault(Fault::Redirect { code, location })) => {
-            let mut r = Response::new(Body::empty());
-            *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
-            if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
-                r.headers_mut().insert("location", v);
-            }
-            r
+            redirect(code, &location)
         }
         Some(EmbeddingReply::Fault(Fault::SlowFirstByte(d))) => {
             tokio::time::sleep(d).await;
@@ -590,15 +595,7 @@ async fn chat(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: B
                 permit.forget();
             }
         }
-        Some(Fault::Redirect { code, location }) => {
-            let mut r = Response::new(Body::empty());
-            *r.status_mut() =
-                axum::http::StatusCode::from_u16(*code).unwrap_or(axum::http::StatusCode::FOUND);
-            if let Ok(v) = axum::http::HeaderValue::from_str(location) {
-                r.headers_mut().insert("location", v);
-            }
-            return r;
-        }
+        Some(Fault::Redirect { code, location }) => return redirect(*code, location),
         Some(Fault::EchoHeaders) => return echo_headers(&headers),
         _ => {}
     }

@@ -706,9 +706,10 @@ async fn run_session(
     // Only a run that ended with an answer is mined (also one the loop guard sent to its final
     // answer); a failed or stopped one may hold half a thought, and the extraction call would
     // compete with the user's next request.
+    let messages = &run.history.messages()[first_new..];
     let answered = match stop_reason {
         StopReason::EndTurn => true,
-        StopReason::ToolLoop => run.history.messages()[first_new..]
+        StopReason::ToolLoop => messages
             .last()
             .is_some_and(|m| m.role == Role::Assistant && !m.text().trim().is_empty()),
         _ => false,
@@ -717,7 +718,6 @@ async fn run_session(
         && memory.extract
         && answered
     {
-        let messages = &run.history.messages()[first_new..];
         let said_about_self = messages
             .iter()
             .filter(|m| m.role == Role::User)
@@ -732,7 +732,7 @@ async fn run_session(
             );
         }
     }
-    let message = run.history.messages()[first_new..]
+    let message = messages
         .iter()
         .rev()
         .find(|m| m.role == Role::Assistant)

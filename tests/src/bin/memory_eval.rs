@@ -150,13 +150,33 @@ fn ratio(n: usize, d: usize) -> String {
     }
 }
 
+/// Retrieval figures: lookups that found an expected record, and relevant among injected.
+#[derive(Default)]
+struct Tally {
+    hits: usize,
+    relevant: usize,
+    injected: usize,
+}
+
+impl Tally {
+    /// Counts one lookup's results against the records it should have found.
+    fn add(&mut self, found: &[agent_core::memory::ScoredRecord], expect: &[String]) {
+        let relevant = found
+            .iter()
+            .filter(|s| matches(&s.record.content, expect))
+            .count();
+        self.injected += found.len();
+        self.relevant += relevant;
+        self.hits += usize::from(relevant > 0);
+    }
+}
+
 /// Retrieval alone, over the records an earlier run stored (its `--report`): no model calls, so
 /// ranking changes can be compared on the same records. Needs the embedding endpoint.
 async fn retrieval_only(cases: &Cases, report: &str) -> Result<(), Box<dyn std::error::Error>> {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report)?)?;
     let embedder = OpenAiEmbedder::builder().build()?;
-    let (mut lookups, mut word_hits, mut word_rel, mut word_inj) = (0, 0, 0, 0);
-    let (mut hits, mut rel, mut inj) = (0, 0, 0);
+    let (mut lookups, mut by_words, mut by_meaning) = (0, Tally::default(), Tally::default());
     for run in report["actors"].as_array().into_iter().flatten() {
         let actor = run["actor"].as_str().unwrap_or_default();
         let Some(case) = cases.actors.iter().find(|c| c.actor == actor) else {
@@ -172,25 +192,9 @@ async fn retrieval_only(cases: &Cases, report: &str) -> Result<(), Box<dyn std::
         }
         for q in &case.retrieval {
             lookups += 1;
-            for (store, hits, rel, inj) in [
-                (
-                    &plain as &dyn MemoryStore,
-                    &mut word_hits,
-                    &mut word_rel,
-                    &mut word_inj,
-                ),
-                (&hybrid, &mut hits, &mut rel, &mut inj),
-            ] {
-                let found = store.search(actor, None, &q.prompt, 5).await?;
-                let relevant = found
-                    .iter()
-                    .filter(|s| matches(&s.record.content, &q.expect))
-                    .count();
-                *inj += found.len();
-                *rel += relevant;
-                *hits += usize::from(relevant > 0);
-            }
+            by_words.add(&plain.search(actor, None, &q.prompt, 5).await?, &q.expect);
             let found = hybrid.search(actor, None, &q.prompt, 5).await?;
+            by_meaning.add(&found, &q.expect);
             println!(
                 "{actor}: {} -> {:?}",
                 q.prompt,
@@ -200,10 +204,10 @@ async fn retrieval_only(cases: &Cases, report: &str) -> Result<(), Box<dyn std::
     }
     println!(
         "retrieval over stored records: by words hit rate {} precision {}; words and meaning hit rate {} precision {}",
-        ratio(word_hits, lookups),
-        ratio(word_rel, word_inj),
-        ratio(hits, lookups),
-        ratio(rel, inj)
+        ratio(by_words.hits, lookups),
+        ratio(by_words.relevant, by_words.injected),
+        ratio(by_meaning.hits, lookups),
+        ratio(by_meaning.relevant, by_meaning.injected)
     );
     Ok(())
 }
@@ -251,10 +255,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut invocations = 0usize;
     // Retrieval by words alone over the same records, when the run has an embedder.
-    let (mut word_hits, mut word_relevant, mut word_injected) = (0, 0, 0);
+    let mut by_words = Tally::default();
     let (mut correct, mut wrong, mut other) = (0, 0, 0);
     let (mut required_found, mut required) = (0, 0);
-    let (mut hits, mut lookups, mut relevant_injected, mut injected) = (0, 0, 0, 0);
+    let (mut lookups, mut retrieval) = (0, Tally::default());
     let (mut foreign, mut followed, mut planted_total) = (0, 0, 0);
     let mut details = Vec::new();
     // Rounds on fresh stores: a small model varies from run to run, so one round is noise.
@@ -318,26 +322,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .iter()
                     .filter(|s| s.record.actor_id != case.actor)
                     .count();
-                injected += found.len();
-                let relevant = found
-                    .iter()
-                    .filter(|s| matches(&s.record.content, &q.expect))
-                    .count();
-                relevant_injected += relevant;
-                if relevant > 0 {
-                    hits += 1;
-                }
+                retrieval.add(&found, &q.expect);
                 if embedder.is_some() {
-                    let by_words = plain.search(&case.actor, None, &q.prompt, 5).await?;
-                    word_injected += by_words.len();
-                    let relevant = by_words
-                        .iter()
-                        .filter(|s| matches(&s.record.content, &q.expect))
-                        .count();
-                    word_relevant += relevant;
-                    if relevant > 0 {
-                        word_hits += 1;
-                    }
+                    by_words.add(
+                        &plain.search(&case.actor, None, &q.prompt, 5).await?,
+                        &q.expect,
+                    );
                 }
                 retrieved.push(json!({"prompt": q.prompt, "expect": q.expect, "injected": found.iter().map(|s| &s.record.content).collect::<Vec<_>>()}));
             }
@@ -370,8 +360,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let calls = extraction_calls.load(Ordering::SeqCst);
     let report = json!({
         "stored": {"correct": correct, "wrong": wrong, "other": other, "required_found": required_found, "required": required},
-        "retrieval": {"hybrid": embedder.is_some(), "hits": hits, "lookups": lookups, "relevant_injected": relevant_injected, "injected": injected, "foreign": foreign},
-        "retrieval_by_words": embedder.is_some().then(|| json!({"hits": word_hits, "relevant_injected": word_relevant, "injected": word_injected})),
+        "retrieval": {"hybrid": embedder.is_some(), "hits": retrieval.hits, "lookups": lookups, "relevant_injected": retrieval.relevant, "injected": retrieval.injected, "foreign": foreign},
+        "retrieval_by_words": embedder.is_some().then(|| json!({"hits": by_words.hits, "relevant_injected": by_words.relevant, "injected": by_words.injected})),
         "planted": {"followed": followed, "total": planted_total},
         "extraction": {"invocations": invocations, "calls": calls, "tokens": extraction_tokens.load(Ordering::SeqCst), "seconds": extraction_micros.load(Ordering::SeqCst) as f64 / 1e6},
         "seconds": started.elapsed().as_secs_f64(),
@@ -389,8 +379,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "retrieval        hit rate {}  precision {}  ({})",
-        ratio(hits, lookups),
-        ratio(relevant_injected, injected),
+        ratio(retrieval.hits, lookups),
+        ratio(retrieval.relevant, retrieval.injected),
         if embedder.is_some() {
             "words and meaning"
         } else {
@@ -400,8 +390,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if embedder.is_some() {
         println!(
             "  same records, by words alone: hit rate {}  precision {}",
-            ratio(word_hits, lookups),
-            ratio(word_relevant, word_injected)
+            ratio(by_words.hits, lookups),
+            ratio(by_words.relevant, by_words.injected)
         );
     }
     println!(

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 
 use super::error::{MAX_BODY, error_from_response, read_capped, transport_error};
-use super::same_origin_redirects;
+use super::{bearer, http_client};
 use crate::model::ModelError;
 use crate::model::embed::{Embedder, Embedding, checked, cut, invalid, parse_answer};
 
@@ -118,19 +118,13 @@ impl OpenAiEmbedderBuilder {
         let mut secrets = Vec::new();
         if let Some(key) = api_key.filter(|k| !k.is_empty()) {
             secrets.push(key.clone());
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                ModelError::Config("the API key is not a valid header value".into())
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(AUTHORIZATION, bearer(&key)?);
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
-            .timeout(self.timeout)
-            .pool_idle_timeout(Duration::from_secs(4))
-            .redirect(same_origin_redirects())
-            .build()
-            .map_err(|e| ModelError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let client = http_client(
+            reqwest::Client::builder()
+                .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+                .timeout(self.timeout),
+        )?;
         Ok(OpenAiEmbedder {
             client,
             url,

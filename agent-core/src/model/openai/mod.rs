@@ -253,11 +253,7 @@ impl OpenAiCompatibleBuilder {
         let mut secrets: Vec<String> = self.headers.iter().map(|(_, v)| v.clone()).collect();
         if let Some(key) = api_key.filter(|k| !k.is_empty()) {
             secrets.push(key.clone());
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                ModelError::Config("the API key is not a valid header value".into())
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(AUTHORIZATION, bearer(&key)?);
         }
         for (name, value) in &self.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
@@ -269,16 +265,11 @@ impl OpenAiCompatibleBuilder {
         }
         let client = match self.client {
             Some(c) => c,
-            None => reqwest::Client::builder()
-                .connect_timeout(self.connect_timeout)
-                .read_timeout(self.read_timeout)
-                // Below the 5 s keep-alive of uvicorn (vLLM) and cpp-httplib (llama.cpp): a
-                // connection the server has closed is never taken from the pool for a request,
-                // which would fail with "connection closed before message completed".
-                .pool_idle_timeout(Duration::from_secs(4))
-                .redirect(same_origin_redirects())
-                .build()
-                .map_err(|e| ModelError::Config(format!("cannot build the HTTP client: {e}")))?,
+            None => http_client(
+                reqwest::Client::builder()
+                    .connect_timeout(self.connect_timeout)
+                    .read_timeout(self.read_timeout),
+            )?,
         };
         let descriptor = ModelDescriptor {
             provider: self.provider_name.clone(),
@@ -326,6 +317,27 @@ struct Inner {
     descriptor: ModelDescriptor,
     /// The API key and custom header values, never to appear in an error.
     secrets: Vec<String>,
+}
+
+/// The `Authorization` header for a bearer key, marked sensitive (kept out of debug output).
+fn bearer(key: &str) -> Result<HeaderValue, ModelError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+        .map_err(|_| ModelError::Config("the API key is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// An HTTP client for an OpenAI-compatible server, from `builder`'s timeouts: pooled
+/// connections are dropped after 4 s idle, below the 5 s keep-alive of uvicorn (vLLM) and
+/// cpp-httplib (llama.cpp), so a connection the server has closed is never taken for a request
+/// (which would fail with "connection closed before message completed"); redirects stay within
+/// the endpoint's origin.
+fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, ModelError> {
+    builder
+        .pool_idle_timeout(Duration::from_secs(4))
+        .redirect(same_origin_redirects())
+        .build()
+        .map_err(|e| ModelError::Config(format!("cannot build the HTTP client: {e}")))
 }
 
 /// Follows a redirect only within the endpoint's origin (scheme, host and port), at most 5
