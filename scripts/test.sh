@@ -142,9 +142,13 @@ eval_run() {
     cargo run -q -p travel-agent --locked -- eval --tag ci >&2
 }
 
-# DynamoDB and S3: ministack (PyPI) on 127.0.0.1, reached through the SDK's standard variables.
-AWS_ENDPOINT_URL=$(scripts/aws-local.sh start)
+# DynamoDB, S3 and Bedrock Runtime: ministack (PyPI) on 127.0.0.1, reached through the SDK's
+# standard variables. Its Bedrock Converse forwards to the real local model started below (on
+# this run's model port), so the Bedrock provider's test gets real model replies on the Bedrock
+# wire (AGENT_BEDROCK_PROXIED tells it so).
+AWS_ENDPOINT_URL=$(MINISTACK_BEDROCK_PROXY_URL="http://127.0.0.1:$AGENT_MODEL_PORT" MINISTACK_BEDROCK_PROXY_TIMEOUT_SECONDS=300 scripts/aws-local.sh start)
 export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+export AGENT_BEDROCK_PROXIED=1
 
 # Arize Phoenix (PyPI): a real observability backend the travel agent exports to; its test reads
 # the runs back through Phoenix's REST API.

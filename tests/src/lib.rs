@@ -10,6 +10,8 @@
 //! tool-call ids `chatcmpl-tool-<hex>`; error bodies
 //! `{"error":{"message","type","param","code":<int>}}` (and the legacy flat shape).
 
+pub mod bedrock;
+
 /// The README's code blocks, compiled as doc tests (this crate depends on every workspace crate).
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

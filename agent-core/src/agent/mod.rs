@@ -42,6 +42,9 @@ pub enum StopReason {
     MaxTokens,
     /// The provider filtered the content.
     ContentFiltered,
+    /// A guardrail (Bedrock Guardrails) blocked the prompt or the answer; the answer is the
+    /// guardrail's message.
+    GuardrailIntervened,
     /// The invocation was cancelled.
     Cancelled,
     /// The turn limit was reached.
@@ -62,6 +65,7 @@ impl StopReason {
             Self::EndTurn => "end_turn",
             Self::MaxTokens => "max_tokens",
             Self::ContentFiltered => "content_filtered",
+            Self::GuardrailIntervened => "guardrail_intervened",
             Self::Cancelled => "cancelled",
             Self::LimitTurns => "limit_turns",
             Self::LimitTokens => "limit_tokens",

@@ -98,6 +98,9 @@ impl Emitter {
     }
 }
 
+// Returned once per turn and moved out at once, never stored: boxing would only add an
+// allocation per turn.
+#[allow(clippy::large_enum_variant)]
 enum TurnOutcome {
     Done(ModelResponse, TurnMetrics),
     Stopped(StopReason),
@@ -654,6 +657,7 @@ async fn run_session(
             break match response.stop_reason {
                 ModelStopReason::MaxTokens => StopReason::MaxTokens,
                 ModelStopReason::ContentFiltered => StopReason::ContentFiltered,
+                ModelStopReason::GuardrailIntervened => StopReason::GuardrailIntervened,
                 _ => StopReason::EndTurn,
             };
         }

@@ -66,14 +66,17 @@ pub(crate) fn cosine_with_norms(a: &[f32], a_norm: f32, b: &[f32], b_norm: f32) 
 }
 
 /// The longest vector accepted from a server.
+#[cfg_attr(not(any(feature = "openai", feature = "bedrock")), allow(dead_code))]
 pub(crate) const MAX_DIMENSIONS: usize = 65_536;
 
 /// An answer that is not what the protocol promises.
+#[cfg_attr(not(any(feature = "openai", feature = "bedrock")), allow(dead_code))]
 pub(crate) fn invalid(message: String) -> ModelError {
     ModelError::InvalidReply { message }
 }
 
 /// `text` cut to at most `max_chars` characters (at a character boundary).
+#[cfg_attr(not(any(feature = "openai", feature = "bedrock")), allow(dead_code))]
 pub(crate) fn cut(text: &str, max_chars: usize) -> &str {
     match text.char_indices().nth(max_chars) {
         Some((end, _)) => &text[..end],
@@ -82,6 +85,7 @@ pub(crate) fn cut(text: &str, max_chars: usize) -> &str {
 }
 
 /// An answer body that does not parse as `T`: an invalid reply quoting its start.
+#[cfg_attr(not(any(feature = "openai", feature = "bedrock")), allow(dead_code))]
 pub(crate) fn parse_answer<T: serde::de::DeserializeOwned>(
     what: &str,
     bytes: &[u8],
@@ -96,6 +100,7 @@ pub(crate) fn parse_answer<T: serde::de::DeserializeOwned>(
 
 /// `vectors` as embeddings of `model`, if every one is usable: not empty, at most
 /// [`MAX_DIMENSIONS`] long, all of one length, finite and not zero.
+#[cfg_attr(not(any(feature = "openai", feature = "bedrock")), allow(dead_code))]
 pub(crate) fn checked(model: &str, vectors: Vec<Vec<f32>>) -> Result<Vec<Embedding>, ModelError> {
     let mut dimensions = None;
     let mut out = Vec::with_capacity(vectors.len());

@@ -10,6 +10,7 @@ use crate::message::{ContentBlock, Message};
 use crate::tool::ToolSpec;
 
 pub use embed::{Embedder, Embedding};
+pub use fallback::Fallback;
 
 #[cfg(feature = "bedrock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "bedrock")))]
@@ -17,10 +18,16 @@ pub mod bedrock;
 #[cfg(feature = "openai")]
 mod constrained;
 pub mod embed;
+mod fallback;
 #[cfg(feature = "openai")]
 pub mod openai;
 #[cfg(feature = "openai")]
 pub mod sse;
+
+/// The output bound every provider's requests carry unless its builder sets another: no call
+/// may generate without bound (a model that loops would otherwise hold a server slot until the
+/// read timeout).
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// What the model is asked: the visible history, the system prompt, the tools and the tool choice.
 ///
@@ -112,12 +119,22 @@ pub enum ToolChoice {
 /// Token usage of one model call or of an invocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens, the cached ones included (as the GenAI conventions count them).
     pub input_tokens: u64,
     /// Generated tokens.
     pub output_tokens: u64,
     /// Their sum, as reported by the server (or computed).
     pub total_tokens: u64,
+    /// Prompt tokens read from the provider's prompt cache (part of `input_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_input_tokens: u64,
+    /// Prompt tokens written to the provider's prompt cache (part of `input_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_input_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -127,6 +144,12 @@ impl Usage {
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
         self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
+        self.cache_read_input_tokens = self
+            .cache_read_input_tokens
+            .saturating_add(other.cache_read_input_tokens);
+        self.cache_write_input_tokens = self
+            .cache_write_input_tokens
+            .saturating_add(other.cache_write_input_tokens);
     }
 }
 
@@ -145,6 +168,8 @@ pub enum ModelStopReason {
     StopSequence,
     /// The provider filtered the content.
     ContentFiltered,
+    /// A guardrail blocked the prompt or the answer (Bedrock's `guardrail_intervened`).
+    GuardrailIntervened,
 }
 
 /// A finished model response.
@@ -286,6 +311,7 @@ impl ModelError {
     /// The same error with every occurrence of each secret in its text replaced by
     /// `[REDACTED]`: a server that echoes a request header must not put a key into errors,
     /// logs or telemetry.
+    #[cfg_attr(not(feature = "openai"), allow(dead_code))]
     pub(crate) fn redacted(self, secrets: &[String]) -> Self {
         if secrets.is_empty() {
             return self;

@@ -65,7 +65,7 @@ pub(super) fn finish_reason(response: &ModelResponse) -> &'static str {
     match response.stop_reason {
         ModelStopReason::ToolUse => "tool_call",
         ModelStopReason::MaxTokens => "length",
-        ModelStopReason::ContentFiltered => "content_filter",
+        ModelStopReason::ContentFiltered | ModelStopReason::GuardrailIntervened => "content_filter",
         _ => "stop",
     }
 }
@@ -77,7 +77,7 @@ pub(super) fn run_finish_reason(reason: StopReason) -> &'static str {
     match reason {
         StopReason::EndTurn => "stop",
         StopReason::MaxTokens | StopReason::LimitTokens => "length",
-        StopReason::ContentFiltered => "content_filter",
+        StopReason::ContentFiltered | StopReason::GuardrailIntervened => "content_filter",
         StopReason::Cancelled
         | StopReason::LimitTurns
         | StopReason::Timeout

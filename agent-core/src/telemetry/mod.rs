@@ -75,6 +75,10 @@ pub mod attr {
     pub const RESPONSE_TIME_TO_FIRST_CHUNK: &str = "gen_ai.response.time_to_first_chunk";
     /// `gen_ai.usage.input_tokens`
     pub const USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+    /// `gen_ai.usage.cache_read.input_tokens`
+    pub const USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
+    /// `gen_ai.usage.cache_creation.input_tokens`
+    pub const USAGE_CACHE_CREATION_INPUT_TOKENS: &str = "gen_ai.usage.cache_creation.input_tokens";
     /// `gen_ai.usage.output_tokens`
     pub const USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
     /// `gen_ai.conversation.id`
@@ -341,6 +345,9 @@ impl Telemetry {
                 attr::USAGE_OUTPUT_TOKENS,
                 clamp(u.output_tokens),
             ));
+            for kv in cache_attributes(u) {
+                span.set_attribute(kv);
+            }
         }
         if let Some(reason) = end.stop_reason {
             span.set_attribute(KeyValue::new(
@@ -570,6 +577,9 @@ impl ChatSpan {
             attr::USAGE_OUTPUT_TOKENS,
             clamp(response.usage.output_tokens),
         ));
+        for kv in cache_attributes(&response.usage) {
+            span.set_attribute(kv);
+        }
         if self.streaming
             && let Some(ttfc) = self.first_chunk
         {
@@ -695,6 +705,23 @@ fn error_type(error: &ModelError) -> String {
 
 fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The prompt-cache token counts, for the spans of providers that report them.
+fn cache_attributes(usage: &Usage) -> impl Iterator<Item = KeyValue> {
+    [
+        (
+            attr::USAGE_CACHE_READ_INPUT_TOKENS,
+            usage.cache_read_input_tokens,
+        ),
+        (
+            attr::USAGE_CACHE_CREATION_INPUT_TOKENS,
+            usage.cache_write_input_tokens,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(key, n)| KeyValue::new(key, clamp(n)))
 }
 
 fn string_array(s: &str) -> Value {

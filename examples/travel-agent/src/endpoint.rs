@@ -1,6 +1,8 @@
 //! Where the model comes from: `OPENAI_BASE_URL`, or a local model started for this run; and the
 //! agent built on it.
 
+use agent_core::model::Fallback;
+use agent_core::model::bedrock::{BedrockConverse, PromptCache};
 use agent_core::model::openai::ToolCalling;
 use agent_core::prelude::*;
 
@@ -14,24 +16,53 @@ numbers of the tool results: conditions, temperatures, flight numbers, times and
 state weather, flights or prices that no tool returned. If a tool says it has no data, tell the \
 user so. If the question needs no tool, answer without one.";
 
-/// The model endpoint of this run.
-pub(crate) struct Endpoint {
-    base_url: String,
-    local: Option<LocalModel>,
+/// The model endpoint of this run: an OpenAI-compatible server (vLLM; optionally with Bedrock as
+/// the fallback), or Bedrock itself.
+pub(crate) enum Endpoint {
+    /// `OPENAI_BASE_URL`, or the local model started for this run (`local`).
+    OpenAi {
+        base_url: String,
+        local: Option<LocalModel>,
+    },
+    /// `MODEL_PROVIDER=bedrock`: Bedrock's Converse API, model `BEDROCK_MODEL_ID`.
+    Bedrock { model_id: String },
 }
 
 impl Endpoint {
-    /// `OPENAI_BASE_URL` if set, otherwise a local model started now. The error says how to
-    /// configure an endpoint.
+    /// `MODEL_PROVIDER=bedrock` with `BEDROCK_MODEL_ID`; otherwise `OPENAI_BASE_URL` if set,
+    /// otherwise a local model started now. The error says how to configure an endpoint.
     pub(crate) fn resolve() -> Result<Self, String> {
+        match std::env::var("MODEL_PROVIDER")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("" | "openai" | "vllm") => {}
+            Some("bedrock") => {
+                let model_id = std::env::var("BEDROCK_MODEL_ID").map_err(|_| {
+                    "MODEL_PROVIDER=bedrock needs BEDROCK_MODEL_ID: a model id such as \
+                     amazon.nova-lite-v1:0, or an inference-profile id or ARN (credentials and \
+                     region come from the standard AWS chain: AWS_REGION, AWS_PROFILE, the pod's \
+                     role)"
+                        .to_owned()
+                })?;
+                return Ok(Self::Bedrock { model_id });
+            }
+            Some(other) => {
+                return Err(format!(
+                    "MODEL_PROVIDER=`{other}`: use openai (an OpenAI-compatible server such as \
+                     vLLM, the default) or bedrock"
+                ));
+            }
+        }
         match std::env::var("OPENAI_BASE_URL") {
-            Ok(base_url) => Ok(Self {
+            Ok(base_url) => Ok(Self::OpenAi {
                 base_url,
                 local: None,
             }),
             Err(_) => {
                 let local = LocalModel::start()?;
-                Ok(Self {
+                Ok(Self::OpenAi {
                     base_url: local.base_url.clone(),
                     local: Some(local),
                 })
@@ -52,44 +83,86 @@ impl Endpoint {
         &self,
         tools: Vec<std::sync::Arc<dyn Tool>>,
     ) -> Result<agent_core::agent::AgentBuilder, Box<dyn std::error::Error>> {
-        let model_name = match std::env::var("OPENAI_MODEL") {
-            Ok(m) => m,
-            Err(_) => discover_model(&self.base_url).await?,
-        };
-        let mut model = OpenAiCompatible::builder()
-            .base_url(&self.base_url)
-            .model(&model_name);
-        if let Ok(t) = std::env::var("OPENAI_TEMPERATURE") {
-            let t: f32 = t
-                .trim()
-                .parse()
-                .map_err(|e| format!("OPENAI_TEMPERATURE=`{t}`: {e}"))?;
-            model = model.temperature(t);
-        }
-        if self.local.is_some() {
-            // Small local models only call tools reliably when a grammar constrains their
-            // replies; temperature 0 makes runs repeatable.
-            model = model
-                .tool_calling(ToolCalling::Constrained { parallel: false })
-                .temperature(0.0);
-        }
         let builder = Agent::builder()
             .name("travel-agent")
-            .model(model.build()?)
             .system_prompt(SYSTEM_PROMPT)
             .tools(tools)
             .limits(Limits::default().max_turns(8));
-        crate::say(
-            tracing::Level::INFO,
-            &format!("model `{model_name}` at {}", self.base_url),
-        );
-        Ok(builder)
+        match self {
+            Self::Bedrock { model_id } => {
+                crate::say(
+                    tracing::Level::INFO,
+                    &format!("model `{model_id}` on Amazon Bedrock (Converse)"),
+                );
+                Ok(builder.model(bedrock(model_id).await?))
+            }
+            Self::OpenAi { base_url, local } => {
+                let model_name = match std::env::var("OPENAI_MODEL") {
+                    Ok(m) => m,
+                    Err(_) => discover_model(base_url).await?,
+                };
+                let mut model = OpenAiCompatible::builder()
+                    .base_url(base_url)
+                    .model(&model_name);
+                if let Ok(t) = std::env::var("OPENAI_TEMPERATURE") {
+                    let t: f32 = t
+                        .trim()
+                        .parse()
+                        .map_err(|e| format!("OPENAI_TEMPERATURE=`{t}`: {e}"))?;
+                    model = model.temperature(t);
+                }
+                if local.is_some() {
+                    // Small local models only call tools reliably when a grammar constrains
+                    // their replies; temperature 0 makes runs repeatable.
+                    model = model
+                        .tool_calling(ToolCalling::Constrained { parallel: false })
+                        .temperature(0.0);
+                }
+                let model = model.build()?;
+                crate::say(
+                    tracing::Level::INFO,
+                    &format!("model `{model_name}` at {base_url}"),
+                );
+                // Bedrock as the fallback while the self-hosted endpoint is throttled or down.
+                match std::env::var("BEDROCK_FALLBACK_MODEL_ID") {
+                    Ok(id) if !id.trim().is_empty() => {
+                        crate::say(
+                            tracing::Level::INFO,
+                            &format!("fallback: model `{id}` on Amazon Bedrock"),
+                        );
+                        Ok(builder.model(Fallback::new(model, bedrock(&id).await?)))
+                    }
+                    _ => Ok(builder.model(model)),
+                }
+            }
+        }
     }
+}
+
+/// The Bedrock Converse provider for `model_id`, with the standard AWS configuration.
+async fn bedrock(model_id: &str) -> Result<BedrockConverse, Box<dyn std::error::Error>> {
+    let config = aws_config::load_from_env().await;
+    if config.region().is_none() {
+        return Err("Bedrock needs a region: set AWS_REGION (e.g. us-east-1)".into());
+    }
+    let mut model =
+        BedrockConverse::builder(aws_sdk_bedrockruntime::Client::new(&config)).model_id(model_id);
+    if let Ok(t) = std::env::var("BEDROCK_TEMPERATURE") {
+        let t: f32 = t
+            .trim()
+            .parse()
+            .map_err(|e| format!("BEDROCK_TEMPERATURE=`{t}`: {e}"))?;
+        model = model.temperature(t);
+    }
+    if std::env::var("BEDROCK_PROMPT_CACHE").is_ok_and(|v| v == "1") {
+        model = model.prompt_cache(PromptCache::automatic());
+    }
+    Ok(model.build()?)
 }
 
 /// The zero-configuration endpoint: `scripts/local-model.sh` (llama.cpp + Qwen2.5-Coder-1.5B on
 /// the CPU), stopped again when the run ends unless `AGENT_KEEP_LOCAL_MODEL=1`.
-struct LocalModel {
+pub(crate) struct LocalModel {
     base_url: String,
     script: std::path::PathBuf,
 }

@@ -85,3 +85,134 @@ async fn a_run_that_ends_without_an_answer_fails_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+/// Runs the binary with one prompt on Bedrock at the loopback endpoint `url`, with `env` added.
+async fn ask_bedrock(url: String, env: Vec<(&'static str, String)>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_travel-agent"));
+        command
+            .arg("Weather in Lisbon?")
+            .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", url)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("AWS_PROFILE")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("MODEL_PROVIDER")
+            .env_remove("BEDROCK_FALLBACK_MODEL_ID");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output()
+    })
+    .await
+    .expect("join")
+    .expect("runs")
+}
+
+fn bedrock_script() -> Vec<agent_tests::bedrock::BedrockReply> {
+    use agent_tests::bedrock::{BedrockReply, BedrockUsage};
+    let usage = BedrockUsage {
+        input: 10,
+        output: 5,
+        ..BedrockUsage::default()
+    };
+    vec![
+        BedrockReply::tool_call(
+            "tooluse_1",
+            "get_weather",
+            &serde_json::json!({"city": "Lisbon"}),
+            usage,
+        ),
+        BedrockReply::text(&["Lisbon: sunny, ", "21 °C."], usage),
+    ]
+}
+
+#[tokio::test]
+async fn model_provider_bedrock_runs_the_agent_on_converse() {
+    let bedrock = agent_tests::bedrock::LoopbackBedrock::start(bedrock_script())
+        .await
+        .unwrap();
+    let output = ask_bedrock(
+        bedrock.url(),
+        vec![
+            ("MODEL_PROVIDER", "bedrock".into()),
+            ("BEDROCK_MODEL_ID", "amazon.nova-pro-v1:0".into()),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("`amazon.nova-pro-v1:0` on Amazon Bedrock"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[tool] result: Weather in Lisbon today: sunny, high 21 °C"),
+        "{stderr}"
+    );
+    assert_eq!(stdout.trim(), "Lisbon: sunny, 21 °C.");
+    let received = bedrock.received();
+    assert_eq!(received.len(), 2);
+    assert!(
+        received
+            .iter()
+            .all(|r| r.signed && r.model == "amazon.nova-pro-v1:0")
+    );
+    assert!(
+        received[0].body["system"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("travel assistant")
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_vllm_falls_back_to_bedrock() {
+    let bedrock = agent_tests::bedrock::LoopbackBedrock::start(bedrock_script())
+        .await
+        .unwrap();
+    // A port nothing listens on: the connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let output = ask_bedrock(
+        bedrock.url(),
+        vec![
+            ("OPENAI_BASE_URL", dead),
+            ("OPENAI_MODEL", "qwen3-8b".into()),
+            ("BEDROCK_FALLBACK_MODEL_ID", "amazon.nova-lite-v1:0".into()),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("fallback: model `amazon.nova-lite-v1:0`"),
+        "{stderr}"
+    );
+    assert_eq!(stdout.trim(), "Lisbon: sunny, 21 °C.");
+    assert_eq!(bedrock.received().len(), 2);
+}
+
+#[test]
+fn model_provider_bedrock_without_a_model_says_what_to_set() {
+    let output = Command::new(env!("CARGO_BIN_EXE_travel-agent"))
+        .arg("hi")
+        .env("MODEL_PROVIDER", "bedrock")
+        .env_remove("BEDROCK_MODEL_ID")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("BEDROCK_MODEL_ID"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_travel-agent"))
+        .arg("hi")
+        .env("MODEL_PROVIDER", "gemini")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("use openai"));
+}

@@ -30,10 +30,7 @@ use self::request::{build_body, constrained_schema};
 use self::response::{non_streaming_events, sse_events};
 use super::{Model, ModelDescriptor, ModelError, ModelRequest, ModelStream};
 
-/// The `max_tokens` every request carries unless the builder sets another: no call may
-/// generate without bound (a model that loops would otherwise hold a server slot until the read
-/// timeout).
-pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+pub use super::DEFAULT_MAX_TOKENS;
 
 /// Sampling and length parameters sent with every request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

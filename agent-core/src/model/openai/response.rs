@@ -75,6 +75,15 @@ pub(super) struct WireUsage {
     completion_tokens: u64,
     #[serde(default)]
     total_tokens: Option<u64>,
+    /// OpenAI's and vLLM's (`--enable-prompt-tokens-details`) prompt-cache hits.
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 /// Builds the response from chunks and produces the events to emit.
@@ -124,6 +133,11 @@ impl Assembler {
                 total_tokens: u
                     .total_tokens
                     .unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens)),
+                cache_read_input_tokens: u
+                    .prompt_tokens_details
+                    .and_then(|d| d.cached_tokens)
+                    .unwrap_or(0),
+                cache_write_input_tokens: 0,
             });
         }
         for choice in chunk.choices {

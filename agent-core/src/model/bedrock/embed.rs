@@ -1,17 +1,17 @@
-//! Amazon Bedrock (feature `bedrock`): embeddings through `InvokeModel`, with the client the
-//! caller configures (`aws_config::load_from_env()`: the standard credential chain and region).
+//! Bedrock embeddings through `InvokeModel`.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_bedrockruntime::error::{DisplayErrorContext, SdkError};
-use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
 use aws_sdk_bedrockruntime::primitives::Blob;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::ModelError;
-use super::embed::{Embedder, Embedding, checked, cut, invalid, parse_answer};
+use super::MAX_REPLY;
+use super::error::sdk_error;
+use super::limit::ReplyLimit;
+use crate::model::ModelError;
+use crate::model::embed::{Embedder, Embedding, checked, cut, invalid, parse_answer};
 
 /// The request and answer shapes of the embedding model families Bedrock serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,38 +24,6 @@ enum Family {
 
 /// Texts per Cohere request (the service's limit).
 const COHERE_BATCH: usize = 96;
-
-/// The largest answer read: a larger `Content-Length` fails the call before its body is read.
-const MAX_ANSWER: usize = 32 * 1024 * 1024;
-
-/// Refuses an answer whose declared length is beyond [`MAX_ANSWER`], before the SDK buffers it.
-#[derive(Debug)]
-struct AnswerLimit;
-
-impl aws_sdk_bedrockruntime::config::Intercept for AnswerLimit {
-    fn name(&self) -> &'static str {
-        "answer-limit"
-    }
-
-    fn read_before_deserialization(
-        &self,
-        context: &aws_sdk_bedrockruntime::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
-        _components: &aws_sdk_bedrockruntime::config::RuntimeComponents,
-        _cfg: &mut aws_sdk_bedrockruntime::config::ConfigBag,
-    ) -> Result<(), aws_sdk_bedrockruntime::error::BoxError> {
-        let declared = context
-            .response()
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.parse::<usize>().ok());
-        match declared {
-            Some(n) if n > MAX_ANSWER => {
-                Err(format!("the answer declares {n} bytes, beyond {MAX_ANSWER}").into())
-            }
-            _ => Ok(()),
-        }
-    }
-}
 
 /// An embedding model on Amazon Bedrock: Amazon Titan Text Embeddings (`amazon.titan-embed-*`)
 /// or Cohere Embed (`cohere.embed-*`), by model id ([`BedrockEmbedder::new`] tells the family
@@ -153,76 +121,18 @@ impl BedrockEmbedder {
             .accept("application/json")
             .body(Blob::new(body.to_string()))
             .customize()
-            .interceptor(AnswerLimit)
+            .interceptor(ReplyLimit {
+                body: Some(MAX_REPLY),
+                frame: None,
+            })
             .send();
         let output = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| ModelError::Transient {
                 message: format!("Bedrock did not answer within {:?}", self.timeout),
             })?
-            .map_err(|e| invoke_error(&self.model_id, e))?;
+            .map_err(|e| sdk_error(&self.model_id, "the Bedrock InvokeModel call", e, |_| None))?;
         Ok(output.body.into_inner())
-    }
-}
-
-/// A Bedrock `InvokeModel` failure as a [`ModelError`].
-fn invoke_error(
-    model_id: &str,
-    e: SdkError<InvokeModelError, aws_sdk_bedrockruntime::config::http::HttpResponse>,
-) -> ModelError {
-    let detail = DisplayErrorContext(&e).to_string();
-    let service = match e {
-        SdkError::ServiceError(s) => s.into_err(),
-        SdkError::ConstructionFailure(_) => {
-            return ModelError::Config(format!("cannot build the Bedrock request: {detail}"));
-        }
-        other => {
-            return ModelError::Connection {
-                message: format!("Bedrock request failed: {detail}"),
-                source: crate::error::Cause::new(other),
-            };
-        }
-    };
-    let message = service.to_string();
-    if service.is_throttling_exception() || service.is_service_quota_exceeded_exception() {
-        ModelError::Throttled {
-            status: 429,
-            message,
-            retry_after: None,
-        }
-    } else if service.is_service_unavailable_exception() {
-        ModelError::Throttled {
-            status: 503,
-            message,
-            retry_after: None,
-        }
-    } else if service.is_internal_server_exception() || service.is_model_timeout_exception() {
-        ModelError::Transient { message }
-    } else if service.is_access_denied_exception() {
-        ModelError::Fatal {
-            status: Some(403),
-            message: format!(
-                "access denied to {model_id}: allow bedrock:InvokeModel on it for this role, and enable the model in the account's Bedrock console ({message})"
-            ),
-        }
-    } else if service.is_resource_not_found_exception() {
-        ModelError::Fatal {
-            status: Some(404),
-            message: format!("no model {model_id} in this region ({message})"),
-        }
-    } else if service.is_model_not_ready_exception() {
-        // AWS: the model is being readied; retry.
-        ModelError::Throttled {
-            status: 429,
-            message: format!("{model_id} is not ready to serve yet ({message})"),
-            retry_after: None,
-        }
-    } else {
-        // A validation error, or one the SDK does not model: its whole context says which.
-        ModelError::Fatal {
-            status: Some(400),
-            message: detail,
-        }
     }
 }
 

@@ -1,0 +1,423 @@
+//! Amazon Bedrock (feature `bedrock`): chat through the Converse API ([`BedrockConverse`]:
+//! `ConverseStream` by default, `Converse` on request) and embeddings through `InvokeModel`
+//! ([`BedrockEmbedder`]), with the SDK client the caller configures (the standard credential
+//! chain and region from `aws_config::load_from_env()`), or one made by
+//! [`BedrockConverse::from_env`].
+//!
+//! The same agent runs on Bedrock or on an OpenAI-compatible server: messages already have the
+//! Converse shape, and the replies become the same [`ModelEvent`]s. What the provider handles:
+//! - system prompt, tools and tool choice (auto, any, a named tool; "none" by not offering
+//!   tools, or a stand-in tool when the history holds tool blocks, as Strands does), tool
+//!   results with their error status and text, JSON, image and document content;
+//! - reasoning content with its signature, kept in the history and sent back unchanged, and
+//!   redacted reasoning;
+//! - usage with prompt-cache reads and writes, and [`PromptCache`] to place cache points;
+//! - stop reasons: `max_tokens`, `stop_sequence`, `content_filtered`, `guardrail_intervened`;
+//!   `tool_use` decided by the presence of tool uses, as for the other provider;
+//! - errors classified as the OpenAI provider's are: throttling and service unavailability are
+//!   retried with the loop's backoff (the SDK's own retries are off for these calls, so the two
+//!   never multiply), a `ValidationException` about the context window becomes
+//!   [`ModelError::ContextOverflow`] (the conversation manager reduces and retries), exception
+//!   events in the middle of a stream and a cut stream are transient, access denied and an
+//!   unknown model are fatal with a message that says what to fix;
+//! - bounds: the wait for the reply and every wait between two events (default 120 s each),
+//!   each event-stream frame (1 MiB), a `Converse` reply (32 MiB) and the content one reply
+//!   accumulates (16 MiB).
+
+use std::time::Duration;
+
+use aws_sdk_bedrockruntime::config::retry::RetryConfig;
+use aws_sdk_bedrockruntime::types as bt;
+use futures::StreamExt;
+use serde_json::Value;
+
+use self::convert::{parts, to_document};
+use self::error::{sdk_error, stream_code};
+use self::limit::ReplyLimit;
+use self::stream::{Assembler, converse_events};
+use super::{DEFAULT_MAX_TOKENS, Model, ModelDescriptor, ModelError, ModelRequest, ModelStream};
+
+mod convert;
+mod embed;
+mod error;
+mod limit;
+mod stream;
+
+pub use convert::PromptCache;
+pub use embed::BedrockEmbedder;
+
+/// The largest `Converse` (or `InvokeModel`) reply read.
+const MAX_REPLY: u64 = 32 * 1024 * 1024;
+
+/// The largest event-stream frame read. Bedrock's events are small (a delta of a few tokens, a
+/// usage record); 1 MiB leaves room for a large redacted-reasoning block.
+const MAX_FRAME: u32 = 1024 * 1024;
+
+/// Builds a [`BedrockConverse`] provider.
+#[derive(Debug, Clone)]
+pub struct BedrockConverseBuilder {
+    client: aws_sdk_bedrockruntime::Client,
+    model_id: Option<String>,
+    streaming: bool,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    stop_sequences: Vec<String>,
+    additional_fields: Option<Value>,
+    cache: PromptCache,
+    reply_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl BedrockConverseBuilder {
+    /// The model id (`amazon.nova-pro-v1:0`, `anthropic.claude-...`), or an inference profile id
+    /// or ARN (`us.anthropic.claude-...`, `arn:aws:bedrock:...`). Defaults to `BEDROCK_MODEL_ID`.
+    pub fn model_id(mut self, id: impl Into<String>) -> Self {
+        self.model_id = Some(id.into());
+        self
+    }
+
+    /// `ConverseStream` (the default) or `Converse`, one reply per call.
+    pub fn streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
+        self
+    }
+
+    /// The most tokens one call may generate (default [`DEFAULT_MAX_TOKENS`]); a request's own
+    /// bound may lower it.
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = Some(n);
+        self
+    }
+
+    /// The sampling temperature.
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.temperature = Some(t);
+        self
+    }
+
+    /// Nucleus sampling.
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.top_p = Some(p);
+        self
+    }
+
+    /// A stop sequence (may be called several times).
+    pub fn stop_sequence(mut self, s: impl Into<String>) -> Self {
+        self.stop_sequences.push(s.into());
+        self
+    }
+
+    /// Model-specific request fields Converse does not model, sent as
+    /// `additionalModelRequestFields`: for example `{"top_k": 20}`, or Claude's
+    /// `{"thinking": {"type": "enabled", "budget_tokens": 2048}}`. Must be a JSON object.
+    pub fn additional_model_request_fields(mut self, fields: Value) -> Self {
+        self.additional_fields = Some(fields);
+        self
+    }
+
+    /// Where prompt-cache points go (default none; see [`PromptCache::automatic`]).
+    pub fn prompt_cache(mut self, cache: PromptCache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Bound on the wait for the reply to start (default 120 s).
+    pub fn reply_timeout(mut self, timeout: Duration) -> Self {
+        self.reply_timeout = timeout;
+        self
+    }
+
+    /// Bound on any wait between two events of a streamed reply (default 120 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Builds the provider; the model id is required (here or in `BEDROCK_MODEL_ID`).
+    pub fn build(self) -> Result<BedrockConverse, ModelError> {
+        let model_id = match self.model_id {
+            Some(id) => id,
+            None => std::env::var("BEDROCK_MODEL_ID").map_err(|_| {
+                ModelError::Config(
+                    "no Bedrock model: set BEDROCK_MODEL_ID (a model id such as \
+                     amazon.nova-lite-v1:0, or an inference-profile id or ARN) or call model_id()"
+                        .into(),
+                )
+            })?,
+        };
+        if model_id.trim().is_empty() {
+            return Err(ModelError::Config("the Bedrock model id is empty".into()));
+        }
+        let additional = match self.additional_fields {
+            None => None,
+            Some(v @ Value::Object(_)) => Some(to_document(&v)),
+            Some(other) => {
+                return Err(ModelError::Config(format!(
+                    "additional model request fields must be a JSON object, not {other}"
+                )));
+            }
+        };
+        let max_tokens = self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+        let region = self.client.config().region().map(|r| r.to_string());
+        let descriptor = ModelDescriptor {
+            provider: "aws.bedrock".into(),
+            model: model_id.clone(),
+            server_address: region.map(|r| format!("bedrock-runtime.{r}.amazonaws.com")),
+            server_port: Some(443),
+            streaming: self.streaming,
+            max_tokens: Some(max_tokens),
+            temperature: self.temperature.map(f64::from),
+            top_p: self.top_p.map(f64::from),
+            seed: None,
+        };
+        Ok(BedrockConverse {
+            client: self.client,
+            model_id,
+            streaming: self.streaming,
+            max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            stop_sequences: self.stop_sequences,
+            additional,
+            cache: self.cache,
+            reply_timeout: self.reply_timeout,
+            idle_timeout: self.idle_timeout,
+            descriptor,
+        })
+    }
+}
+
+/// A chat model on Amazon Bedrock through the Converse API. Cheap to clone (the SDK client is
+/// shared).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use agent_core::model::bedrock::{BedrockConverse, PromptCache};
+///
+/// let config = aws_config::load_from_env().await;
+/// let model = BedrockConverse::builder(aws_sdk_bedrockruntime::Client::new(&config))
+///     .model_id("us.amazon.nova-pro-v1:0")
+///     .prompt_cache(PromptCache::automatic())
+///     .build()?;
+/// # let _ = model; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BedrockConverse {
+    client: aws_sdk_bedrockruntime::Client,
+    model_id: String,
+    streaming: bool,
+    max_tokens: u32,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    stop_sequences: Vec<String>,
+    additional: Option<aws_smithy_types::Document>,
+    cache: PromptCache,
+    reply_timeout: Duration,
+    idle_timeout: Duration,
+    descriptor: ModelDescriptor,
+}
+
+impl BedrockConverse {
+    /// A builder on `client`.
+    pub fn builder(client: aws_sdk_bedrockruntime::Client) -> BedrockConverseBuilder {
+        BedrockConverseBuilder {
+            client,
+            model_id: None,
+            streaming: true,
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            stop_sequences: Vec::new(),
+            additional_fields: None,
+            cache: PromptCache::none(),
+            reply_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// A provider for `BEDROCK_MODEL_ID`, with a client from the standard AWS configuration
+    /// (credential chain, `AWS_REGION`, `AWS_ENDPOINT_URL`).
+    pub async fn from_env() -> Result<Self, ModelError> {
+        let config = aws_config::load_from_env().await;
+        Self::builder(aws_sdk_bedrockruntime::Client::new(&config)).build()
+    }
+
+    /// The model id or inference profile calls go to.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn inference_config(&self, request: &ModelRequest<'_>) -> bt::InferenceConfiguration {
+        let max_tokens = request
+            .max_tokens
+            .map_or(self.max_tokens, |n| n.min(self.max_tokens));
+        bt::InferenceConfiguration::builder()
+            .max_tokens(i32::try_from(max_tokens).unwrap_or(i32::MAX))
+            .set_temperature(request.temperature.or(self.temperature))
+            .set_top_p(self.top_p)
+            .set_stop_sequences(
+                (!self.stop_sequences.is_empty()).then(|| self.stop_sequences.clone()),
+            )
+            .build()
+    }
+
+    /// Per-call configuration: no SDK retries (the loop retries, with its own backoff).
+    fn no_retries() -> aws_sdk_bedrockruntime::config::Builder {
+        aws_sdk_bedrockruntime::config::Builder::default().retry_config(RetryConfig::disabled())
+    }
+}
+
+fn failed(e: ModelError) -> ModelStream {
+    Box::pin(futures::stream::once(async move { Err(e) }))
+}
+
+/// The state of a streamed reply between two events.
+struct Streaming {
+    receiver: aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver<
+        bt::ConverseStreamOutput,
+        bt::error::ConverseStreamOutputError,
+    >,
+    assembler: Option<Assembler>,
+    idle: Duration,
+    model_id: String,
+}
+
+impl Streaming {
+    /// The next model event, or `None` when the reply is complete.
+    async fn next(&mut self) -> Option<Result<super::ModelEvent, ModelError>> {
+        loop {
+            let assembler = self.assembler.as_mut()?;
+            let received = match tokio::time::timeout(self.idle, self.receiver.recv()).await {
+                Err(_) => Err(ModelError::Transient {
+                    message: format!("Bedrock sent no event for {:?}", self.idle),
+                }),
+                Ok(Err(e)) => Err(sdk_error(
+                    &self.model_id,
+                    "the Bedrock stream",
+                    e,
+                    stream_code,
+                )),
+                Ok(Ok(event)) => Ok(event),
+            };
+            let event = match received {
+                Err(e) => {
+                    self.assembler = None;
+                    return Some(Err(e));
+                }
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    let assembler = self.assembler.take()?;
+                    if !assembler.stopped() {
+                        return Some(Err(ModelError::Transient {
+                            message: "the Bedrock stream ended before its messageStop event".into(),
+                        }));
+                    }
+                    return Some(Ok(super::ModelEvent::Completed(
+                        assembler.finish(&self.model_id),
+                    )));
+                }
+            };
+            match assembler.feed(event) {
+                Ok(Some(e)) => return Some(Ok(e)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.assembler = None;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl Model for BedrockConverse {
+    fn stream(&self, request: &ModelRequest<'_>) -> ModelStream {
+        let parts = match parts(request, self.cache) {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        let inference = self.inference_config(request);
+        let model_id = self.model_id.clone();
+        let reply_timeout = self.reply_timeout;
+        let timed_out = move || ModelError::Transient {
+            message: format!("Bedrock did not answer within {reply_timeout:?}"),
+        };
+        if !self.streaming {
+            let call = self
+                .client
+                .converse()
+                .model_id(&self.model_id)
+                .set_messages(Some(parts.messages))
+                .set_system((!parts.system.is_empty()).then_some(parts.system))
+                .set_tool_config(parts.tool_config)
+                .inference_config(inference)
+                .set_additional_model_request_fields(self.additional.clone())
+                .customize()
+                .config_override(Self::no_retries())
+                .interceptor(ReplyLimit {
+                    body: Some(MAX_REPLY),
+                    frame: None,
+                })
+                .send();
+            return Box::pin(
+                futures::stream::once(async move {
+                    let output = tokio::time::timeout(reply_timeout, call)
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(|e| {
+                            sdk_error(&model_id, "the Bedrock Converse call", e, |_| None)
+                        })?;
+                    converse_events(output, &model_id)
+                })
+                .flat_map(|r| match r {
+                    Ok(events) => futures::stream::iter(events.into_iter().map(Ok)).boxed(),
+                    Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+                }),
+            );
+        }
+        let call = self
+            .client
+            .converse_stream()
+            .model_id(&self.model_id)
+            .set_messages(Some(parts.messages))
+            .set_system((!parts.system.is_empty()).then_some(parts.system))
+            .set_tool_config(parts.tool_config)
+            .inference_config(inference)
+            .set_additional_model_request_fields(self.additional.clone())
+            .customize()
+            .config_override(Self::no_retries())
+            .interceptor(ReplyLimit {
+                body: None,
+                frame: Some(MAX_FRAME),
+            })
+            .send();
+        let idle = self.idle_timeout;
+        let start = async move {
+            let output = tokio::time::timeout(reply_timeout, call)
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| {
+                    sdk_error(&model_id, "the Bedrock ConverseStream call", e, |_| None)
+                })?;
+            Ok::<_, ModelError>(Streaming {
+                receiver: output.stream,
+                assembler: Some(Assembler::default()),
+                idle,
+                model_id,
+            })
+        };
+        Box::pin(futures::stream::once(start).flat_map(|started| {
+            match started {
+                Ok(streaming) => futures::stream::unfold(streaming, |mut s| async move {
+                    s.next().await.map(|item| (item, s))
+                })
+                .boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            }
+        }))
+    }
+
+    fn descriptor(&self) -> ModelDescriptor {
+        self.descriptor.clone()
+    }
+}
