@@ -101,6 +101,17 @@ pub enum AgentError {
         /// The panic's message.
         message: String,
     },
+    /// The model gave no value of the asked structure within the allowed attempts (or the run
+    /// ended before it could be asked: cancelled, out of time).
+    #[error("no structured output after {attempts} attempt(s): {message}")]
+    StructuredOutput {
+        /// What was wrong with the last reply.
+        message: String,
+        /// The last reply as the model wrote it (the tool call's input as JSON, or its text).
+        raw: String,
+        /// Replies asked for.
+        attempts: u32,
+    },
 }
 
 impl AgentError {
@@ -117,6 +128,7 @@ impl AgentError {
             Self::EmptyPrompt => "empty_prompt",
             Self::Panicked { .. } => "panicked",
             Self::NothingToResume { .. } => "nothing_to_resume",
+            Self::StructuredOutput { .. } => "structured_output",
         }
     }
 }

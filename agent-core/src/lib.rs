@@ -44,8 +44,9 @@ pub mod telemetry;
 pub mod tool;
 
 pub use agent::{
-    Agent, AgentBuilder, AgentResult, AgentStream, FINAL_ANSWER_NOTE, Limits, LoopGuard, Prompt,
-    REPEATED_CALL_NOTE, ResumePolicy, SAME_RESULT_NOTE, Session, StopReason, TurnMetrics,
+    Agent, AgentBuilder, AgentResult, AgentStream, FINAL_ANSWER_NOTE, Limits, LoopGuard,
+    OutputSchema, Prompt, REPEATED_CALL_NOTE, ResumePolicy, SAME_RESULT_NOTE,
+    STRUCTURED_OUTPUT_NOTE, Session, StopReason, TurnMetrics,
 };
 pub use error::{AgentError, BuildError};
 pub use event::AgentEvent;
@@ -59,7 +60,7 @@ pub use schemars;
 
 /// The names most programs need.
 pub mod prelude {
-    pub use crate::agent::{Agent, AgentResult, Limits, LoopGuard, StopReason};
+    pub use crate::agent::{Agent, AgentResult, Limits, LoopGuard, OutputSchema, StopReason};
     pub use crate::conversation::{NullConversationManager, SlidingWindow};
     pub use crate::error::{AgentError, BuildError};
     pub use crate::event::AgentEvent;

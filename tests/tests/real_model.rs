@@ -69,3 +69,72 @@ async fn a_real_local_model_calls_a_tool_and_uses_its_result() {
         "the answer does not use the tool's result: {answer}"
     );
 }
+
+/// A trip the user described.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct Trip {
+    /// The destination city.
+    destination: String,
+    /// How many nights.
+    nights: u32,
+    /// The travellers, by first name.
+    travellers: Vec<Traveller>,
+}
+
+/// One traveller.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct Traveller {
+    /// First name.
+    name: String,
+    /// Age in years.
+    age: u32,
+}
+
+/// Structured output from the real model, native tool calling (the mode it cannot call tools
+/// in): the structured turn goes as a JSON schema that llama.cpp enforces as a grammar, so even
+/// this model produces a nested value that fits.
+#[tokio::test]
+async fn a_real_local_model_gives_a_nested_structured_value() {
+    let base_url = std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
+        panic!(
+            "AGENT_LOCAL_MODEL_URL is not set: run scripts/test.sh, or `scripts/local-model.sh start` \
+             and export AGENT_LOCAL_MODEL_URL=<the URL it prints>"
+        )
+    });
+    let model = OpenAiCompatible::builder()
+        .base_url(base_url)
+        .model("local")
+        .temperature(0.0)
+        .max_tokens(200)
+        .read_timeout(Duration::from_secs(120))
+        .build()
+        .expect("model");
+    let agent = Agent::builder()
+        .model(model)
+        .system_prompt("You are a travel assistant. Answer briefly.")
+        .limits(Limits::default().timeout(Duration::from_secs(300)))
+        .build()
+        .expect("agent");
+    let trip: Trip = agent
+        .session("real-structured")
+        .invoke_structured(
+            "Ana (34) and her son Rui (8) are going to Lisbon for three nights. Summarise the trip.",
+        )
+        .await
+        .expect("a structured value");
+    assert!(
+        trip.destination.to_lowercase().contains("lisbon"),
+        "{trip:?}"
+    );
+    assert_eq!(trip.nights, 3, "{trip:?}");
+    let names: Vec<String> = trip
+        .travellers
+        .iter()
+        .map(|t| t.name.to_lowercase())
+        .collect();
+    assert!(
+        names.contains(&"ana".into()) && names.contains(&"rui".into()),
+        "{trip:?}"
+    );
+    assert!(trip.travellers.iter().any(|t| t.age == 34), "{trip:?}");
+}

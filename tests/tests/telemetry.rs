@@ -704,3 +704,56 @@ async fn a_given_trace_parent_is_the_parent_of_invoke_agent() {
         assert_eq!(invoke.parent_span_id, span_id);
     }
 }
+
+/// Bedrock's spans: the provider named as the conventions name it, the responding model, and
+/// the prompt-cache counts (`gen_ai.usage.cache_read.input_tokens`,
+/// `gen_ai.usage.cache_creation.input_tokens`) on the chat and invoke_agent spans.
+#[tokio::test]
+async fn bedrock_spans_carry_the_prompt_cache_counts() {
+    use agent_tests::bedrock::{BedrockReply, BedrockUsage, LoopbackBedrock};
+    let recorder = Recorder::new();
+    let server = LoopbackBedrock::start([BedrockReply::text(
+        &["Sunny."],
+        BedrockUsage {
+            input: 20,
+            output: 3,
+            cache_read: 1200,
+            cache_write: 80,
+        },
+    )])
+    .await
+    .unwrap();
+    let model = agent_core::model::bedrock::BedrockConverse::builder(server.client())
+        .model_id("amazon.nova-pro-v1:0")
+        .build()
+        .unwrap();
+    let agent = Agent::builder()
+        .name("travel")
+        .model(model)
+        .telemetry(recorder.telemetry(CaptureMode::NoContent))
+        .build()
+        .unwrap();
+    agent.session("b").invoke("Lisbon?").await.unwrap();
+    let spans = recorder.spans();
+    let chat = spans
+        .iter()
+        .find(|s| s.name == "chat amazon.nova-pro-v1:0")
+        .expect("chat span");
+    let a = attrs(chat);
+    assert_eq!(a["gen_ai.provider.name"], s("aws.bedrock"));
+    assert_eq!(a["gen_ai.response.model"], s("amazon.nova-pro-v1:0"));
+    assert_eq!(a["gen_ai.usage.input_tokens"], Value::I64(1300));
+    assert_eq!(a["gen_ai.usage.cache_read.input_tokens"], Value::I64(1200));
+    assert_eq!(
+        a["gen_ai.usage.cache_creation.input_tokens"],
+        Value::I64(80)
+    );
+    let invoke = spans
+        .iter()
+        .find(|s| s.name == "invoke_agent travel")
+        .expect("invoke span");
+    assert_eq!(
+        attrs(invoke)["gen_ai.usage.cache_read.input_tokens"],
+        Value::I64(1200)
+    );
+}

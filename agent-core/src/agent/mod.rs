@@ -21,11 +21,13 @@ mod guard;
 mod locks;
 mod run;
 mod session;
+mod structured;
 mod tools;
 
 pub use builder::AgentBuilder;
 pub(crate) use locks::SessionLocks;
 pub use session::{AgentStream, Session};
+pub use structured::{OutputSchema, STRUCTURED_OUTPUT_NOTE};
 pub(crate) use tools::AgentTools;
 
 pub use guard::{LoopGuard, REPEATED_CALL_NOTE, SAME_RESULT_NOTE};
@@ -156,9 +158,32 @@ pub struct AgentResult {
     pub usage: Usage,
     /// Per-turn metrics.
     pub turns: Vec<TurnMetrics>,
+    /// The structured value, when the invocation asked for one
+    /// ([`Session::structured_output`]); checked against its schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured_output: Option<serde_json::Value>,
 }
 
 impl AgentResult {
+    /// The structured value as `T` (see [`Session::invoke_structured`]); an error when the
+    /// invocation asked for none or the value is not a `T`.
+    pub fn structured<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::AgentError> {
+        let value =
+            self.structured_output
+                .clone()
+                .ok_or_else(|| crate::AgentError::StructuredOutput {
+                    message: "the invocation asked for no structured output".into(),
+                    raw: self.text(),
+                    attempts: 0,
+                })?;
+        let raw = value.to_string();
+        serde_json::from_value(value).map_err(|e| crate::AgentError::StructuredOutput {
+            message: format!("the value does not deserialise: {e}"),
+            raw,
+            attempts: 0,
+        })
+    }
+
     /// The text of the final message (empty if there is none).
     pub fn text(&self) -> String {
         self.message.as_ref().map(Message::text).unwrap_or_default()

@@ -98,6 +98,20 @@ impl Emitter {
     }
 }
 
+/// What a model turn is for.
+enum TurnKind<'a> {
+    /// A turn of the loop: the agent's tools and tool choice.
+    Normal,
+    /// The final answer after a limit: no tools, [`FINAL_ANSWER_NOTE`] in the system prompt.
+    FinalAnswer,
+    /// The structured form of the answer: only the output tool, forced, with `extra` (this
+    /// step's notes and earlier rejected replies, never stored) after the conversation.
+    Structured {
+        schema: &'a super::OutputSchema,
+        extra: &'a [Message],
+    },
+}
+
 // Returned once per turn and moved out at once, never stored: boxing would only add an
 // allocation per turn.
 #[allow(clippy::large_enum_variant)]
@@ -195,6 +209,8 @@ pub(super) struct Invocation {
     pub(super) start: Start,
     /// A retry with the same key resumes the invocation, or gets its outcome.
     pub(super) idempotency_key: Option<String>,
+    /// The structure the answer must also be given in.
+    pub(super) structured: Option<super::OutputSchema>,
 }
 
 pub(super) async fn run(
@@ -272,6 +288,7 @@ fn recorded_outcome(
             .cloned(),
         usage: Usage::default(),
         turns: Vec::new(),
+        structured_output: None,
     }
 }
 
@@ -392,6 +409,7 @@ async fn run_session(
     let Invocation {
         mut start,
         idempotency_key,
+        structured,
     } = invocation;
     if matches!(&start, Start::Prompt(p) if p.0.is_empty()) {
         return Err(AgentError::EmptyPrompt);
@@ -629,7 +647,7 @@ async fn run_session(
             }
             run.renew_lease_if_due().await?;
             agent.conversation.apply(&run.history, &mut run.window);
-            let (response, mut metrics) = match run.model_turn(false).await? {
+            let (response, mut metrics) = match run.model_turn(TurnKind::Normal).await? {
                 TurnOutcome::Done(r, m) => (r, m),
                 TurnOutcome::Stopped(reason) => break reason,
             };
@@ -685,7 +703,7 @@ async fn run_session(
         run.emitter.deadline = run.deadline;
         run.renew_lease_if_due().await?;
         agent.conversation.apply(&run.history, &mut run.window);
-        if let TurnOutcome::Done(response, metrics) = run.model_turn(true).await? {
+        if let TurnOutcome::Done(response, metrics) = run.model_turn(TurnKind::FinalAnswer).await? {
             usage.add(&response.usage);
             turns.push(metrics);
             // Text only: a tool use here would be one nobody answers.
@@ -700,6 +718,96 @@ async fn run_session(
         }
     }
 
+    // The structured form of the answer: asked for once the model has answered, the replies
+    // that do not fit sent back with what is wrong. None of it is stored: the session keeps the
+    // answer as the model gave it, and stays a valid conversation for the next prompt.
+    let mut structured_output = None;
+    let mut structured_error = None;
+    if let Some(schema) = &structured {
+        let mut extra = vec![Message::user(schema.note())];
+        let mut failure = (
+            format!("the run ended ({}) before an answer", stop_reason.as_str()),
+            String::new(),
+        );
+        let mut attempts = 0;
+        let answered = run
+            .history
+            .messages()
+            .last()
+            .is_some_and(|m| m.role == Role::Assistant);
+        while answered && attempts < schema.attempts() && !run.cancel.is_cancelled() {
+            attempts += 1;
+            agent.conversation.apply(&run.history, &mut run.window);
+            let kind = TurnKind::Structured {
+                schema,
+                extra: &extra,
+            };
+            let (response, metrics) = match run.model_turn(kind).await {
+                Ok(TurnOutcome::Done(response, metrics)) => (response, metrics),
+                Ok(TurnOutcome::Stopped(reason)) => {
+                    failure.0 = format!("the run stopped ({}) while asked for it", reason.as_str());
+                    break;
+                }
+                Err(e) => {
+                    failure.0 = e.to_string();
+                    break;
+                }
+            };
+            usage.add(&response.usage);
+            turns.push(metrics);
+            let call = response.content.iter().find_map(|b| match b {
+                ContentBlock::ToolUse(u) if u.name == schema.tool().name => Some(u.clone()),
+                _ => None,
+            });
+            let feedback = match &call {
+                Some(call) => match schema.check(&call.input) {
+                    Ok(value) => {
+                        structured_output = Some(value);
+                        break;
+                    }
+                    Err(problem) => {
+                        failure = (problem.clone(), call.input.to_string());
+                        Message::new(
+                            Role::User,
+                            vec![ContentBlock::ToolResult(crate::message::ToolResult::error(
+                                call.tool_use_id.clone(),
+                                problem,
+                            ))],
+                        )
+                    }
+                },
+                None => {
+                    let text = text_of(&response.content);
+                    failure = (
+                        format!(
+                            "the model answered without calling `{}`",
+                            schema.tool().name
+                        ),
+                        text,
+                    );
+                    Message::user(format!(
+                        "That was not a call of the `{}` tool. {}",
+                        schema.tool().name,
+                        schema.note()
+                    ))
+                }
+            };
+            let mut content = response.content;
+            if content.is_empty() {
+                content.push(ContentBlock::Text(String::new()));
+            }
+            extra.push(Message::new(Role::Assistant, content));
+            extra.push(feedback);
+        }
+        if structured_output.is_none() {
+            structured_error = Some(AgentError::StructuredOutput {
+                message: failure.0,
+                raw: failure.1,
+                attempts,
+            });
+        }
+    }
+
     if let Some(record) = run.checkpoint.invocation.as_mut()
         && idempotency_key.as_deref() == Some(record.key.as_str())
     {
@@ -707,6 +815,9 @@ async fn run_session(
     }
     run.checkpoint.lease = None;
     run.save_if_changed().await?;
+    if let Some(error) = structured_error {
+        return Err(error);
+    }
     // Only a run that ended with an answer is mined (also one the loop guard sent to its final
     // answer); a failed or stopped one may hold half a thought, and the extraction call would
     // compete with the user's next request.
@@ -746,6 +857,7 @@ async fn run_session(
         message,
         usage,
         turns,
+        structured_output,
     })
 }
 
@@ -816,18 +928,22 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// One model call, retried as the policy allows. `final_answer`: tool use switched off and
-    /// [`FINAL_ANSWER_NOTE`] added to the system prompt.
-    async fn model_turn(&mut self, final_answer: bool) -> Result<TurnOutcome, AgentError> {
+    /// One model call, retried as the policy allows, of the given kind.
+    async fn model_turn(&mut self, kind: TurnKind<'_>) -> Result<TurnOutcome, AgentError> {
         let agent = self.agent;
+        let final_answer = matches!(kind, TurnKind::FinalAnswer);
         let final_prompt = final_answer.then(|| match &self.system_prompt {
             Some(p) => format!("{p}\n\n{FINAL_ANSWER_NOTE}"),
             None => FINAL_ANSWER_NOTE.to_owned(),
         });
-        let tool_choice = if final_answer {
-            &ToolChoice::None
-        } else {
-            &agent.tool_choice
+        let forced;
+        let (tool_choice, structured) = match &kind {
+            TurnKind::Normal => (&agent.tool_choice, None),
+            TurnKind::FinalAnswer => (&ToolChoice::None, None),
+            TurnKind::Structured { schema, extra } => {
+                forced = ToolChoice::Tool(schema.tool().name.clone());
+                (&forced, Some((schema.tool(), *extra)))
+            }
         };
         // Tool sources bring their lists up to date first, within the run's bounds.
         let tools = tokio::select! {
@@ -836,7 +952,9 @@ impl Run<'_> {
             () = sleep_until_opt(self.deadline) => return Ok(TurnOutcome::Stopped(StopReason::Timeout)),
             tools = agent.tools.refreshed() => tools,
         };
-        self.tools = Some(tools.clone());
+        if structured.is_none() {
+            self.tools = Some(tools.clone());
+        }
         let mut attempts = 0u32;
         let mut failures = 0u32;
         let mut reductions = 0u32;
@@ -852,13 +970,20 @@ impl Run<'_> {
                 {
                     *slot = with_memory;
                 }
+                let mut offered = tools.specs();
+                if let Some((tool, extra)) = structured {
+                    // Only the output tool, after the conversation and the notes of this step.
+                    offered = std::slice::from_ref(tool);
+                    messages.extend(extra.iter());
+                }
                 let request = ModelRequest {
                     messages,
                     system_prompt: final_prompt.as_deref().or(self.system_prompt.as_deref()),
-                    tools: tools.specs(),
+                    tools: offered,
                     tool_choice,
                     max_tokens: None,
                     temperature: None,
+                    structured_output: structured.is_some(),
                 };
                 let chat = self.trace.as_ref().and_then(|cx| {
                     agent.telemetry.start_chat(

@@ -8,7 +8,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{Agent, AgentResult, Prompt, run};
+use super::{Agent, AgentResult, OutputSchema, Prompt, run};
 use crate::error::AgentError;
 use crate::event::AgentEvent;
 use crate::message::Message;
@@ -27,6 +27,7 @@ pub struct Session {
     idempotency_key: Option<String>,
     trace_parent: Option<opentelemetry::Context>,
     request_id: Option<String>,
+    structured: Option<OutputSchema>,
 }
 
 impl Session {
@@ -39,6 +40,7 @@ impl Session {
             idempotency_key: None,
             trace_parent: None,
             request_id: None,
+            structured: None,
         }
     }
 
@@ -87,7 +89,53 @@ impl Session {
         run::Invocation {
             start,
             idempotency_key: self.idempotency_key.clone(),
+            structured: self.structured.clone(),
         }
+    }
+
+    /// Asks the next invocations for their answer in this structure too: once the model has
+    /// answered, it is made to give the answer as a value of `schema`, checked, and found in
+    /// [`AgentResult::structured_output`] (see [`OutputSchema`]). A streamed invocation streams
+    /// the value's JSON as tool-input deltas of the output tool. The extra model calls count in
+    /// the result's usage; they are not stored in the session.
+    pub fn structured_output(mut self, schema: OutputSchema) -> Self {
+        self.structured = Some(schema);
+        self
+    }
+
+    /// Runs an invocation and returns its answer as a `T`, on every provider:
+    ///
+    /// ```no_run
+    /// # async fn demo(agent: agent_core::Agent) -> Result<(), agent_core::AgentError> {
+    /// /// A trip the user asked about.
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct Trip {
+    ///     city: String,
+    ///     nights: u32,
+    /// }
+    /// let trip: Trip = agent.session("alice").invoke_structured("Two nights in Lisbon?").await?;
+    /// # let _ = trip; Ok(()) }
+    /// ```
+    ///
+    /// A model that gives no valid `T` within the schema's attempts (default 3) ends it with
+    /// [`AgentError::StructuredOutput`], which carries the last raw reply.
+    pub async fn invoke_structured<T>(&self, prompt: impl Into<Prompt>) -> Result<T, AgentError>
+    where
+        T: serde::de::DeserializeOwned + schemars::JsonSchema,
+    {
+        let session = self.clone().structured_output(OutputSchema::of::<T>());
+        session.invoke(prompt).await?.structured::<T>()
+    }
+
+    /// [`Session::invoke_structured`], streamed: the last event's result carries the value
+    /// ([`AgentResult::structured`] reads it as a `T`).
+    pub fn stream_structured<T: schemars::JsonSchema>(
+        &self,
+        prompt: impl Into<Prompt>,
+    ) -> AgentStream {
+        self.clone()
+            .structured_output(OutputSchema::of::<T>())
+            .stream(prompt)
     }
 
     /// Runs an invocation to its end, in a task of its own: dropping the returned future (a

@@ -61,6 +61,11 @@ pub struct ModelRequest<'a> {
     /// A sampling temperature for this call, instead of the provider's (for example 0 for a
     /// background extraction that should not vary from run to run); `None` uses the provider's.
     pub temperature: Option<f32>,
+    /// This call asks for structured output: the single tool named by the tool choice carries
+    /// the answer's schema. Providers that can enforce a JSON schema on the reply do so (the
+    /// OpenAI-compatible provider sends it as `response_format`, which vLLM and llama.cpp
+    /// enforce); others force the tool call.
+    pub structured_output: bool,
 }
 
 impl<'a> ModelRequest<'a> {
@@ -78,6 +83,7 @@ impl<'a> ModelRequest<'a> {
             tool_choice,
             max_tokens: None,
             temperature: None,
+            structured_output: false,
         }
     }
 
@@ -96,6 +102,12 @@ impl<'a> ModelRequest<'a> {
     /// Sets this call's sampling temperature.
     pub fn temperature(mut self, temperature: f32) -> Self {
         self.temperature = Some(temperature);
+        self
+    }
+
+    /// Marks this call as asking for structured output (see the field).
+    pub fn structured_output(mut self) -> Self {
+        self.structured_output = true;
         self
     }
 }

@@ -57,7 +57,7 @@ pub fn object_schema(properties: Map<String, Value>, required: Vec<Value>) -> Va
 /// and schemars' non-standard numeric `format`s (`uint8`, `double`, ...), and closes nested
 /// objects with `additionalProperties: false`; in the schema and all its subschemas, never in
 /// data such as `enum` values, nor in property names.
-fn strip_noise(schema: &mut Value) {
+pub(crate) fn strip_noise(schema: &mut Value) {
     match schema {
         Value::Object(o) => {
             o.remove("title");

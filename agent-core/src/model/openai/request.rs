@@ -111,6 +111,11 @@ pub(super) fn constrained_schema(
             constrained::reply_schema(request.tools, request.tool_choice, parallel)
                 .map(|s| (s, parallel))
         }
+        // Structured output is enforced as a schema even where tools are native: vLLM's
+        // guided decoding and llama.cpp's grammar make the reply valid JSON by construction.
+        ToolCalling::Native if request.structured_output => {
+            constrained::reply_schema(request.tools, request.tool_choice, false).map(|s| (s, false))
+        }
         ToolCalling::Native => None,
     }
 }
