@@ -168,6 +168,9 @@ pub struct BedrockRequest {
 }
 
 struct LoopbackState {
+    /// The benchmark's replies, rendered once: a tool call for a request without a tool result,
+    /// the answer for one with.
+    bench: Option<(Bytes, Bytes)>,
     script: Mutex<VecDeque<BedrockReply>>,
     /// Answered when the script is empty (the benchmark's endless replies).
     fallback: Option<BedrockReply>,
@@ -235,9 +238,43 @@ impl LoopbackBedrock {
         Self::start_with(script.into_iter().collect(), None, true).await
     }
 
-    /// An endpoint that answers every request with `reply` and records nothing (benchmarks).
+    /// An endpoint that answers every request with `reply` and records nothing.
     pub async fn start_endless(reply: BedrockReply) -> std::io::Result<Self> {
         Self::start_with(VecDeque::new(), Some(reply), false).await
+    }
+
+    /// The benchmark's endpoint: the weather round of the OpenAI-compatible benchmark server
+    /// (a `get_weather` call, then an answer of 50 streamed tokens) on `ConverseStream`,
+    /// stateless, recording nothing.
+    pub async fn start_bench() -> std::io::Result<Self> {
+        let words: Vec<String> = (0..50).map(|i| format!("w{i} ")).collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let call = render_stream(&BedrockReply::tool_call(
+            "tooluse_bench",
+            "get_weather",
+            &json!({"city": "Lisbon"}),
+            BedrockUsage {
+                input: 120,
+                output: 20,
+                ..BedrockUsage::default()
+            },
+        ));
+        let answer = render_stream(&BedrockReply::text(
+            &words,
+            BedrockUsage {
+                input: 160,
+                output: 50,
+                ..BedrockUsage::default()
+            },
+        ));
+        Self::serve(Arc::new(LoopbackState {
+            bench: Some((call, answer)),
+            script: Mutex::new(VecDeque::new()),
+            fallback: None,
+            received: Mutex::new(Vec::new()),
+            record: false,
+        }))
+        .await
     }
 
     async fn start_with(
@@ -245,12 +282,17 @@ impl LoopbackBedrock {
         fallback: Option<BedrockReply>,
         record: bool,
     ) -> std::io::Result<Self> {
-        let state = Arc::new(LoopbackState {
+        Self::serve(Arc::new(LoopbackState {
+            bench: None,
             script: Mutex::new(script),
             fallback,
             received: Mutex::new(Vec::new()),
             record,
-        });
+        }))
+        .await
+    }
+
+    async fn serve(state: Arc<LoopbackState>) -> std::io::Result<Self> {
         let app = axum::Router::new()
             .route("/model/{model}/{operation}", post(answer))
             .with_state(state.clone());
@@ -302,6 +344,19 @@ async fn answer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some((call, answer)) = &state.bench {
+        // The server's CPU is not the benchmark's: a plain search will do.
+        let has_result = body.windows(10).any(|w| w == b"toolResult");
+        return (
+            [("content-type", "application/vnd.amazon.eventstream")],
+            if has_result {
+                answer.clone()
+            } else {
+                call.clone()
+            },
+        )
+            .into_response();
+    }
     if state.record {
         let signed = headers
             .get("authorization")

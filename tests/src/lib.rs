@@ -1138,7 +1138,11 @@ pub fn serve_bench_model_until_stdin_closes() {
         let server = MockVllm::start_bench("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("server: {e}"));
-        println!("{}", server.addr().port());
+        let bedrock = bedrock::LoopbackBedrock::start_bench()
+            .await
+            .unwrap_or_else(|e| panic!("bedrock server: {e}"));
+        // The OpenAI-compatible server's port, then the Bedrock endpoint's.
+        println!("{} {}", server.addr().port(), bedrock.url());
         tokio::task::spawn_blocking(|| {
             let mut sink = Vec::new();
             let _ = std::io::stdin().read_to_end(&mut sink);
@@ -1152,6 +1156,13 @@ pub fn serve_bench_model_until_stdin_closes() {
 /// (which calls [`serve_bench_model_until_stdin_closes`]). Returns the child, which serves until
 /// its stdin is closed, and the base URL (`http://127.0.0.1:<port>/v1`).
 pub fn spawn_bench_model() -> (std::process::Child, String) {
+    let (child, base_url, _) = spawn_bench_models();
+    (child, base_url)
+}
+
+/// [`spawn_bench_model`], with the URL of the Bedrock endpoint the same child serves
+/// ([`bedrock::LoopbackBedrock::start_bench`]).
+pub fn spawn_bench_models() -> (std::process::Child, String, String) {
     use std::io::BufRead as _;
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("exe: {e}"));
     let mut child = std::process::Command::new(exe)
@@ -1164,9 +1175,14 @@ pub fn spawn_bench_model() -> (std::process::Child, String) {
     std::io::BufReader::new(child.stdout.take().unwrap_or_else(|| panic!("no stdout")))
         .read_line(&mut line)
         .unwrap_or_else(|e| panic!("read: {e}"));
-    let port: u16 = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("port {line:?}: {e}"));
-    (child, format!("http://127.0.0.1:{port}/v1"))
+    let mut words = line.split_whitespace();
+    let port: u16 = words
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let bedrock = words
+        .next()
+        .unwrap_or_else(|| panic!("no Bedrock URL in {line:?}"))
+        .to_owned();
+    (child, format!("http://127.0.0.1:{port}/v1"), bedrock)
 }

@@ -256,9 +256,31 @@ async fn throttling_exceptions_and_cut_streams_are_retried_by_the_loop() {
         })
         .build()
         .unwrap();
-    let result = agent.session("s").invoke("hi").await.unwrap();
-    assert_eq!(result.text(), "fine");
+    let mut stream = agent.session("s").stream("hi");
+    let mut retries = Vec::new();
+    let mut result = None;
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            AgentEvent::Retry { error_kind, .. } => retries.push(error_kind),
+            AgentEvent::Stop(r) => result = Some(r),
+            _ => {}
+        }
+    }
+    assert_eq!(result.unwrap().text(), "fine");
     assert_eq!(server.received().len(), 7);
+    // Every failure reached the loop: the SDK retried none itself (its retries are off, so the
+    // two never multiply).
+    assert_eq!(
+        retries,
+        [
+            "throttled",
+            "throttled",
+            "transient",
+            "transient",
+            "transient",
+            "throttled"
+        ]
+    );
 }
 
 /// The error the provider gives for one scripted reply.

@@ -7,8 +7,12 @@
 //! 100 and 1000 concurrent sessions, and memory per idle session, each as a ratio to the floor.
 //!
 //! Run: `scripts/bench.sh` (or `cargo run --release -p agent-tests --bin bench -- [--quick]`).
-//! `--profile <floor|agent|agent-traced|floor-unary|agent-unary> [n]` runs only `n` invocations
-//! of one subject on one thread, for `perf record`.
+//! `--profile <floor|agent|agent-traced|floor-unary|agent-unary|bedrock-floor|bedrock-agent> [n]`
+//! runs only `n` invocations of one subject on one thread, for `perf record`.
+//!
+//! The Bedrock row: the agent on the Converse provider against the same round written by hand
+//! with `aws-sdk-bedrockruntime` (`ConverseStream`, SigV4 included in both), against a loopback
+//! endpoint that writes real event-stream frames (in the same child process).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -244,6 +248,138 @@ impl Floor {
     }
 }
 
+// ------------------------------------------------------------------ the Bedrock floor
+
+/// The floor of the Bedrock path: the same two calls through `aws-sdk-bedrockruntime`'s
+/// `ConverseStream`, written by hand with the SDK's types (no runtime in between).
+struct BedrockFloor {
+    client: aws_sdk_bedrockruntime::Client,
+    tools: bt::ToolConfiguration,
+}
+
+use aws_sdk_bedrockruntime::types as bt;
+
+/// JSON as the SDK's document type.
+fn document(value: &Value) -> aws_smithy_types::Document {
+    use aws_smithy_types::{Document, Number};
+    match value {
+        Value::Null => Document::Null,
+        Value::Bool(b) => Document::Bool(*b),
+        Value::Number(n) => Document::Number(match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Number::PosInt(u),
+            (None, Some(i)) => Number::NegInt(i),
+            _ => Number::Float(n.as_f64().unwrap_or_default()),
+        }),
+        Value::String(s) => Document::String(s.clone()),
+        Value::Array(a) => Document::Array(a.iter().map(document).collect()),
+        Value::Object(o) => {
+            Document::Object(o.iter().map(|(k, v)| (k.clone(), document(v))).collect())
+        }
+    }
+}
+
+impl BedrockFloor {
+    fn new(url: &str) -> Self {
+        let spec = bt::ToolSpecification::builder()
+            .name("get_weather")
+            .description("Weather for a city.")
+            .input_schema(bt::ToolInputSchema::Json(document(&weather_schema())))
+            .build()
+            .unwrap_or_else(|e| panic!("tool: {e}"));
+        Self {
+            client: agent_tests::bedrock::loopback_client(url),
+            tools: bt::ToolConfiguration::builder()
+                .tools(bt::Tool::ToolSpec(spec))
+                .build()
+                .unwrap_or_else(|e| panic!("tools: {e}")),
+        }
+    }
+
+    /// One streamed call; returns (text, tool call id, name, arguments).
+    async fn call(
+        &self,
+        messages: &[bt::Message],
+    ) -> Result<(String, Option<(String, String, String)>), String> {
+        let output = self
+            .client
+            .converse_stream()
+            .model_id("bench")
+            .set_messages(Some(messages.to_vec()))
+            .system(bt::SystemContentBlock::Text("You plan trips.".into()))
+            .tool_config(self.tools.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = output.stream;
+        let mut text = String::new();
+        let mut call: Option<(String, String, String)> = None;
+        while let Some(event) = stream.recv().await.map_err(|e| e.to_string())? {
+            match event {
+                bt::ConverseStreamOutput::ContentBlockStart(s) => {
+                    if let Some(bt::ContentBlockStart::ToolUse(t)) = s.start {
+                        call = Some((t.tool_use_id, t.name, String::new()));
+                    }
+                }
+                bt::ConverseStreamOutput::ContentBlockDelta(d) => match d.delta {
+                    Some(bt::ContentBlockDelta::Text(t)) => text.push_str(&t),
+                    Some(bt::ContentBlockDelta::ToolUse(t)) => {
+                        if let Some(c) = &mut call {
+                            c.2.push_str(&t.input);
+                        }
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        Ok((text, call))
+    }
+
+    /// One invocation; returns the conversation.
+    async fn invoke(&self, prompt: &str) -> Result<Vec<bt::Message>, String> {
+        let message = |role, content| {
+            bt::Message::builder()
+                .role(role)
+                .set_content(Some(content))
+                .build()
+                .map_err(|e| e.to_string())
+        };
+        let mut messages = vec![message(
+            bt::ConversationRole::User,
+            vec![bt::ContentBlock::Text(prompt.into())],
+        )?];
+        let (_, call) = self.call(&messages).await?;
+        let (id, name, args) = call.ok_or("no tool call")?;
+        let input: Value = serde_json::from_str(&args).map_err(|e| e.to_string())?;
+        let result = weather(input["city"].as_str().unwrap_or_default());
+        let tool_use = bt::ToolUseBlock::builder()
+            .tool_use_id(&id)
+            .name(name)
+            .input(document(&input))
+            .build()
+            .map_err(|e| e.to_string())?;
+        messages.push(message(
+            bt::ConversationRole::Assistant,
+            vec![bt::ContentBlock::ToolUse(tool_use)],
+        )?);
+        let tool_result = bt::ToolResultBlock::builder()
+            .tool_use_id(id)
+            .content(bt::ToolResultContentBlock::Json(document(&result)))
+            .build()
+            .map_err(|e| e.to_string())?;
+        messages.push(message(
+            bt::ConversationRole::User,
+            vec![bt::ContentBlock::ToolResult(tool_result)],
+        )?);
+        let (text, _) = self.call(&messages).await?;
+        messages.push(message(
+            bt::ConversationRole::Assistant,
+            vec![bt::ContentBlock::Text(text)],
+        )?);
+        Ok(messages)
+    }
+}
+
 // ------------------------------------------------------------------ the agent
 
 fn build_agent(base_url: &str, store: InMemorySessionStore) -> Agent {
@@ -301,6 +437,8 @@ enum Who {
     AgentTraced,
     FloorUnary,
     AgentUnary,
+    BedrockFloor,
+    BedrockAgent,
 }
 
 struct Subjects {
@@ -309,12 +447,37 @@ struct Subjects {
     traced: Agent,
     floor_unary: Floor,
     agent_unary: Agent,
+    bedrock_floor: BedrockFloor,
+    bedrock_agent: Agent,
     next_session: AtomicUsize,
 }
 
 impl Subjects {
-    fn new(base_url: &str) -> Self {
+    fn new(base_url: &str, bedrock_url: &str) -> Self {
+        let bedrock_model = agent_core::model::bedrock::BedrockConverse::builder(
+            agent_tests::bedrock::loopback_client(bedrock_url),
+        )
+        .model_id("bench")
+        .build()
+        .unwrap_or_else(|e| panic!("bedrock model: {e}"));
         Self {
+            bedrock_floor: BedrockFloor::new(bedrock_url),
+            bedrock_agent: Agent::builder()
+                .model(bedrock_model)
+                .system_prompt("You plan trips.")
+                .tool(FnTool::new(
+                    "get_weather",
+                    "Weather for a city.",
+                    weather_schema(),
+                    |input, _ctx| async move {
+                        Ok(ToolOutput::json(weather(
+                            input["city"].as_str().unwrap_or_default(),
+                        )))
+                    },
+                ))
+                .session_store(InMemorySessionStore::new())
+                .build()
+                .unwrap_or_else(|e| panic!("bedrock agent: {e}")),
             floor: Floor::new(base_url, true),
             agent: build_agent(base_url, InMemorySessionStore::new()),
             traced: build_agent_with(
@@ -337,6 +500,23 @@ impl Subjects {
     async fn one(&self, who: Who) {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
         match who {
+            Who::BedrockFloor => {
+                let conv = self
+                    .bedrock_floor
+                    .invoke("Weather in Lisbon?")
+                    .await
+                    .unwrap_or_else(|e| panic!("bedrock floor: {e}"));
+                assert_eq!(conv.len(), 4);
+            }
+            Who::BedrockAgent => {
+                let r = self
+                    .bedrock_agent
+                    .session(format!("b{n}"))
+                    .invoke("Weather in Lisbon?")
+                    .await
+                    .unwrap_or_else(|e| panic!("bedrock agent: {e}"));
+                assert_eq!(r.stop_reason, StopReason::EndTurn);
+            }
             Who::Floor | Who::FloorUnary => {
                 let floor = if who == Who::Floor {
                     &self.floor
@@ -496,7 +676,7 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     agent_tests::raise_fd_limit();
-    let (mut child, base_url) = agent_tests::spawn_bench_model();
+    let (mut child, base_url, bedrock_url) = agent_tests::spawn_bench_models();
 
     // `--profile <subject> [n]`: only `n` invocations of one subject, for `perf record`.
     if let Some(who) = args.iter().skip_while(|a| *a != "--profile").nth(1) {
@@ -506,8 +686,10 @@ fn main() {
             "agent-traced" => Who::AgentTraced,
             "floor-unary" => Who::FloorUnary,
             "agent-unary" => Who::AgentUnary,
+            "bedrock-floor" => Who::BedrockFloor,
+            "bedrock-agent" => Who::BedrockAgent,
             other => panic!(
-                "--profile takes floor, agent, agent-traced, floor-unary or agent-unary, not {other}"
+                "--profile takes floor, agent, agent-traced, floor-unary, agent-unary, bedrock-floor or bedrock-agent, not {other}"
             ),
         };
         let n: usize = args
@@ -521,7 +703,7 @@ fn main() {
             .build()
             .unwrap_or_else(|e| panic!("runtime: {e}"));
         let (per, allocations) = rt.block_on(async {
-            let subjects = Subjects::new(&base_url);
+            let subjects = Subjects::new(&base_url, &bedrock_url);
             cpu_per_invocation(&subjects, who, 100).await;
             let before = ALLOCATIONS.load(Ordering::Relaxed);
             let per = cpu_per_invocation(&subjects, who, n).await;
@@ -541,7 +723,7 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     let (mut rows, overhead, bounded, unbounded, cpu_ok, unary_ok, noise) = rt.block_on(async {
-        let subjects = Arc::new(Subjects::new(&base_url));
+        let subjects = Arc::new(Subjects::new(&base_url, &bedrock_url));
         let cpu_n = if quick { 200 } else { 2000 };
         // Warm up every subject (connections, allocator, caches).
         for who in [
@@ -603,6 +785,35 @@ fn main() {
                 "<= 1.05x",
             ),
         ];
+        // The Bedrock path beside it: the provider on `ConverseStream` against the same two
+        // calls written with the SDK, interleaved the same way.
+        let mut bedrock_best = [Duration::MAX; 2];
+        let mut bedrock_worst = [Duration::ZERO; 2];
+        for who in [Who::BedrockFloor, Who::BedrockAgent] {
+            cpu_per_invocation(&subjects, who, 100).await;
+        }
+        for _ in 0..5 {
+            for (i, who) in [Who::BedrockFloor, Who::BedrockAgent].into_iter().enumerate() {
+                let cpu = cpu_per_invocation(&subjects, who, cpu_n).await;
+                bedrock_best[i] = bedrock_best[i].min(cpu);
+                bedrock_worst[i] = bedrock_worst[i].max(cpu);
+            }
+        }
+        rows.push((
+            "client CPU per invocation, Bedrock ConverseStream vs the SDK by hand (us)".to_owned(),
+            us(bedrock_best[0]),
+            us(bedrock_best[1]),
+            "",
+        ));
+        let bedrock_spread: Vec<f64> = bedrock_best
+            .iter()
+            .zip(&bedrock_worst)
+            .map(|(b, w)| 100.0 * (us(*w) - us(*b)) / us(*b).max(1e-9))
+            .collect();
+        let noise = format!(
+            "{noise}; Bedrock rounds spread by {:.1}% / {:.1}% (floor / agent)",
+            bedrock_spread[0], bedrock_spread[1]
+        );
         let cpu_ok = best[1].as_secs_f64() <= 1.15 * best[0].as_secs_f64();
         let unary_ok = best[4].as_secs_f64() <= 1.05 * best[3].as_secs_f64();
         // Memory per idle session: sessions kept after one invocation each. Measured before the
@@ -685,7 +896,7 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     let single = rt.block_on(async {
-        let subjects = Arc::new(Subjects::new(&base_url));
+        let subjects = Arc::new(Subjects::new(&base_url, &bedrock_url));
         cpu_per_invocation(&subjects, Who::Floor, 100).await;
         cpu_per_invocation(&subjects, Who::Agent, 100).await;
         throughput_rows(&subjects, quick, "one thread", ">= 0.8x").await

@@ -7,7 +7,6 @@ use aws_sdk_bedrockruntime::primitives::Blob;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::MAX_REPLY;
 use super::error::sdk_error;
 use super::limit::ReplyLimit;
 use crate::model::ModelError;
@@ -121,10 +120,7 @@ impl BedrockEmbedder {
             .accept("application/json")
             .body(Blob::new(body.to_string()))
             .customize()
-            .interceptor(ReplyLimit {
-                body: Some(MAX_REPLY),
-                frame: None,
-            })
+            .interceptor(ReplyLimit)
             .send();
         let output = tokio::time::timeout(self.timeout, call)
             .await

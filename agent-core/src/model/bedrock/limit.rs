@@ -14,15 +14,20 @@ use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-/// The reply bounds of one operation.
+/// The bounds of one reply, by its kind.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ReplyLimit {
+struct Bounds {
     /// The most bytes the whole body may have (`None`: unbounded, for event streams whose length
     /// is bounded by time instead).
-    pub body: Option<u64>,
+    body: Option<u64>,
     /// The most bytes one event-stream frame may declare (`None`: not an event stream).
-    pub frame: Option<u32>,
+    frame: Option<u32>,
 }
+
+/// The interceptor: an event stream (`application/vnd.amazon.eventstream`) gets the frame
+/// bound, any other reply (JSON: an answer or an error) the body bound.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReplyLimit;
 
 impl Intercept for ReplyLimit {
     fn name(&self) -> &'static str {
@@ -36,12 +41,19 @@ impl Intercept for ReplyLimit {
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let response = context.response_mut();
-        // An error reply is JSON, never an event stream, and is bounded like a whole reply.
-        let limit = if response.status().is_success() {
-            *self
+        let event_stream = response.status().is_success()
+            && response
+                .headers()
+                .get("content-type")
+                .is_some_and(|t| t.starts_with("application/vnd.amazon.eventstream"));
+        let limit = if event_stream {
+            Bounds {
+                body: None,
+                frame: Some(super::MAX_FRAME),
+            }
         } else {
-            ReplyLimit {
-                body: Some(self.body.unwrap_or(super::MAX_REPLY)),
+            Bounds {
+                body: Some(super::MAX_REPLY),
                 frame: None,
             }
         };
@@ -72,7 +84,7 @@ impl Intercept for ReplyLimit {
 /// A body that fails once it passes its bounds.
 struct Bounded {
     inner: SdkBody,
-    limit: ReplyLimit,
+    limit: Bounds,
     /// Bytes read so far.
     read: u64,
     /// The length field of the frame being read, as far as it has arrived.
@@ -161,7 +173,7 @@ mod tests {
     fn bounded(body: Option<u64>, frame: Option<u32>) -> Bounded {
         Bounded {
             inner: SdkBody::empty(),
-            limit: ReplyLimit { body, frame },
+            limit: Bounds { body, frame },
             read: 0,
             prelude: [0; 4],
             have: 0,

@@ -171,8 +171,18 @@ impl BedrockConverseBuilder {
             top_p: self.top_p.map(f64::from),
             seed: None,
         };
+        // The caller's client with two changes, made once: no SDK retries (the loop retries,
+        // with its own backoff, so the two never multiply) and the reply bounds.
+        let client = aws_sdk_bedrockruntime::Client::from_conf(
+            self.client
+                .config()
+                .to_builder()
+                .retry_config(RetryConfig::disabled())
+                .interceptor(ReplyLimit)
+                .build(),
+        );
         Ok(BedrockConverse {
-            client: self.client,
+            client,
             model_id,
             streaming: self.streaming,
             max_tokens,
@@ -261,11 +271,6 @@ impl BedrockConverse {
             )
             .build()
     }
-
-    /// Per-call configuration: no SDK retries (the loop retries, with its own backoff).
-    fn no_retries() -> aws_sdk_bedrockruntime::config::Builder {
-        aws_sdk_bedrockruntime::config::Builder::default().retry_config(RetryConfig::disabled())
-    }
 }
 
 fn failed(e: ModelError) -> ModelStream {
@@ -352,12 +357,6 @@ impl Model for BedrockConverse {
                 .set_tool_config(parts.tool_config)
                 .inference_config(inference)
                 .set_additional_model_request_fields(self.additional.clone())
-                .customize()
-                .config_override(Self::no_retries())
-                .interceptor(ReplyLimit {
-                    body: Some(MAX_REPLY),
-                    frame: None,
-                })
                 .send();
             return Box::pin(
                 futures::stream::once(async move {
@@ -384,12 +383,6 @@ impl Model for BedrockConverse {
             .set_tool_config(parts.tool_config)
             .inference_config(inference)
             .set_additional_model_request_fields(self.additional.clone())
-            .customize()
-            .config_override(Self::no_retries())
-            .interceptor(ReplyLimit {
-                body: None,
-                frame: Some(MAX_FRAME),
-            })
             .send();
         let idle = self.idle_timeout;
         let start = async move {
