@@ -56,6 +56,8 @@ IAM_ACTIONS = {
     "query": "dynamodb:Query",
     "scan": "dynamodb:Scan",
     "batch_write_item": "dynamodb:BatchWriteItem",
+    "converse": "bedrock:InvokeModel",
+    "converse_stream": "bedrock:InvokeModelWithResponseStream",
 }
 
 failures = []
@@ -303,8 +305,21 @@ def against_code(args, deploy, docs):
     calls = set()
     for f in ("agent-memory/src/s3.rs", "agent-memory/src/long_term.rs"):
         calls |= set(re.findall(r"\.([a-z_0-9]+)\(\)", (source / f).read_text())) & IAM_ACTIONS.keys()
+    # Bedrock, when the service is configured to call it (as its model or its fallback): the
+    # provider's calls, on that model.
+    bedrock_model = config.get("BEDROCK_FALLBACK_MODEL_ID") or config.get("BEDROCK_MODEL_ID")
+    if bedrock_model:
+        calls |= set(re.findall(r"\.([a-z_0-9]+)\(\)", (source / "agent-core/src/model/bedrock/mod.rs").read_text())) & {"converse", "converse_stream"}
     needed = {IAM_ACTIONS[c] for c in calls}
     policy = json.loads((deploy / "iam/agent-policy.json").read_text())
+    if bedrock_model:
+        resources = [
+            r
+            for st in policy["Statement"]
+            if any(str(a).startswith("bedrock:") for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]]))
+            for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])
+        ]
+        check(any(r.endswith("/" + bedrock_model) for r in resources), f"iam/agent-policy.json does not let the role invoke {bedrock_model}")
     granted = {a for s in policy["Statement"] for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
     check(needed <= granted, f"iam/agent-policy.json lacks {sorted(needed - granted)}")
     check(granted <= needed, f"iam/agent-policy.json grants {sorted(granted - needed)}, which the service never uses")
