@@ -253,18 +253,22 @@ impl LoopbackBedrock {
             "tooluse_bench",
             "get_weather",
             &json!({"city": "Lisbon"}),
+            // The system prompt and tools, written to the cache.
             BedrockUsage {
-                input: 120,
+                input: 20,
                 output: 20,
-                ..BedrockUsage::default()
+                cache_read: 0,
+                cache_write: 100,
             },
         ));
         let answer = render_stream(&BedrockReply::text(
             &words,
+            // The prompt of the first call, read back from the cache.
             BedrockUsage {
-                input: 160,
+                input: 40,
                 output: 50,
-                ..BedrockUsage::default()
+                cache_read: 120,
+                cache_write: 0,
             },
         ));
         Self::serve(Arc::new(LoopbackState {

@@ -620,6 +620,34 @@ async fn the_provider_runs_on_ministack_bedrock_forwarding_to_the_real_model() {
     };
     assert_eq!(proxy, "1");
     let client = agent_tests::bedrock::loopback_client(&agent_tests::aws_endpoint());
+
+    // The agent itself on the Bedrock wire: a two-turn session, the second turn answered from
+    // the history the first left.
+    let agent = Agent::builder()
+        .model(
+            BedrockConverse::builder(client.clone())
+                .model_id("us.amazon.nova-lite-v1:0")
+                .temperature(0.0)
+                .max_tokens(60)
+                .build()
+                .unwrap(),
+        )
+        .system_prompt("Answer in one short sentence.")
+        .build()
+        .unwrap();
+    let session = agent.session("ministack-agent");
+    let first = session
+        .invoke("My name is Ana and I live in Faro. Just say hello.")
+        .await
+        .unwrap();
+    assert_eq!(first.stop_reason, StopReason::EndTurn);
+    let second = session.invoke("In which city do I live?").await.unwrap();
+    assert!(
+        second.text().to_lowercase().contains("faro"),
+        "the history went over the Bedrock wire: {}",
+        second.text()
+    );
+
     let tools = [agent_core::tool::ToolSpec {
         name: "get_weather".into(),
         description: "Current weather for a city.".into(),
@@ -709,4 +737,40 @@ fn the_model_id_is_required() {
         .build()
         .unwrap_err();
     assert!(matches!(err, ModelError::Config(_)));
+}
+
+/// The idle bound is between two events, not on the whole reply: a slow but steady stream
+/// longer than the bound completes.
+#[tokio::test]
+async fn a_steady_stream_longer_than_the_idle_bound_completes() {
+    let mut steps = vec![StreamStep::Event(
+        "messageStart",
+        json!({"role": "assistant"}),
+    )];
+    for word in ["one ", "two ", "three ", "four"] {
+        steps.push(StreamStep::Pause(Duration::from_millis(150)));
+        steps.push(StreamStep::Event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": word}}),
+        ));
+    }
+    steps.extend(BedrockReply::end("end_turn", usage(1, 4)));
+    let server = LoopbackBedrock::start([BedrockReply::Stream(steps)])
+        .await
+        .unwrap();
+    let model = model(&server)
+        .idle_timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let prompt = Message::user("count");
+    let started = Instant::now();
+    let response = model
+        .complete(&ModelRequest::new(vec![&prompt], &[], &ToolChoice::Auto))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    assert_eq!(
+        Message::new(agent_core::message::Role::Assistant, response.content).text(),
+        "one two three four"
+    );
 }

@@ -278,6 +278,14 @@ fn document(value: &Value) -> aws_smithy_types::Document {
     }
 }
 
+/// A prompt-cache point (the agent places the same ones: `PromptCache::automatic()`).
+fn cache_point() -> bt::CachePointBlock {
+    bt::CachePointBlock::builder()
+        .r#type(bt::CachePointType::Default)
+        .build()
+        .unwrap_or_else(|e| panic!("cache point: {e}"))
+}
+
 impl BedrockFloor {
     fn new(url: &str) -> Self {
         let spec = bt::ToolSpecification::builder()
@@ -290,6 +298,7 @@ impl BedrockFloor {
             client: agent_tests::bedrock::loopback_client(url),
             tools: bt::ToolConfiguration::builder()
                 .tools(bt::Tool::ToolSpec(spec))
+                .tools(bt::Tool::CachePoint(cache_point()))
                 .build()
                 .unwrap_or_else(|e| panic!("tools: {e}")),
         }
@@ -306,6 +315,7 @@ impl BedrockFloor {
             .model_id("bench")
             .set_messages(Some(messages.to_vec()))
             .system(bt::SystemContentBlock::Text("You plan trips.".into()))
+            .system(bt::SystemContentBlock::CachePoint(cache_point()))
             .tool_config(self.tools.clone())
             .send()
             .await
@@ -346,7 +356,10 @@ impl BedrockFloor {
         };
         let mut messages = vec![message(
             bt::ConversationRole::User,
-            vec![bt::ContentBlock::Text(prompt.into())],
+            vec![
+                bt::ContentBlock::Text(prompt.into()),
+                bt::ContentBlock::CachePoint(cache_point()),
+            ],
         )?];
         let (_, call) = self.call(&messages).await?;
         let (id, name, args) = call.ok_or("no tool call")?;
@@ -367,9 +380,19 @@ impl BedrockFloor {
             .content(bt::ToolResultContentBlock::Json(document(&result)))
             .build()
             .map_err(|e| e.to_string())?;
+        // The cache point moves to the end of the conversation.
+        if let Some(first) = messages.first_mut() {
+            *first = message(
+                bt::ConversationRole::User,
+                vec![bt::ContentBlock::Text(prompt.into())],
+            )?;
+        }
         messages.push(message(
             bt::ConversationRole::User,
-            vec![bt::ContentBlock::ToolResult(tool_result)],
+            vec![
+                bt::ContentBlock::ToolResult(tool_result),
+                bt::ContentBlock::CachePoint(cache_point()),
+            ],
         )?);
         let (text, _) = self.call(&messages).await?;
         messages.push(message(
@@ -458,6 +481,7 @@ impl Subjects {
             agent_tests::bedrock::loopback_client(bedrock_url),
         )
         .model_id("bench")
+        .prompt_cache(agent_core::model::bedrock::PromptCache::automatic())
         .build()
         .unwrap_or_else(|e| panic!("bedrock model: {e}"));
         Self {
@@ -810,9 +834,20 @@ fn main() {
             .zip(&bedrock_worst)
             .map(|(b, w)| 100.0 * (us(*w) - us(*b)) / us(*b).max(1e-9))
             .collect();
+        let cached = subjects
+            .bedrock_agent
+            .session("cache")
+            .invoke("Weather in Lisbon?")
+            .await
+            .unwrap_or_else(|e| panic!("bedrock agent: {e}"))
+            .usage;
         let noise = format!(
-            "{noise}; Bedrock rounds spread by {:.1}% / {:.1}% (floor / agent)",
-            bedrock_spread[0], bedrock_spread[1]
+            "{noise}; Bedrock rounds spread by {:.1}% / {:.1}% (floor / agent)\nBedrock prompt cache (cache points after the system prompt, the tools and the conversation, both subjects): per invocation {} input tokens, {} read from and {} written to the cache, as usage reports them",
+            bedrock_spread[0],
+            bedrock_spread[1],
+            cached.input_tokens,
+            cached.cache_read_input_tokens,
+            cached.cache_write_input_tokens
         );
         let cpu_ok = best[1].as_secs_f64() <= 1.15 * best[0].as_secs_f64();
         let unary_ok = best[4].as_secs_f64() <= 1.05 * best[3].as_secs_f64();

@@ -286,24 +286,35 @@ struct Streaming {
     assembler: Option<Assembler>,
     idle: Duration,
     model_id: String,
+    /// One timer for the whole reply, pushed back only when it fires early: re-arming a timer
+    /// for each of a reply's many small events would cost more than decoding them.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the last event arrived.
+    last_event: tokio::time::Instant,
 }
 
 impl Streaming {
     /// The next model event, or `None` when the reply is complete.
     async fn next(&mut self) -> Option<Result<super::ModelEvent, ModelError>> {
         loop {
-            let assembler = self.assembler.as_mut()?;
-            let received = match tokio::time::timeout(self.idle, self.receiver.recv()).await {
-                Err(_) => Err(ModelError::Transient {
-                    message: format!("Bedrock sent no event for {:?}", self.idle),
-                }),
-                Ok(Err(e)) => Err(sdk_error(
-                    &self.model_id,
-                    "the Bedrock stream",
-                    e,
-                    stream_code,
-                )),
-                Ok(Ok(event)) => Ok(event),
+            self.assembler.as_ref()?;
+            let received = tokio::select! {
+                biased;
+                r = self.receiver.recv() => {
+                    self.last_event = tokio::time::Instant::now();
+                    r.map_err(|e| sdk_error(&self.model_id, "the Bedrock stream", e, stream_code))
+                }
+                () = &mut self.timer => {
+                    let due = self.last_event + self.idle;
+                    if due > tokio::time::Instant::now() {
+                        // Events came since the timer was set: wait out the rest.
+                        self.timer.as_mut().reset(due);
+                        continue;
+                    }
+                    Err(ModelError::Transient {
+                        message: format!("Bedrock sent no event for {:?}", self.idle),
+                    })
+                }
             };
             let event = match received {
                 Err(e) => {
@@ -322,6 +333,9 @@ impl Streaming {
                         assembler.finish(&self.model_id),
                     )));
                 }
+            };
+            let Some(assembler) = self.assembler.as_mut() else {
+                return None;
             };
             match assembler.feed(event) {
                 Ok(Some(e)) => return Some(Ok(e)),
@@ -392,12 +406,16 @@ impl Model for BedrockConverse {
                 .map_err(|e| {
                     sdk_error(&model_id, "the Bedrock ConverseStream call", e, |_| None)
                 })?;
-            Ok::<_, ModelError>(Streaming {
+            let now = tokio::time::Instant::now();
+            // Boxed: the stream moves its state in and out of each step's future.
+            Ok::<_, ModelError>(Box::new(Streaming {
                 receiver: output.stream,
                 assembler: Some(Assembler::default()),
                 idle,
                 model_id,
-            })
+                timer: Box::pin(tokio::time::sleep_until(now + idle)),
+                last_event: now,
+            }))
         };
         Box::pin(futures::stream::once(start).flat_map(|started| {
             match started {
