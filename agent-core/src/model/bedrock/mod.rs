@@ -334,9 +334,7 @@ impl Streaming {
                     )));
                 }
             };
-            let Some(assembler) = self.assembler.as_mut() else {
-                return None;
-            };
+            let assembler = self.assembler.as_mut()?;
             match assembler.feed(event) {
                 Ok(Some(e)) => return Some(Ok(e)),
                 Ok(None) => {}
