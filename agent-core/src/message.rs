@@ -102,6 +102,25 @@ pub enum ContentBlock {
     Image(Image),
     /// A document: `{"document": {"format": "pdf", "name": "...", "source": {"bytes": ...}}}`.
     Document(Document),
+    /// A prompt-cache point: `{"cachePoint": {"type": "default"}}`. The conversation up to here
+    /// may be cached by providers that support it (Bedrock); others ignore it.
+    CachePoint(CachePoint),
+}
+
+/// A prompt-cache point, as Bedrock Converse and Strands write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePoint {
+    /// The kind of cache point; `default` is the only one Bedrock defines.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Default for CachePoint {
+    fn default() -> Self {
+        Self {
+            kind: "default".into(),
+        }
+    }
 }
 
 impl ContentBlock {

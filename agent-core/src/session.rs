@@ -156,6 +156,9 @@ pub struct InvocationRecord {
     /// How it ended (`StopReason`'s JSON name), once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// The structured value it gave, when it was asked for one, for a retry to get again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured_output: Option<serde_json::Value>,
 }
 
 /// An opaque token of a stored state's version: a counter, an S3 ETag, ...; empty before the

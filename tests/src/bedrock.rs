@@ -441,9 +441,13 @@ async fn answer(
     }
 }
 
+/// An error reply; an empty `code` sends none (a proxy's error page, say).
 fn error_response(status: u16, code: &str, message: &str) -> Response {
     let status =
         axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::BAD_REQUEST);
+    if code.is_empty() {
+        return (status, [("content-type", "text/html")], message.to_owned()).into_response();
+    }
     (
         status,
         [

@@ -380,6 +380,46 @@ async fn each_error_is_classified_for_what_the_loop_does() {
     );
     assert!(!invalid.is_retryable());
 
+    // Errors without a code (a proxy between): by their status.
+    let gateway = error_of(
+        BedrockReply::error(502, "", "<html>Bad Gateway</html>"),
+        keep,
+    )
+    .await;
+    assert!(
+        matches!(gateway, ModelError::Transient { .. }),
+        "{gateway:?}"
+    );
+    let busy = error_of(BedrockReply::error(429, "", "slow down"), keep).await;
+    assert!(
+        matches!(busy, ModelError::Throttled { status: 429, .. }),
+        "{busy:?}"
+    );
+    // Stop reasons that are not answers.
+    let mut cut = vec![StreamStep::Event(
+        "messageStart",
+        json!({"role": "assistant"}),
+    )];
+    cut.extend(BedrockReply::end(
+        "model_context_window_exceeded",
+        usage(1, 1),
+    ));
+    let window = error_of(BedrockReply::Stream(cut), keep).await;
+    assert!(
+        matches!(window, ModelError::ContextOverflow { .. }),
+        "{window:?}"
+    );
+    let mut garbled = vec![StreamStep::Event(
+        "messageStart",
+        json!({"role": "assistant"}),
+    )];
+    garbled.extend(BedrockReply::end("malformed_tool_use", usage(1, 1)));
+    let malformed = error_of(BedrockReply::Stream(garbled), keep).await;
+    assert!(
+        matches!(malformed, ModelError::InvalidReply { .. }),
+        "{malformed:?}"
+    );
+
     let unknown = error_of(
         BedrockReply::error(
             404,
@@ -416,6 +456,27 @@ async fn each_error_is_classified_for_what_the_loop_does() {
     )
     .await;
     assert!(stalled.to_string().contains("no event for"), "{stalled}");
+    // A peer that keeps talking but never finishes is cut off by the bound on the whole reply.
+    let mut chatty = vec![StreamStep::Event(
+        "messageStart",
+        json!({"role": "assistant"}),
+    )];
+    for _ in 0..40 {
+        chatty.push(StreamStep::Pause(Duration::from_millis(50)));
+        chatty.push(StreamStep::Event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": ""}}),
+        ));
+    }
+    let endless = error_of(BedrockReply::Stream(chatty), |b| {
+        b.idle_timeout(Duration::from_millis(300))
+            .total_timeout(Duration::from_millis(700))
+    })
+    .await;
+    assert!(
+        endless.to_string().contains("took longer than"),
+        "{endless}"
+    );
     let silent = error_of(BedrockReply::Stall, |b| {
         b.reply_timeout(Duration::from_millis(300))
     })
@@ -548,8 +609,9 @@ async fn a_forced_tool_and_a_history_with_tools_no_longer_offered() {
         )],
     );
     let history = vec![&prompt, &call, &result];
+    // Tools still exist but are not to be called (the loop's final answer after a limit).
     model
-        .complete(&ModelRequest::new(history, &[], &ToolChoice::None))
+        .complete(&ModelRequest::new(history, &tools, &ToolChoice::None))
         .await
         .unwrap();
     let received = server.received();
@@ -559,7 +621,10 @@ async fn a_forced_tool_and_a_history_with_tools_no_longer_offered() {
     );
     // Bedrock refuses tool blocks without a tool configuration: a stand-in tool is offered.
     let second = &received[1].body;
-    assert_eq!(second["toolConfig"]["tools"][0]["toolSpec"]["name"], "noop");
+    let offered = second["toolConfig"]["tools"].as_array().unwrap();
+    assert_eq!(offered.len(), 1, "{offered:?}");
+    assert_eq!(offered[0]["toolSpec"]["name"], "noop");
+    assert!(second["toolConfig"].get("toolChoice").is_none());
     assert_eq!(
         second["messages"][2]["content"][0]["toolResult"]["status"],
         "error"
@@ -723,14 +788,19 @@ async fn the_provider_runs_on_ministack_bedrock_forwarding_to_the_real_model() {
 
 #[test]
 fn the_model_id_is_required() {
-    let _guard = std::env::var("BEDROCK_MODEL_ID").err();
     let client = agent_tests::bedrock::loopback_client("http://127.0.0.1:9");
-    if std::env::var("BEDROCK_MODEL_ID").is_err() {
-        let err = BedrockConverse::builder(client.clone())
-            .build()
-            .unwrap_err();
-        assert!(err.to_string().contains("BEDROCK_MODEL_ID"), "{err}");
-    }
+    // Without BEDROCK_MODEL_ID in the environment (the suite never sets it), the builder says
+    // what to set.
+    assert!(std::env::var("BEDROCK_MODEL_ID").is_err());
+    let err = BedrockConverse::builder(client.clone())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("BEDROCK_MODEL_ID"), "{err}");
+    let err = BedrockConverse::builder(client.clone())
+        .model_id(" ")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Config(_)));
     let err = BedrockConverse::builder(client)
         .model_id("m")
         .additional_model_request_fields(json!([1]))

@@ -92,11 +92,10 @@ async fn native_tools_then_the_schema_as_response_format() {
     let last = &received[2].body;
     assert!(last.get("tools").is_none(), "{last}");
     assert_eq!(last["response_format"]["type"], "json_schema");
-    let branches = last["response_format"]["json_schema"]["schema"]["oneOf"]
-        .as_array()
-        .unwrap();
-    assert_eq!(branches.len(), 1, "only the output tool, forced");
-    let arguments = &branches[0]["properties"]["tool_call"]["properties"]["arguments"];
+    // Only the output tool, forced: its branch is the whole schema (a root object).
+    let schema = &last["response_format"]["json_schema"]["schema"];
+    assert!(schema.get("oneOf").is_none(), "{schema}");
+    let arguments = &schema["properties"]["tool_call"]["properties"]["arguments"];
     assert_eq!(arguments["required"], json!(["city", "nights", "flights"]));
     assert_eq!(
         arguments["properties"]["flights"]["items"]["properties"]["price_eur"]["type"],
@@ -259,6 +258,136 @@ async fn a_run_that_ends_without_an_answer_has_no_structure() {
         .unwrap_err();
     assert!(
         matches!(&err, AgentError::StructuredOutput { attempts: 0, message, .. } if message.contains("limit_turns")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_key_gets_the_value_or_runs_only_the_missing_step() {
+    let server = MockVllm::start([
+        Turn::text("Two nights in Lisbon."),
+        // The structured step fails twice (the schema allows two attempts)...
+        Turn::text(
+            json!({"tool_call": {"name": "TripPlan", "arguments": {"city": 5}}}).to_string(),
+        ),
+        Turn::text(
+            json!({"tool_call": {"name": "TripPlan", "arguments": {"city": 6}}}).to_string(),
+        ),
+        // ...and the retry runs only that step again, which now fits.
+        Turn::text(
+            json!({"tool_call": {"name": "TripPlan", "arguments": lisbon_json()}}).to_string(),
+        ),
+    ])
+    .await
+    .unwrap();
+    let agent = vllm_agent(&server, ToolCalling::Native);
+    let session = || {
+        agent
+            .session("keyed")
+            .idempotency_key("req-1")
+            .structured_output(OutputSchema::of::<TripPlan>().max_attempts(2))
+    };
+    let err = session().invoke("Plan it.").await.unwrap_err();
+    assert!(
+        matches!(err, AgentError::StructuredOutput { .. }),
+        "{err:?}"
+    );
+    let again = session().invoke("Plan it.").await.unwrap();
+    assert_eq!(again.structured::<TripPlan>().unwrap(), lisbon());
+    assert_eq!(
+        server.received().len(),
+        4,
+        "the answer was not asked for again"
+    );
+    // A third retry gets the recorded value, with no model call.
+    let third = session().invoke("Plan it.").await.unwrap();
+    assert_eq!(third.structured::<TripPlan>().unwrap(), lisbon());
+    assert_eq!(server.received().len(), 4);
+    let stored = agent.session("keyed").messages().await.unwrap().unwrap();
+    assert_eq!(stored.len(), 2, "one prompt, one answer: {stored:?}");
+}
+
+#[tokio::test]
+async fn every_tool_call_of_a_rejected_reply_is_answered() {
+    let usage = BedrockUsage {
+        input: 1,
+        output: 1,
+        ..BedrockUsage::default()
+    };
+    let server = LoopbackBedrock::start([
+        BedrockReply::text(&["Lisbon, two nights."], usage),
+        // The structured step: the model calls another tool instead.
+        BedrockReply::tool_call(
+            "t-weather",
+            "get_weather",
+            &json!({"city": "Lisbon"}),
+            usage,
+        ),
+        BedrockReply::tool_call("t-plan", "TripPlan", &lisbon_json(), usage),
+    ])
+    .await
+    .unwrap();
+    let agent = Agent::builder()
+        .model(
+            BedrockConverse::builder(server.client())
+                .model_id("amazon.nova-pro-v1:0")
+                .build()
+                .unwrap(),
+        )
+        .tool(get_weather)
+        .build()
+        .unwrap();
+    let plan: TripPlan = agent
+        .session("b2")
+        .invoke_structured("Plan it.")
+        .await
+        .unwrap();
+    assert_eq!(plan, lisbon());
+    let last = &server.received()[2].body["messages"];
+    let feedback = last.as_array().unwrap().last().unwrap();
+    assert_eq!(feedback["role"], "user");
+    assert_eq!(
+        feedback["content"][0]["toolResult"]["toolUseId"],
+        "t-weather"
+    );
+    assert_eq!(feedback["content"][0]["toolResult"]["status"], "error");
+    assert!(
+        feedback["content"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("not a call of the `TripPlan` tool")
+    );
+}
+
+#[tokio::test]
+async fn a_model_failure_in_the_structured_step_keeps_its_type() {
+    let server = MockVllm::start([
+        Turn::text("An answer."),
+        Turn::fault(agent_tests::Fault::Status {
+            code: 403,
+            retry_after: None,
+            message: "forbidden".into(),
+        }),
+    ])
+    .await
+    .unwrap();
+    let agent = vllm_agent(&server, ToolCalling::Native);
+    let err = agent
+        .session("s5")
+        .invoke_structured::<TripPlan>("Plan it.")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            AgentError::Model {
+                error: agent_core::model::ModelError::Fatal {
+                    status: Some(403),
+                    ..
+                },
+                ..
+            }
+        ),
         "{err:?}"
     );
 }

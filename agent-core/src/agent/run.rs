@@ -435,7 +435,9 @@ async fn run_session(
         if let Some(reason) = &record.stop_reason {
             let reason = serde_json::from_value(serde_json::Value::String(reason.clone()))
                 .unwrap_or(StopReason::EndTurn);
-            return Ok(recorded_outcome(&history, record.first_message, reason));
+            let mut outcome = recorded_outcome(&history, record.first_message, reason);
+            outcome.structured_output = record.structured_output.clone();
+            return Ok(outcome);
         }
         record_index = Some(record.first_message);
         start = Start::Resume;
@@ -523,6 +525,7 @@ async fn run_session(
     }
 
     let first_new;
+    let mut answered_already = false;
     let mut resume_batch = false;
     match start {
         Start::Prompt(prompt) => {
@@ -533,6 +536,7 @@ async fn run_session(
                     key: k.clone(),
                     first_message: first_new,
                     stop_reason: None,
+                    structured_output: None,
                 });
                 run.save_now().await?;
             }
@@ -573,6 +577,15 @@ async fn run_session(
                     return Err(AgentError::NothingToResume {
                         session_id: session_id.to_owned(),
                     });
+                }
+                Some(m)
+                    if m.role == Role::Assistant
+                        && m.tool_uses().next().is_none()
+                        && structured.is_some() =>
+                {
+                    // The run had ended, but its structured value is still owed (the step
+                    // failed, or its process died in it): only that step runs.
+                    answered_already = true;
                 }
                 Some(m) if m.role == Role::Assistant && m.tool_uses().next().is_none() => {
                     // The run had ended: nothing to do but report it.
@@ -625,6 +638,8 @@ async fn run_session(
     };
     let stop_reason = if let Some(reason) = resumed_stop {
         reason
+    } else if answered_already {
+        StopReason::EndTurn
     } else {
         loop {
             if run.cancel.is_cancelled() {
@@ -724,94 +739,34 @@ async fn run_session(
     let mut structured_output = None;
     let mut structured_error = None;
     if let Some(schema) = &structured {
-        let mut extra = vec![Message::user(schema.note())];
-        let mut failure = (
-            format!("the run ended ({}) before an answer", stop_reason.as_str()),
-            String::new(),
-        );
-        let mut attempts = 0;
-        let answered = run
-            .history
-            .messages()
-            .last()
-            .is_some_and(|m| m.role == Role::Assistant);
-        while answered && attempts < schema.attempts() && !run.cancel.is_cancelled() {
-            attempts += 1;
-            agent.conversation.apply(&run.history, &mut run.window);
-            let kind = TurnKind::Structured {
-                schema,
-                extra: &extra,
-            };
-            let (response, metrics) = match run.model_turn(kind).await {
-                Ok(TurnOutcome::Done(response, metrics)) => (response, metrics),
-                Ok(TurnOutcome::Stopped(reason)) => {
-                    failure.0 = format!("the run stopped ({}) while asked for it", reason.as_str());
-                    break;
-                }
-                Err(e) => {
-                    failure.0 = e.to_string();
-                    break;
-                }
-            };
-            usage.add(&response.usage);
-            turns.push(metrics);
-            let call = response.content.iter().find_map(|b| match b {
-                ContentBlock::ToolUse(u) if u.name == schema.tool().name => Some(u.clone()),
-                _ => None,
-            });
-            let feedback = match &call {
-                Some(call) => match schema.check(&call.input) {
-                    Ok(value) => {
-                        structured_output = Some(value);
-                        break;
-                    }
-                    Err(problem) => {
-                        failure = (problem.clone(), call.input.to_string());
-                        Message::new(
-                            Role::User,
-                            vec![ContentBlock::ToolResult(crate::message::ToolResult::error(
-                                call.tool_use_id.clone(),
-                                problem,
-                            ))],
-                        )
-                    }
-                },
-                None => {
-                    let text = text_of(&response.content);
-                    failure = (
-                        format!(
-                            "the model answered without calling `{}`",
-                            schema.tool().name
-                        ),
-                        text,
-                    );
-                    Message::user(format!(
-                        "That was not a call of the `{}` tool. {}",
-                        schema.tool().name,
-                        schema.note()
-                    ))
-                }
-            };
-            let mut content = response.content;
-            if content.is_empty() {
-                content.push(ContentBlock::Text(String::new()));
+        // The window as the conversation left it: an overflow caused by this step's own notes
+        // must not move the stored window.
+        let window = run.window;
+        let outcome = structured_step(&mut run, schema, stop_reason, &mut usage, &mut turns).await;
+        run.window = window;
+        match outcome {
+            Ok(Ok(value)) => structured_output = Some(value),
+            Ok(Err(failure)) => structured_error = Some(failure),
+            Err(e) => {
+                // A typed failure of the step (the model, the store): the caller gets it as
+                // it is; the invocation stays unfinished, so a retry with its key runs the
+                // step again.
+                run.checkpoint.lease = None;
+                run.save_if_changed().await?;
+                return Err(e);
             }
-            extra.push(Message::new(Role::Assistant, content));
-            extra.push(feedback);
-        }
-        if structured_output.is_none() {
-            structured_error = Some(AgentError::StructuredOutput {
-                message: failure.0,
-                raw: failure.1,
-                attempts,
-            });
         }
     }
 
     if let Some(record) = run.checkpoint.invocation.as_mut()
         && idempotency_key.as_deref() == Some(record.key.as_str())
     {
-        record.stop_reason = Some(stop_reason.as_str().to_owned());
+        // An invocation whose structured value is still owed is not finished: a retry with its
+        // key runs the structured step again.
+        if structured_error.is_none() {
+            record.stop_reason = Some(stop_reason.as_str().to_owned());
+            record.structured_output.clone_from(&structured_output);
+        }
     }
     run.checkpoint.lease = None;
     run.save_if_changed().await?;
@@ -859,6 +814,121 @@ async fn run_session(
         turns,
         structured_output,
     })
+}
+
+/// The longest description of what is wrong with a reply that goes back to the model.
+const MAX_FEEDBACK: usize = 2000;
+
+/// Asks the model for the structured form of its answer, within the schema's attempts. `Ok(Ok)`
+/// is the value, `Ok(Err)` a [`AgentError::StructuredOutput`] (no fitting reply, or the run was
+/// stopped), `Err` a failure of the model or the store, as it is.
+async fn structured_step(
+    run: &mut Run<'_>,
+    schema: &super::OutputSchema,
+    stop_reason: StopReason,
+    usage: &mut Usage,
+    turns: &mut Vec<TurnMetrics>,
+) -> Result<Result<serde_json::Value, AgentError>, AgentError> {
+    let failed = |message: String, raw: String, attempts: u32| {
+        Ok(Err(AgentError::StructuredOutput {
+            message,
+            raw,
+            attempts,
+        }))
+    };
+    let answered = run
+        .history
+        .messages()
+        .last()
+        .is_some_and(|m| m.role == Role::Assistant && m.tool_uses().next().is_none());
+    if !answered {
+        return failed(
+            format!(
+                "the run ended ({}) before the model answered",
+                stop_reason.as_str()
+            ),
+            String::new(),
+            0,
+        );
+    }
+    let name = schema.tool().name.clone();
+    let mut extra = vec![Message::user(schema.note())];
+    let mut last = (String::new(), String::new());
+    for attempt in 1..=schema.attempts() {
+        run.renew_lease_if_due().await?;
+        run.agent.conversation.apply(&run.history, &mut run.window);
+        let kind = TurnKind::Structured {
+            schema,
+            extra: &extra,
+        };
+        let (response, metrics) = match run.model_turn(kind).await? {
+            TurnOutcome::Done(response, metrics) => (response, metrics),
+            TurnOutcome::Stopped(reason) => {
+                return failed(
+                    format!("the run stopped ({}) while asked for it", reason.as_str()),
+                    last.1,
+                    attempt,
+                );
+            }
+        };
+        usage.add(&response.usage);
+        turns.push(metrics);
+        let calls: Vec<&crate::message::ToolUse> = response
+            .content
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::ToolUse(u) => Some(u),
+                _ => None,
+            })
+            .collect();
+        let mine = calls.iter().find(|u| u.name == name);
+        let problem = match mine {
+            Some(call) => match schema.check(&call.input) {
+                Ok(value) => return Ok(Ok(value)),
+                Err(problem) => {
+                    last = (problem.clone(), call.input.to_string());
+                    problem
+                }
+            },
+            None => {
+                last = (
+                    format!("the model answered without calling `{name}`"),
+                    text_of(&response.content),
+                );
+                format!(
+                    "That was not a call of the `{name}` tool. {}",
+                    schema.note()
+                )
+            }
+        };
+        let problem = crate::model::embed::cut(&problem, MAX_FEEDBACK).to_owned();
+        // Every tool use of the rejected reply is answered (a provider refuses a call left
+        // without its result); the output tool's with what is wrong.
+        let mut feedback: Vec<ContentBlock> = calls
+            .iter()
+            .map(|u| {
+                let text = if u.name == name {
+                    problem.clone()
+                } else {
+                    format!("Only `{name}` may be called now.")
+                };
+                ContentBlock::ToolResult(crate::message::ToolResult::error(
+                    u.tool_use_id.clone(),
+                    text,
+                ))
+            })
+            .collect();
+        if mine.is_none() {
+            feedback.push(ContentBlock::Text(problem));
+        }
+        let mut content = response.content;
+        if content.is_empty() {
+            content.push(ContentBlock::Text(String::new()));
+        }
+        extra.push(Message::new(Role::Assistant, content));
+        extra.push(Message::new(Role::User, feedback));
+    }
+    failed(last.0, last.1, schema.attempts())
 }
 
 /// The text blocks of a message's content.

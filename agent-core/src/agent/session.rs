@@ -129,7 +129,7 @@ impl Session {
 
     /// [`Session::invoke_structured`], streamed: the last event's result carries the value
     /// ([`AgentResult::structured`] reads it as a `T`).
-    pub fn stream_structured<T: schemars::JsonSchema>(
+    pub fn stream_structured<T: schemars::JsonSchema + serde::de::DeserializeOwned>(
         &self,
         prompt: impl Into<Prompt>,
     ) -> AgentStream {

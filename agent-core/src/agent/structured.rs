@@ -27,10 +27,24 @@ pub struct OutputSchema {
     inner: Arc<Inner>,
 }
 
+/// A check beyond the schema: that the value deserialises into the Rust type (a schema cannot
+/// say everything serde checks, such as an integer's range).
+#[derive(Clone)]
+struct TypedCheck(Arc<CheckFn>);
+
+type CheckFn = dyn Fn(&Value) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for TypedCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TypedCheck")
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     tool: ToolSpec,
     validator: jsonschema::Validator,
+    typed: Option<TypedCheck>,
     /// Whether the type's schema was not an object and sits under `value`.
     wrapped: bool,
     max_attempts: u32,
@@ -53,8 +67,25 @@ fn tool_name(title: Option<&str>) -> String {
 }
 
 impl OutputSchema {
-    /// The schema of `T`, named after the type (its `title`), described by its doc comment.
-    pub fn of<T: schemars::JsonSchema>() -> Self {
+    /// The schema of `T`, named after the type (its `title`), described by its doc comment;
+    /// a value must also deserialise into a `T`.
+    pub fn of<T: schemars::JsonSchema + serde::de::DeserializeOwned>() -> Self {
+        let mut schema = Self::schema_of::<T>();
+        let inner = &schema.inner;
+        schema.inner = Arc::new(Inner {
+            tool: inner.tool.clone(),
+            validator: inner.validator.clone(),
+            typed: Some(TypedCheck(Arc::new(|value: &Value| {
+                T::deserialize(value).map(|_| ()).map_err(|e| e.to_string())
+            }))),
+            wrapped: inner.wrapped,
+            max_attempts: inner.max_attempts,
+            note: inner.note.clone(),
+        });
+        schema
+    }
+
+    fn schema_of<T: schemars::JsonSchema>() -> Self {
         let schema = Value::from(crate::tool::__macro::generator().root_schema_for::<T>());
         let name = tool_name(schema.get("title").and_then(Value::as_str));
         let description = schema
@@ -118,6 +149,7 @@ impl OutputSchema {
                     input_schema,
                 },
                 validator,
+                typed: None,
                 wrapped,
                 max_attempts: 3,
                 note,
@@ -132,6 +164,7 @@ impl OutputSchema {
             inner: Arc::new(Inner {
                 tool: inner.tool.clone(),
                 validator: inner.validator.clone(),
+                typed: inner.typed.clone(),
                 wrapped: inner.wrapped,
                 max_attempts: n.max(1),
                 note: inner.note.clone(),
@@ -160,11 +193,14 @@ impl OutputSchema {
             .iter_errors(input)
             .take(10)
             .map(|e| {
+                // The error quotes the offending value, which may be the whole reply.
+                let text = e.to_string();
+                let text = crate::model::embed::cut(&text, 200);
                 let at = e.instance_path().to_string();
                 if at.is_empty() {
-                    e.to_string()
+                    text.to_owned()
                 } else {
-                    format!("at {at}: {e}")
+                    format!("at {at}: {text}")
                 }
             })
             .collect();
@@ -176,11 +212,20 @@ impl OutputSchema {
                 self.inner.tool.name
             ));
         }
-        Ok(if self.inner.wrapped {
+        let value = if self.inner.wrapped {
             input.get("value").cloned().unwrap_or(Value::Null)
         } else {
             input.clone()
-        })
+        };
+        if let Some(TypedCheck(check)) = &self.inner.typed
+            && let Err(e) = check(&value)
+        {
+            return Err(format!(
+                "The value does not fit the `{}` type: {e}. Call `{}` again with a corrected value.",
+                self.inner.tool.name, self.inner.tool.name
+            ));
+        }
+        Ok(value)
     }
 }
 
@@ -228,6 +273,13 @@ mod tests {
     #[test]
     fn a_non_object_type_is_wrapped_and_unwrapped() {
         let schema = OutputSchema::of::<Vec<String>>();
+        // Beyond the schema: the value must deserialise (`u8` has a range no schema states).
+        let small = OutputSchema::of::<Vec<u8>>();
+        let err = small.check(&json!({"value": [300]})).unwrap_err();
+        assert!(
+            err.contains("does not fit the `") && err.contains("300"),
+            "{err}"
+        );
         assert_eq!(schema.tool().input_schema["required"], json!(["value"]));
         assert_eq!(
             schema.check(&json!({"value": ["a", "b"]})).unwrap(),

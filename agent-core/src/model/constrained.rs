@@ -70,6 +70,11 @@ pub(crate) fn reply_schema(
     if matches!(choice, ToolChoice::Auto) {
         branches.push(final_answer_branch());
     }
+    // One branch is the schema itself: a root object, which OpenAI's strict `response_format`
+    // requires (it refuses a root `oneOf`).
+    if branches.len() == 1 {
+        return branches.pop();
+    }
     Some(json!({"oneOf": branches}))
 }
 
@@ -407,7 +412,11 @@ mod tests {
                 .any(|b| b["properties"].get("tool_calls").is_some())
         );
         let named = reply_schema(&tools, &ToolChoice::Tool("b".into()), false).expect("schema");
-        assert_eq!(named["oneOf"].as_array().map(Vec::len), Some(1));
+        assert_eq!(named["required"], json!(["tool_call"]));
+        assert_eq!(
+            named["properties"]["tool_call"]["properties"]["name"]["const"],
+            "b"
+        );
         // Tool use switched off: the final-answer branch alone.
         let none = reply_schema(&tools, &ToolChoice::None, false).expect("schema");
         assert_eq!(none["required"], json!(["final_answer"]));

@@ -76,7 +76,6 @@ pub(crate) fn invalid(message: String) -> ModelError {
 }
 
 /// `text` cut to at most `max_chars` characters (at a character boundary).
-#[cfg_attr(not(any(feature = "openai", feature = "bedrock")), allow(dead_code))]
 pub(crate) fn cut(text: &str, max_chars: usize) -> &str {
     match text.char_indices().nth(max_chars) {
         Some((end, _)) => &text[..end],

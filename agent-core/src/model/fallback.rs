@@ -16,8 +16,13 @@ use super::{Model, ModelDescriptor, ModelError, ModelRequest, ModelStream};
 /// [`ModelError::Connection`]. A failure before the primary's first event switches the same
 /// call to the fallback; one after it (a stream cut halfway) ends the call with the error, the
 /// loop retries it, and the retry goes to the fallback. Other errors (a context overflow, a
-/// refused request) are the caller's to handle and pass through unchanged. The fallback's
-/// request is prepared together with the primary's and sent only when needed.
+/// refused request) are the caller's to handle and pass through unchanged.
+///
+/// Costs: the fallback's request is prepared together with the primary's (a provider encodes
+/// the request before its stream starts, and the request is borrowed only for that call), so a
+/// call pays for encoding it twice, and sends it only when needed. Telemetry's chat span names
+/// the primary as the provider; `gen_ai.response.model` names the model that answered when the
+/// provider reports it (Bedrock does).
 ///
 /// ```
 /// # use agent_core::model::{Fallback, Model};

@@ -157,15 +157,28 @@ fn cache_point() -> Result<bt::CachePointBlock, ModelError> {
         .map_err(|e| invalid("a cache point", e))
 }
 
-/// One message's blocks. Blank text is left out (Bedrock refuses it), and so is a message left
-/// with nothing: the caller gets `None`.
-fn message(msg: &Message) -> Result<Option<bt::Message>, ModelError> {
+/// What stands in for a message that has nothing Bedrock accepts (an empty reply, say): the
+/// message must stay, or the conversation would no longer alternate between user and assistant,
+/// which Bedrock refuses.
+const EMPTY_MESSAGE: &str = "(no content)";
+
+/// One message's blocks. Blank text is left out (Bedrock refuses it); a message left with
+/// nothing gets [`EMPTY_MESSAGE`]. Reasoning without a signature (from another provider, say a
+/// vLLM model before a fallback) is left out too: models that check signatures refuse it, and
+/// the others do not need it back.
+fn message(msg: &Message) -> Result<bt::Message, ModelError> {
     let mut content = Vec::with_capacity(msg.content.len());
     for block in &msg.content {
         match block {
             ContentBlock::Text(t) => {
                 if !t.trim().is_empty() {
                     content.push(bt::ContentBlock::Text(t.clone()));
+                }
+            }
+            ContentBlock::CachePoint(_) => {
+                // Never first: a cache point marks the end of something.
+                if !content.is_empty() {
+                    content.push(bt::ContentBlock::CachePoint(cache_point()?));
                 }
             }
             ContentBlock::ToolUse(u) => content.push(bt::ContentBlock::ToolUse(
@@ -188,8 +201,13 @@ fn message(msg: &Message) -> Result<Option<bt::Message>, ModelError> {
                 for c in &r.content {
                     items.push(match c {
                         ToolResultContent::Text(t) => bt::ToolResultContentBlock::Text(t.clone()),
-                        ToolResultContent::Json(v) => {
+                        // Converse takes only an object as `json`; a list or a number goes as
+                        // its JSON text.
+                        ToolResultContent::Json(v @ Value::Object(_)) => {
                             bt::ToolResultContentBlock::Json(to_document(v))
+                        }
+                        ToolResultContent::Json(v) => {
+                            bt::ToolResultContentBlock::Text(v.to_string())
                         }
                         ToolResultContent::Image(img) => {
                             bt::ToolResultContentBlock::Image(image(img)?)
@@ -215,6 +233,8 @@ fn message(msg: &Message) -> Result<Option<bt::Message>, ModelError> {
                         .map_err(|e| invalid("a tool result", e))?,
                 ));
             }
+            ContentBlock::ReasoningContent(ReasoningContent::ReasoningText(r))
+                if r.signature.is_none() => {}
             ContentBlock::ReasoningContent(ReasoningContent::ReasoningText(r)) => content.push(
                 bt::ContentBlock::ReasoningContent(bt::ReasoningContentBlock::ReasoningText(
                     bt::ReasoningTextBlock::builder()
@@ -232,8 +252,11 @@ fn message(msg: &Message) -> Result<Option<bt::Message>, ModelError> {
             ContentBlock::Document(d) => content.push(bt::ContentBlock::Document(document(d)?)),
         }
     }
-    if content.is_empty() {
-        return Ok(None);
+    if content
+        .iter()
+        .all(|b| matches!(b, bt::ContentBlock::CachePoint(_)))
+    {
+        content.insert(0, bt::ContentBlock::Text(EMPTY_MESSAGE.into()));
     }
     let role = match msg.role {
         Role::User => bt::ConversationRole::User,
@@ -243,7 +266,6 @@ fn message(msg: &Message) -> Result<Option<bt::Message>, ModelError> {
         .role(role)
         .set_content(Some(content))
         .build()
-        .map(Some)
         .map_err(|e| invalid("a message", e))
 }
 
@@ -262,7 +284,12 @@ fn tool(spec: &ToolSpec) -> Result<bt::Tool, ModelError> {
 
 /// The request's messages, system prompt and tools as Converse parts, with cache points where
 /// `cache` says.
-pub(super) fn parts(request: &ModelRequest<'_>, cache: PromptCache) -> Result<Parts, ModelError> {
+/// `thinking`: extended thinking is on, which refuses a forced tool choice (sent as auto).
+pub(super) fn parts(
+    request: &ModelRequest<'_>,
+    cache: PromptCache,
+    thinking: bool,
+) -> Result<Parts, ModelError> {
     let mut messages = Vec::with_capacity(request.messages.len());
     let mut tool_blocks = false;
     for m in &request.messages {
@@ -270,16 +297,16 @@ pub(super) fn parts(request: &ModelRequest<'_>, cache: PromptCache) -> Result<Pa
             .content
             .iter()
             .any(|b| matches!(b, ContentBlock::ToolUse(_) | ContentBlock::ToolResult(_)));
-        if let Some(m) = message(m)? {
-            messages.push(m);
-        }
+        messages.push(message(m)?);
     }
     if cache.conversation {
         let last_user = messages
             .iter_mut()
             .rev()
             .find(|m| *m.role() == bt::ConversationRole::User);
-        if let Some(last) = last_user {
+        if let Some(last) = last_user
+            && !matches!(last.content().last(), Some(bt::ContentBlock::CachePoint(_)))
+        {
             let mut content = last.content().to_vec();
             content.push(bt::ContentBlock::CachePoint(cache_point()?));
             *last = bt::Message::builder()
@@ -298,10 +325,11 @@ pub(super) fn parts(request: &ModelRequest<'_>, cache: PromptCache) -> Result<Pa
         }
     }
 
-    // Bedrock has no "none" tool choice: offering no tools is how to forbid them, unless the
-    // history holds tool blocks, which Bedrock refuses without a tool configuration.
+    // Bedrock has no "none" tool choice: offering no tools is how to forbid them (a history
+    // with tool blocks then gets the stand-in below: Bedrock refuses tool blocks without a tool
+    // configuration).
     let offered: &[ToolSpec] = match request.tool_choice {
-        ToolChoice::None if !tool_blocks => &[],
+        ToolChoice::None => &[],
         _ => request.tools,
     };
     let mut tools = Vec::with_capacity(offered.len() + 1);
@@ -325,6 +353,7 @@ pub(super) fn parts(request: &ModelRequest<'_>, cache: PromptCache) -> Result<Pa
         }
         let choice = match request.tool_choice {
             ToolChoice::Auto | ToolChoice::None => None,
+            _ if thinking => None,
             ToolChoice::Any => Some(bt::ToolChoice::Any(bt::AnyToolChoice::builder().build())),
             ToolChoice::Tool(name) => Some(bt::ToolChoice::Tool(
                 bt::SpecificToolChoice::builder()
@@ -365,6 +394,46 @@ mod tests {
     }
 
     #[test]
+    fn json_results_that_are_not_objects_go_as_text_and_unsigned_reasoning_stays_home() {
+        let result = Message::new(
+            Role::User,
+            vec![ContentBlock::ToolResult(ToolResult {
+                tool_use_id: "t1".into(),
+                status: ToolResultStatus::Success,
+                content: vec![
+                    ToolResultContent::Json(json!(["a", "b"])),
+                    ToolResultContent::Json(json!({"k": 1})),
+                ],
+            })],
+        );
+        let reasoning = Message::new(
+            Role::Assistant,
+            vec![
+                ContentBlock::ReasoningContent(ReasoningContent::ReasoningText(
+                    crate::message::ReasoningText {
+                        text: "thinking from another provider".into(),
+                        signature: None,
+                    },
+                )),
+                ContentBlock::Text("answer".into()),
+            ],
+        );
+        let converted = message(&result).unwrap();
+        let Some(bt::ContentBlock::ToolResult(r)) = converted.content().first() else {
+            panic!("no tool result");
+        };
+        assert!(
+            matches!(&r.content()[0], bt::ToolResultContentBlock::Text(t) if t == r#"["a","b"]"#)
+        );
+        assert!(matches!(
+            &r.content()[1],
+            bt::ToolResultContentBlock::Json(_)
+        ));
+        let converted = message(&reasoning).unwrap();
+        assert!(matches!(converted.content(), [bt::ContentBlock::Text(t)] if t == "answer"));
+    }
+
+    #[test]
     fn tool_history_without_tools_gets_the_stand_in_and_cache_points_land() {
         let call = Message::new(
             Role::Assistant,
@@ -386,9 +455,13 @@ mod tests {
             &ToolChoice::None,
         )
         .system_prompt("Be brief.");
-        let parts = parts(&request, PromptCache::automatic()).unwrap();
-        // The blank assistant message is gone; the cache point is on the last user message.
-        assert_eq!(parts.messages.len(), 3);
+        let parts = parts(&request, PromptCache::automatic(), false).unwrap();
+        // The blank assistant message stays, with a stand-in text (the roles must alternate);
+        // the cache point is on the last user message.
+        assert_eq!(parts.messages.len(), 4);
+        assert!(
+            matches!(parts.messages[3].content(), [bt::ContentBlock::Text(t)] if t == EMPTY_MESSAGE)
+        );
         assert!(matches!(
             parts.messages[2].content().last(),
             Some(bt::ContentBlock::CachePoint(_))

@@ -88,6 +88,45 @@ pub(super) fn classify(model_id: &str, code: Option<&str>, message: &str) -> Mod
     }
 }
 
+/// The HTTP status of a raw reply: an HTTP response's, or 0 for an event of a stream.
+pub(super) trait RawStatus {
+    fn status(&self) -> u16;
+}
+
+impl RawStatus for aws_sdk_bedrockruntime::config::http::HttpResponse {
+    fn status(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+impl RawStatus for aws_smithy_types::event_stream::RawMessage {
+    fn status(&self) -> u16 {
+        0
+    }
+}
+
+/// An error without a code, by its HTTP status (0 for an exception event, which has none).
+fn by_status(status: u16, message: String) -> ModelError {
+    match status {
+        429 | 503 => ModelError::Throttled {
+            status,
+            message,
+            retry_after: None,
+        },
+        408 | 500..=599 => ModelError::Transient {
+            message: format!("HTTP {status}: {message}"),
+        },
+        0 => ModelError::Fatal {
+            status: None,
+            message,
+        },
+        _ => ModelError::Fatal {
+            status: Some(status),
+            message,
+        },
+    }
+}
+
 /// The code of an exception event in a `ConverseStream` reply: the SDK names these by their
 /// variant, not in the error metadata.
 pub(super) fn stream_code(e: &ConverseStreamOutputError) -> Option<&'static str> {
@@ -111,15 +150,20 @@ pub(super) fn sdk_error<E, R>(
 ) -> ModelError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    R: RawStatus + std::fmt::Debug + Send + Sync + 'static,
 {
     let detail = DisplayErrorContext(&e).to_string();
     match e {
         SdkError::ServiceError(s) => {
+            let status = s.raw().status();
             let err = s.into_err();
             let message = err.message().map(str::to_owned).unwrap_or(detail);
-            let code = err.code().or_else(|| code_of(&err));
-            classify(model_id, code, &message)
+            match err.code().or_else(|| code_of(&err)) {
+                Some(code) => classify(model_id, Some(code), &message),
+                // No code Bedrock defines (a proxy or gateway in between, say): by the status,
+                // as the OpenAI provider does.
+                None => by_status(status, message),
+            }
         }
         SdkError::ConstructionFailure(_) => {
             ModelError::Config(format!("cannot build the Bedrock request: {detail}"))

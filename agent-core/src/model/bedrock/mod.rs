@@ -15,14 +15,23 @@
 //! - stop reasons: `max_tokens`, `stop_sequence`, `content_filtered`, `guardrail_intervened`;
 //!   `tool_use` decided by the presence of tool uses, as for the other provider;
 //! - errors classified as the OpenAI provider's are: throttling and service unavailability are
-//!   retried with the loop's backoff (the SDK's own retries are off for these calls, so the two
-//!   never multiply), a `ValidationException` about the context window becomes
-//!   [`ModelError::ContextOverflow`] (the conversation manager reduces and retries), exception
-//!   events in the middle of a stream and a cut stream are transient, access denied and an
-//!   unknown model are fatal with a message that says what to fix;
-//! - bounds: the wait for the reply and every wait between two events (default 120 s each),
-//!   each event-stream frame (1 MiB), a `Converse` reply (32 MiB) and the content one reply
-//!   accumulates (16 MiB).
+//!   retried with the loop's backoff (the SDK's own retries are off on the provider's client, so
+//!   the two never multiply), a `ValidationException` about the context window, and the stop
+//!   reason `model_context_window_exceeded`, become [`ModelError::ContextOverflow`] (the
+//!   conversation manager reduces and retries); exception events in the middle of a stream are
+//!   classified by their type like the errors of a call (`modelStreamErrorException` and
+//!   `internalServerException` transient, `throttlingException` throttled), a cut stream is
+//!   transient, an error without a code goes by its HTTP status; access denied and an unknown
+//!   model are fatal with a message that says what to fix;
+//! - bounds: the wait for the reply, every wait between two events (default 120 s each) and a
+//!   whole streamed reply (10 min), each event-stream frame (1 MiB), a `Converse` reply (32 MiB)
+//!   and the content one reply accumulates (16 MiB).
+//!
+//! With extended thinking on (`thinking` or `reasoning_config` in the additional request
+//! fields), a forced tool choice (structured output, a named tool) is sent as "auto", since
+//! Anthropic's models refuse to think under a forced tool; the structured-output step's note
+//! still asks for the tool, and a reply without it goes back as for any other reply that does
+//! not fit.
 
 use std::time::Duration;
 
@@ -67,6 +76,7 @@ pub struct BedrockConverseBuilder {
     cache: PromptCache,
     reply_timeout: Duration,
     idle_timeout: Duration,
+    total_timeout: Duration,
 }
 
 impl BedrockConverseBuilder {
@@ -122,7 +132,8 @@ impl BedrockConverseBuilder {
         self
     }
 
-    /// Bound on the wait for the reply to start (default 120 s).
+    /// Bound on the wait for a streamed reply to start, and on a whole `Converse` call
+    /// (default 120 s).
     pub fn reply_timeout(mut self, timeout: Duration) -> Self {
         self.reply_timeout = timeout;
         self
@@ -131,6 +142,13 @@ impl BedrockConverseBuilder {
     /// Bound on any wait between two events of a streamed reply (default 120 s).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Bound on a whole streamed reply, however steadily it comes (default 10 min): a peer that
+    /// keeps sending events that add nothing cannot hold the call open.
+    pub fn total_timeout(mut self, timeout: Duration) -> Self {
+        self.total_timeout = timeout;
         self
     }
 
@@ -158,6 +176,10 @@ impl BedrockConverseBuilder {
                 )));
             }
         };
+        let thinking = additional.as_ref().is_some_and(|d| {
+            matches!(d, aws_smithy_types::Document::Object(o)
+                if o.contains_key("thinking") || o.contains_key("reasoning_config"))
+        });
         let max_tokens = self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         let region = self.client.config().region().map(|r| r.to_string());
         let descriptor = ModelDescriptor {
@@ -193,6 +215,8 @@ impl BedrockConverseBuilder {
             cache: self.cache,
             reply_timeout: self.reply_timeout,
             idle_timeout: self.idle_timeout,
+            total_timeout: self.total_timeout,
+            thinking,
             descriptor,
         })
     }
@@ -225,6 +249,9 @@ pub struct BedrockConverse {
     cache: PromptCache,
     reply_timeout: Duration,
     idle_timeout: Duration,
+    total_timeout: Duration,
+    /// Whether the request fields turn on extended thinking, which refuses a forced tool choice.
+    thinking: bool,
     descriptor: ModelDescriptor,
 }
 
@@ -243,6 +270,7 @@ impl BedrockConverse {
             cache: PromptCache::none(),
             reply_timeout: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(120),
+            total_timeout: Duration::from_secs(600),
         }
     }
 
@@ -291,6 +319,9 @@ struct Streaming {
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// When the last event arrived.
     last_event: tokio::time::Instant,
+    /// When the whole reply must be complete.
+    deadline: tokio::time::Instant,
+    total: Duration,
 }
 
 impl Streaming {
@@ -305,14 +336,19 @@ impl Streaming {
                     r.map_err(|e| sdk_error(&self.model_id, "the Bedrock stream", e, stream_code))
                 }
                 () = &mut self.timer => {
-                    let due = self.last_event + self.idle;
-                    if due > tokio::time::Instant::now() {
+                    let now = tokio::time::Instant::now();
+                    let due = (self.last_event + self.idle).min(self.deadline);
+                    if due > now {
                         // Events came since the timer was set: wait out the rest.
                         self.timer.as_mut().reset(due);
                         continue;
                     }
                     Err(ModelError::Transient {
-                        message: format!("Bedrock sent no event for {:?}", self.idle),
+                        message: if now >= self.deadline {
+                            format!("Bedrock's reply took longer than {:?}", self.total)
+                        } else {
+                            format!("Bedrock sent no event for {:?}", self.idle)
+                        },
                     })
                 }
             };
@@ -329,9 +365,11 @@ impl Streaming {
                             message: "the Bedrock stream ended before its messageStop event".into(),
                         }));
                     }
-                    return Some(Ok(super::ModelEvent::Completed(
-                        assembler.finish(&self.model_id),
-                    )));
+                    return Some(
+                        assembler
+                            .finish(&self.model_id)
+                            .map(super::ModelEvent::Completed),
+                    );
                 }
             };
             let assembler = self.assembler.as_mut()?;
@@ -349,7 +387,7 @@ impl Streaming {
 
 impl Model for BedrockConverse {
     fn stream(&self, request: &ModelRequest<'_>) -> ModelStream {
-        let parts = match parts(request, self.cache) {
+        let parts = match parts(request, self.cache, self.thinking) {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
@@ -397,6 +435,7 @@ impl Model for BedrockConverse {
             .set_additional_model_request_fields(self.additional.clone())
             .send();
         let idle = self.idle_timeout;
+        let total = self.total_timeout;
         let start = async move {
             let output = tokio::time::timeout(reply_timeout, call)
                 .await
@@ -411,8 +450,10 @@ impl Model for BedrockConverse {
                 assembler: Some(Assembler::default()),
                 idle,
                 model_id,
-                timer: Box::pin(tokio::time::sleep_until(now + idle)),
+                timer: Box::pin(tokio::time::sleep_until((now + idle).min(now + total))),
                 last_event: now,
+                deadline: now + total,
+                total,
             }))
         };
         Box::pin(futures::stream::once(start).flat_map(|started| {

@@ -67,6 +67,25 @@ pub(super) fn usage(u: &bt::TokenUsage) -> Usage {
     }
 }
 
+/// The stop reasons that mean the reply is not an answer: the context window filled up (the
+/// conversation manager reduces and retries, as for an overflow refused up front), or the model
+/// wrote a tool call or output that does not parse (retried).
+fn stop_error(reason: Option<&bt::StopReason>) -> Result<(), ModelError> {
+    match reason {
+        Some(bt::StopReason::ModelContextWindowExceeded) => Err(ModelError::ContextOverflow {
+            message:
+                "the reply stopped at the model's context window (model_context_window_exceeded)"
+                    .into(),
+        }),
+        Some(r @ (bt::StopReason::MalformedToolUse | bt::StopReason::MalformedModelOutput)) => {
+            Err(ModelError::InvalidReply {
+                message: format!("Bedrock stopped the reply: {}", r.as_str()),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn stop_reason(reason: Option<&bt::StopReason>) -> (ModelStopReason, Option<String>) {
     let Some(reason) = reason else {
         return (ModelStopReason::EndTurn, None);
@@ -234,8 +253,9 @@ impl Assembler {
         self.stop.is_some()
     }
 
-    /// The finished response of `model_id`.
-    pub(super) fn finish(self, model_id: &str) -> ModelResponse {
+    /// The finished response of `model_id`, or the error its stop reason means.
+    pub(super) fn finish(self, model_id: &str) -> Result<ModelResponse, ModelError> {
+        stop_error(self.stop.as_ref())?;
         let (stop_reason, finish_reason) = stop_reason(self.stop.as_ref());
         let mut content = Vec::with_capacity(self.blocks.len());
         for (_, block) in self.blocks {
@@ -268,14 +288,14 @@ impl Assembler {
         } else {
             stop_reason
         };
-        ModelResponse {
+        Ok(ModelResponse {
             content,
             stop_reason,
             finish_reason,
             usage: self.usage.unwrap_or_default(),
             response_id: None,
             response_model: Some(model_id.to_owned()),
-        }
+        })
     }
 }
 
@@ -359,6 +379,7 @@ pub(super) fn converse_events(
             }
         }
     }
+    stop_error(Some(&output.stop_reason))?;
     let (mut stop_reason, finish_reason) = stop_reason(Some(&output.stop_reason));
     if content
         .iter()
