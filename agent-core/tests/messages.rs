@@ -74,3 +74,20 @@ fn bare_base64_bytes_are_accepted_and_bad_input_is_an_error() {
         serde_json::from_str::<Message>(r#"{"role":"user","content":[{"video":{}}]}"#);
     assert!(unknown_block.is_err());
 }
+
+/// Strands writes prompt-cache points into messages (`{"cachePoint": {"type": "default"}}`): a
+/// session holding one loads, and is written back unchanged.
+#[test]
+fn cache_points_round_trip() {
+    let json = serde_json::json!({
+        "role": "user",
+        "content": [{"text": "Long context..."}, {"cachePoint": {"type": "default"}}]
+    });
+    let message: Message = serde_json::from_value(json.clone()).expect("a cache point loads");
+    assert!(matches!(
+        &message.content[1],
+        ContentBlock::CachePoint(p) if p.kind == "default"
+    ));
+    assert_eq!(message.text(), "Long context...");
+    assert_eq!(serde_json::to_value(&message).expect("serialises"), json);
+}
