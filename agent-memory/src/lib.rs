@@ -35,24 +35,6 @@ pub use long_term::{
 };
 pub use s3::S3SessionStore;
 
-/// AWS clients from the standard configuration (`AWS_REGION`, credentials chain, and the SDK's
-/// own `AWS_ENDPOINT_URL` for a local server). With a custom S3 endpoint (`AWS_ENDPOINT_URL` or
-/// `AWS_ENDPOINT_URL_S3`), S3 uses path-style addressing, which local servers need and the SDK
-/// cannot take from the environment; against AWS itself it keeps virtual-hosted addressing.
-pub async fn clients_from_env() -> (aws_sdk_s3::Client, aws_sdk_dynamodb::Client) {
-    let config = aws_config::load_from_env().await;
-    let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-        .iter()
-        .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()));
-    let s3_config = aws_sdk_s3::config::Builder::from(&config)
-        .force_path_style(custom_endpoint)
-        .build();
-    (
-        aws_sdk_s3::Client::from_conf(s3_config),
-        aws_sdk_dynamodb::Client::new(&config),
-    )
-}
-
 /// A store error from an AWS SDK error: the service's own message in the text (`what` failed:
 /// message), the SDK error itself as the source.
 pub(crate) fn sdk_error<E, R>(

@@ -12,6 +12,20 @@
 
 pub mod bedrock;
 
+/// S3 and DynamoDB clients for the suite's local server (`AWS_ENDPOINT_URL`): the standard
+/// configuration, with S3's path-style addressing, which local servers need and the SDK cannot
+/// take from the environment.
+pub async fn aws_clients() -> (aws_sdk_s3::Client, aws_sdk_dynamodb::Client) {
+    let config = aws_config::load_from_env().await;
+    let s3_config = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(true)
+        .build();
+    (
+        aws_sdk_s3::Client::from_conf(s3_config),
+        aws_sdk_dynamodb::Client::new(&config),
+    )
+}
+
 /// The README's code blocks, compiled as doc tests (this crate depends on every workspace crate).
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
@@ -401,7 +415,7 @@ pub fn aws_endpoint() -> String {
 /// `<prefix>-<random>`.
 pub async fn fresh_dynamodb_table(prefix: &str) -> (aws_sdk_dynamodb::Client, String) {
     aws_endpoint();
-    let (_, ddb) = agent_memory::clients_from_env().await;
+    let (_, ddb) = aws_clients().await;
     let table = format!("{prefix}-{:x}", fastrand::u64(..));
     agent_memory::DynamoDbSessionStore::new(ddb.clone(), &table)
         .create_table()

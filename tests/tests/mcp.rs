@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use agent_core::message::ToolResultContent;
 use agent_core::prelude::*;
-use agent_core::tool::{Tool, ToolContext};
+use agent_core::tool::{ProgressReporter, Tool, ToolContext};
 use agent_mcp::{McpError, McpServer};
 use agent_tests::{MockVllm, Turn, provider};
 use serde_json::json;
@@ -267,18 +267,38 @@ async fn a_crashed_server_fails_the_call_in_flight_and_is_respawned() {
     let tools = client.tools().await.expect("tools");
     let first_pid = client.process_id().expect("a child process id");
     let long = find(&tools, "trigger-long-running-operation");
+    // The server's first progress report proves the call is in flight: the kill waits for it,
+    // not for a guessed delay.
+    let (reported, mut first_report) = tokio::sync::mpsc::unbounded_channel();
+    let mut call_ctx = ctx();
+    call_ctx.progress = ProgressReporter::new(
+        "t1",
+        Arc::new(move |p| {
+            let _ = reported.send(p);
+        }),
+    );
     let in_flight = tokio::spawn(async move {
         let started = Instant::now();
-        let result = long.call(json!({"duration": 15, "steps": 3}), ctx()).await;
+        let result = long
+            .call(json!({"duration": 15, "steps": 3}), call_ctx)
+            .await;
         (result, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(20), first_report.recv())
+        .await
+        .expect("a progress report within 20 s")
+        .expect("the call reported progress");
+    let killed_at = Instant::now();
     // The server dies under the call (SIGKILL: no goodbye).
     kill9(first_pid);
     let (result, elapsed) = in_flight.await.expect("join");
     let err = result.expect_err("the call in flight fails");
     assert!(err.message().contains("connection closed"), "{err}");
-    assert!(elapsed < Duration::from_secs(5), "failed after {elapsed:?}");
+    // Failed at the kill, not at the end of the 15 s operation or the 20 s call bound.
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(10),
+        "failed after {elapsed:?}"
+    );
 
     // The next call respawns the server and works.
     let respawn = Instant::now();
@@ -288,7 +308,7 @@ async fn a_crashed_server_fails_the_call_in_flight_and_is_respawned() {
         .expect("works after a respawn");
     assert_eq!(out, ToolOutput::text("Echo: back"));
     println!(
-        "in-flight call failed {elapsed:?} after it started (the kill came at 500 ms); respawn + call took {:?}",
+        "in-flight call failed {elapsed:?} after it started (the kill came after its first progress report); respawn + call took {:?}",
         respawn.elapsed()
     );
     assert_eq!(client.connections(), 2);

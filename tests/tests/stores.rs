@@ -25,7 +25,7 @@ async fn clients() -> (aws_sdk_s3::Client, aws_sdk_dynamodb::Client) {
              AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
         );
     }
-    agent_memory::clients_from_env().await
+    agent_tests::aws_clients().await
 }
 
 fn unique(prefix: &str) -> String {

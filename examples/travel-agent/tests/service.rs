@@ -425,7 +425,7 @@ async fn cognito_tokens_are_checked_and_sessions_belong_to_their_user() {
     let pool = Pool::create("travel").await;
     let elsewhere = Pool::create("elsewhere").await;
     let model = MockVllm::start_bench("127.0.0.1:0").await.expect("model");
-    let (s3, _) = agent_memory::clients_from_env().await;
+    let (s3, _) = agent_tests::aws_clients().await;
     let bucket = format!("travel-sessions-{:08x}", fastrand::u32(..));
     s3.create_bucket()
         .bucket(&bucket)
@@ -959,7 +959,7 @@ async fn sigterm_drains_and_what_outlives_the_drain_resumes_on_a_new_process() {
 /// Two `serve` processes (no auth) on `model`, sharing sessions in a new S3 bucket named after
 /// `prefix`.
 async fn two_replicas_on_s3(model: &MockVllm, prefix: &str) -> (Service, Service) {
-    let (s3, _) = agent_memory::clients_from_env().await;
+    let (s3, _) = agent_tests::aws_clients().await;
     let bucket = format!("{prefix}-{:08x}", fastrand::u32(..));
     s3.create_bucket()
         .bucket(&bucket)

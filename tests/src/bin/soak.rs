@@ -173,7 +173,7 @@ async fn main() -> std::process::ExitCode {
         Box::new(move || Arc::new(FileSessionStore::new(&file_dir))),
     )];
     if std::env::var("AWS_ENDPOINT_URL").is_ok() {
-        let (s3, ddb) = agent_memory::clients_from_env().await;
+        let (s3, ddb) = agent_tests::aws_clients().await;
         let bucket = format!("soak-{:x}", fastrand::u64(..));
         let table = format!("soak-{:x}", fastrand::u64(..));
         let ready = async {

@@ -20,6 +20,25 @@ fn var(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// AWS clients from the standard configuration (`AWS_REGION`, the credential chain, and the
+/// SDK's own `AWS_ENDPOINT_URL` for a local server). With a custom S3 endpoint
+/// (`AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3`), S3 uses path-style addressing, which local
+/// servers need and the SDK cannot take from the environment; against AWS itself it keeps
+/// virtual-hosted addressing.
+async fn aws_clients() -> (aws_sdk_s3::Client, aws_sdk_dynamodb::Client) {
+    let config = aws_config::load_from_env().await;
+    let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()));
+    let s3_config = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(custom_endpoint)
+        .build();
+    (
+        aws_sdk_s3::Client::from_conf(s3_config),
+        aws_sdk_dynamodb::Client::new(&config),
+    )
+}
+
 pub(super) async fn configure(
     builder: AgentBuilder,
     data_dir: &Path,
@@ -27,7 +46,7 @@ pub(super) async fn configure(
     let bucket = var("TRAVEL_AGENT_SESSION_BUCKET");
     let table = var("TRAVEL_AGENT_MEMORY_TABLE");
     let clients = if bucket.is_some() || table.is_some() {
-        Some(agent_memory::clients_from_env().await)
+        Some(aws_clients().await)
     } else {
         None
     };
