@@ -32,10 +32,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::AgentResult;
 use crate::error::AgentError;
 use crate::message::{Message, ToolResult};
 use crate::model::Usage;
+use crate::outcome::AgentResult;
 use crate::tool::ToolProgress;
 
 /// One event of an agent run.

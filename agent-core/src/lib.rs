@@ -38,6 +38,7 @@ pub mod history;
 pub mod memory;
 pub mod message;
 pub mod model;
+mod outcome;
 pub mod retry;
 pub mod session;
 pub mod telemetry;

@@ -45,7 +45,6 @@
 mod auth;
 mod client;
 mod handler;
-mod tool;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

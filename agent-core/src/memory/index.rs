@@ -73,7 +73,7 @@ pub fn rank(records: Vec<MemoryRecord>, query: &str, limit: usize) -> Vec<Scored
 
 /// An inverted index over memory records (typically one actor's): the same BM25 ranking as
 /// [`rank`], at a cost that grows with the records containing the query's words instead of with
-/// every record. Stores keep one per actor to answer [`MemoryStore::search`] without reading the
+/// every record. Stores keep one per actor to answer [`MemoryStore::search`](super::MemoryStore::search) without reading the
 /// actor's whole memory again.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryIndex {

@@ -4,11 +4,11 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::agent::StopReason;
 use crate::message::{
     ContentBlock, Message, ReasoningContent, Role, ToolResult, ToolResultContent,
 };
 use crate::model::{ModelResponse, ModelStopReason};
+use crate::outcome::StopReason;
 
 fn parts(blocks: &[ContentBlock]) -> (Vec<Value>, Vec<Value>) {
     let mut own = Vec::new();

@@ -38,9 +38,9 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Array, Context, InstrumentationScope, KeyValue, StringValue, Value};
 
-use crate::agent::StopReason;
 use crate::message::{ContentBlock, Message, ToolResult, ToolResultStatus, ToolUse};
 use crate::model::{ModelDescriptor, ModelError, ModelRequest, ModelResponse, Usage};
+use crate::outcome::StopReason;
 
 mod content;
 #[cfg(feature = "otlp")]

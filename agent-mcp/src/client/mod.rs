@@ -39,6 +39,7 @@ mod connection;
 mod oauth;
 mod requests;
 mod source;
+mod tool;
 
 pub use source::McpToolSource;
 
@@ -216,7 +217,7 @@ impl McpClient {
         let mut used = HashSet::new();
         Ok(listed
             .into_iter()
-            .filter_map(|t| crate::tool::adapt(&self.shared, t, &mut used))
+            .filter_map(|t| tool::adapt(&self.shared, t, &mut used))
             .collect())
     }
 

@@ -2,7 +2,7 @@
 //! tool list that changes while a client is connected. Tools: `add_tool {name}` registers a
 //! tool `name` (answering "`name` called") and sends a tool-list-changed notification before it
 //! answers. `ask {}` (2026-07-28) asks for the user's name through an `input_required` round
-//! (SEP-2322) and answers "hello <name>"; it logs `ask <requestState>` per request. `meta {}` answers the request's `_meta` as JSON text. `wait {seconds}` waits, and when the client cancels the call (`notifications/cancelled`)
+//! (SEP-2322) and answers "hello `<name>`"; it logs `ask <requestState>` per request. `meta {}` answers the request's `_meta` as JSON text. `wait {seconds}` waits, and when the client cancels the call (`notifications/cancelled`)
 //! appends `cancelled` to the file named by `MCP_TEST_SERVER_LOG`. `--legacy` limits it to protocol 2025-11-25 (notifications on the session);
 //! otherwise it speaks 2026-07-28 too (notifications on `subscriptions/listen`).
 

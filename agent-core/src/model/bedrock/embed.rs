@@ -33,7 +33,7 @@ const COHERE_BATCH: usize = 96;
 /// throttling, quota and a model that is not ready yet are [`ModelError::Throttled`], service
 /// unavailability and internal errors are retryable, and access denied, an unknown model or a
 /// refused request are fatal with a message that says what to fix. Every answer is checked as
-/// [`OpenAiEmbedder`](super::openai::OpenAiEmbedder)'s is. Cohere embeds queries as
+/// [`OpenAiEmbedder`](crate::model::openai::OpenAiEmbedder)'s is. Cohere embeds queries as
 /// `search_query` and memories as `search_document`.
 #[derive(Debug, Clone)]
 pub struct BedrockEmbedder {

@@ -5,7 +5,7 @@
 //! [`BedrockConverse::from_env`].
 //!
 //! The same agent runs on Bedrock or on an OpenAI-compatible server: messages already have the
-//! Converse shape, and the replies become the same [`ModelEvent`]s. What the provider handles:
+//! Converse shape, and the replies become the same [`ModelEvent`](super::ModelEvent)s. What the provider handles:
 //! - system prompt, tools and tool choice (auto, any, a named tool; "none" by not offering
 //!   tools, or a stand-in tool when the history holds tool blocks, as Strands does), tool
 //!   results with their error status and text, JSON, image and document content;

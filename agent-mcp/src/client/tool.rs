@@ -17,7 +17,7 @@ use rmcp::model::{
 };
 use serde_json::Value;
 
-use crate::client::Shared;
+use super::Shared;
 
 /// Adapts a listed tool; `None` when filtered out or when no valid name can be made.
 pub(crate) fn adapt(
