@@ -15,7 +15,10 @@ use rmcp::transport::auth::{AuthClient, AuthorizationCallback, AuthorizationRequ
 /// user; tests follow the redirect themselves.
 pub trait Authorizer: Send + Sync + 'static {
     /// Authorizes and returns the callback URL.
-    fn authorize(&self, authorization_url: String) -> BoxFuture<'_, Result<String, String>>;
+    fn authorize(
+        &self,
+        authorization_url: String,
+    ) -> BoxFuture<'_, Result<String, crate::HandlerError>>;
 }
 
 /// OAuth 2.1 settings of an HTTP server.
@@ -96,7 +99,8 @@ impl OAuth {
 async fn ask(oauth: &OAuth, url: String) -> Result<AuthorizationCallback, String> {
     let callback = tokio::time::timeout(oauth.timeout, oauth.authorizer.authorize(url))
         .await
-        .map_err(|_| format!("not authorized within {} s", oauth.timeout.as_secs()))??;
+        .map_err(|_| format!("not authorized within {} s", oauth.timeout.as_secs()))?
+        .map_err(|e| e.to_string())?;
     AuthorizationCallback::from_redirect_url(&callback).map_err(|e| e.to_string())
 }
 

@@ -18,6 +18,54 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext, RoleClient};
 use serde_json::Value;
 
+/// Why a handler (sampling, elicitation, authorization) could not answer: a message for the
+/// server (or the log), and the underlying error when there is one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    message: String,
+    #[source]
+    source: Option<agent_core::error::Cause>,
+}
+
+impl HandlerError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with this message, caused by `source`.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(agent_core::error::Cause::new(source)),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
 /// Answers a server's `sampling/createMessage` request (an LLM call made on the server's
 /// behalf). [`ModelSampling`] routes it to an agent-core model, e.g. the agent's own.
 ///
@@ -28,14 +76,17 @@ pub trait SamplingHandler: Send + Sync + 'static {
     fn create_message(
         &self,
         request: CreateMessageRequestParams,
-    ) -> BoxFuture<'_, Result<CreateMessageResult, String>>;
+    ) -> BoxFuture<'_, Result<CreateMessageResult, HandlerError>>;
 }
 
 /// Answers a server's `elicitation/create` request (it asks the user for input). Without a
 /// handler the capability is not declared and servers cannot ask.
 pub trait ElicitationHandler: Send + Sync + 'static {
     /// Accepts (with content), declines or cancels.
-    fn elicit(&self, request: ElicitRequestParams) -> BoxFuture<'_, Result<ElicitResult, String>>;
+    fn elicit(
+        &self,
+        request: ElicitRequestParams,
+    ) -> BoxFuture<'_, Result<ElicitResult, HandlerError>>;
 }
 
 /// Sampling through an agent-core [`Model`]: the request's text messages and system prompt
@@ -66,7 +117,7 @@ impl SamplingHandler for ModelSampling {
     fn create_message(
         &self,
         request: CreateMessageRequestParams,
-    ) -> BoxFuture<'_, Result<CreateMessageResult, String>> {
+    ) -> BoxFuture<'_, Result<CreateMessageResult, HandlerError>> {
         Box::pin(async move {
             let messages: Vec<Message> = request
                 .messages
@@ -89,7 +140,7 @@ impl SamplingHandler for ModelSampling {
                 })
                 .collect();
             if messages.is_empty() {
-                return Err("sampling request without messages".to_owned());
+                return Err("sampling request without messages".into());
             }
             let choice = ToolChoice::default();
             // The server's bound on the sampled answer, and its temperature if it set one.
@@ -132,7 +183,10 @@ impl SamplingHandler for ModelSampling {
 pub struct AcceptDefaults;
 
 impl ElicitationHandler for AcceptDefaults {
-    fn elicit(&self, request: ElicitRequestParams) -> BoxFuture<'_, Result<ElicitResult, String>> {
+    fn elicit(
+        &self,
+        request: ElicitRequestParams,
+    ) -> BoxFuture<'_, Result<ElicitResult, HandlerError>> {
         Box::pin(async move {
             let ElicitRequestParams::FormElicitationParams {
                 requested_schema, ..
@@ -211,7 +265,7 @@ impl ClientHandler for Handler {
             Some(h) => h
                 .create_message(params)
                 .await
-                .map_err(|e| rmcp::ErrorData::internal_error(e, None)),
+                .map_err(|e| rmcp::ErrorData::internal_error(e.to_string(), None)),
             None => Err(rmcp::ErrorData::method_not_found::<
                 rmcp::model::CreateMessageRequestMethod,
             >()),
@@ -227,7 +281,7 @@ impl ClientHandler for Handler {
             Some(h) => h
                 .elicit(request)
                 .await
-                .map_err(|e| rmcp::ErrorData::internal_error(e, None)),
+                .map_err(|e| rmcp::ErrorData::internal_error(e.to_string(), None)),
             None => Ok(ElicitResult::new(ElicitationAction::Decline)),
         }
     }

@@ -52,7 +52,9 @@ use std::time::Duration;
 
 pub use auth::{Authorizer, OAuth};
 pub use client::{McpClient, McpToolSource};
-pub use handler::{AcceptDefaults, ElicitationHandler, ModelSampling, SamplingHandler};
+pub use handler::{
+    AcceptDefaults, ElicitationHandler, HandlerError, ModelSampling, SamplingHandler,
+};
 /// The rmcp crate, for its model types (results, prompts, resources, sampling requests).
 pub use rmcp;
 

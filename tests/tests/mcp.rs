@@ -538,7 +538,10 @@ impl agent_mcp::ElicitationHandler for Named {
     fn elicit(
         &self,
         _request: agent_mcp::rmcp::model::ElicitRequestParams,
-    ) -> agent_core::tool::BoxFuture<'_, Result<agent_mcp::rmcp::model::ElicitResult, String>> {
+    ) -> agent_core::tool::BoxFuture<
+        '_,
+        Result<agent_mcp::rmcp::model::ElicitResult, agent_mcp::HandlerError>,
+    > {
         use agent_mcp::rmcp::model::{ElicitResult, ElicitationAction};
         Box::pin(async {
             Ok(ElicitResult::new(ElicitationAction::Accept).with_content(json!({"name": "Ada"})))

@@ -75,7 +75,10 @@ struct FormFiller {
 }
 
 impl ElicitationHandler for FormFiller {
-    fn elicit(&self, request: ElicitRequestParams) -> BoxFuture<'_, Result<ElicitResult, String>> {
+    fn elicit(
+        &self,
+        request: ElicitRequestParams,
+    ) -> BoxFuture<'_, Result<ElicitResult, agent_mcp::HandlerError>> {
         Box::pin(async move {
             match request {
                 ElicitRequestParams::FormElicitationParams {

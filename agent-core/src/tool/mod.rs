@@ -260,10 +260,12 @@ impl From<Value> for ToolOutput {
     }
 }
 
-/// A tool failure; its message is what the model reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tool failure: its message is what the model reads; its source, when there is one, is the
+/// underlying error (an HTTP client's, a store's) for logs and callers, never sent to the model.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ToolError {
     message: String,
+    source: Option<crate::error::Cause>,
 }
 
 impl ToolError {
@@ -271,6 +273,26 @@ impl ToolError {
     pub fn new(message: impl fmt::Display) -> Self {
         Self {
             message: message.to_string(),
+            source: None,
+        }
+    }
+
+    /// An error with this message, caused by `source` (kept for [`std::error::Error::source`]).
+    ///
+    /// ```
+    /// use agent_core::tool::ToolError;
+    /// let io = std::io::Error::other("disk full");
+    /// let e = ToolError::with_source("could not save the booking", io);
+    /// assert_eq!(e.message(), "could not save the booking");
+    /// assert_eq!(std::error::Error::source(&e).map(|s| s.to_string()).as_deref(), Some("disk full"));
+    /// ```
+    pub fn with_source(
+        message: impl fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.to_string(),
+            source: Some(crate::error::Cause::new(source)),
         }
     }
 
@@ -286,13 +308,20 @@ impl fmt::Display for ToolError {
     }
 }
 
-impl std::error::Error for ToolError {}
+impl std::error::Error for ToolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|c| c.get() as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A boxed future, as returned by [`Tool::call`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A tool an agent can call. Implement it by hand, build one from a closure with [`FnTool`], or
-/// (once it lands) derive it with `#[tool]`.
+/// A tool an agent can call. Write it with the [`#[tool]`](macro@crate::tool) macro on a
+/// function or an `impl` block (the usual way), build one from a closure with [`FnTool`], or
+/// implement it by hand, as here.
 ///
 /// ```
 /// use agent_core::tool::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput, ToolSpec};

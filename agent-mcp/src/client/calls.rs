@@ -14,12 +14,18 @@ impl Shared {
                         .sampling
                         .as_ref()
                         .ok_or("the server asked for sampling, which is not configured")?;
-                    let result = handler.create_message(request.params).await?;
+                    let result = handler
+                        .create_message(request.params)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     serde_json::to_value(result).map_err(|e| e.to_string())?
                 }
                 InputRequest::Elicitation(request) => {
                     let result = match &self.handler.elicitation {
-                        Some(handler) => handler.elicit(request.params).await?,
+                        Some(handler) => handler
+                            .elicit(request.params)
+                            .await
+                            .map_err(|e| e.to_string())?,
                         None => ElicitResult::new(ElicitationAction::Decline),
                     };
                     serde_json::to_value(result).map_err(|e| e.to_string())?

@@ -61,7 +61,10 @@ fn handler(ask_on_terminal: bool) -> Arc<dyn ElicitationHandler> {
 struct TerminalConfirm;
 
 impl ElicitationHandler for TerminalConfirm {
-    fn elicit(&self, request: ElicitRequestParams) -> BoxFuture<'_, Result<ElicitResult, String>> {
+    fn elicit(
+        &self,
+        request: ElicitRequestParams,
+    ) -> BoxFuture<'_, Result<ElicitResult, agent_mcp::HandlerError>> {
         Box::pin(async move {
             let ElicitRequestParams::FormElicitationParams { message, .. } = request else {
                 return Ok(ElicitResult::new(ElicitationAction::Decline));

@@ -27,7 +27,10 @@ struct Answer {
 }
 
 impl ElicitationHandler for Answer {
-    fn elicit(&self, request: ElicitRequestParams) -> BoxFuture<'_, Result<ElicitResult, String>> {
+    fn elicit(
+        &self,
+        request: ElicitRequestParams,
+    ) -> BoxFuture<'_, Result<ElicitResult, agent_mcp::HandlerError>> {
         Box::pin(async move {
             self.count.fetch_add(1, Ordering::SeqCst);
             if let ElicitRequestParams::FormElicitationParams { message, .. } = request {

@@ -23,14 +23,16 @@ const CLIENT_METADATA_URL: &str = "https://conformance-test.local/client-metadat
 struct FollowRedirect;
 
 impl Authorizer for FollowRedirect {
-    fn authorize(&self, url: String) -> BoxFuture<'_, Result<String, String>> {
+    fn authorize(&self, url: String) -> BoxFuture<'_, Result<String, agent_mcp::HandlerError>> {
         Box::pin(async move {
             let http = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(10))
                 .build()
-                .map_err(|e| e.to_string())?;
-            let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+                .map_err(|e| agent_mcp::HandlerError::with_source("no HTTP client", e))?;
+            let response = http.get(&url).send().await.map_err(|e| {
+                agent_mcp::HandlerError::with_source("the authorization server did not answer", e)
+            })?;
             response
                 .headers()
                 .get(reqwest::header::LOCATION)
@@ -41,6 +43,7 @@ impl Authorizer for FollowRedirect {
                         "no redirect from the authorization server ({})",
                         response.status()
                     )
+                    .into()
                 })
         })
     }
@@ -55,7 +58,7 @@ impl SamplingHandler for FixedSampling {
     fn create_message(
         &self,
         _request: CreateMessageRequestParams,
-    ) -> BoxFuture<'_, Result<CreateMessageResult, String>> {
+    ) -> BoxFuture<'_, Result<CreateMessageResult, agent_mcp::HandlerError>> {
         Box::pin(async {
             Ok(CreateMessageResult::new(
                 SamplingMessage::assistant_text("conformance sampling answer"),
