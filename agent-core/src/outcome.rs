@@ -53,6 +53,7 @@ impl StopReason {
 
 /// Metrics of one model turn and the tool batch that followed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TurnMetrics {
     /// Time from the request to the end of the response, of the successful attempt.
     pub model_latency_ms: u64,
@@ -71,6 +72,7 @@ pub struct TurnMetrics {
 
 /// The outcome of an invocation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct AgentResult {
     /// Why it ended.
     pub stop_reason: StopReason,

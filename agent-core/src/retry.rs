@@ -4,7 +4,15 @@ use std::time::Duration;
 
 /// How throttled and transient model errors are retried. Completed tool calls are never re-run:
 /// only the failed model turn is repeated.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_core::retry::RetryPolicy;
+/// let policy = RetryPolicy::default().max_attempts(3).initial_delay(Duration::from_millis(200));
+/// assert_eq!(policy.max_attempts, 3);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Total attempts of one model turn, the first included (1 disables retries).
     pub max_attempts: u32,
@@ -26,6 +34,24 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Sets the total attempts of one model turn, the first included (1 disables retries).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Sets the upper bound of the first backoff.
+    pub fn initial_delay(mut self, delay: Duration) -> Self {
+        self.initial_delay = delay;
+        self
+    }
+
+    /// Sets the upper bound of any backoff.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
     /// No retries.
     pub fn none() -> Self {
         Self {

@@ -963,11 +963,10 @@ pub fn provider_builder(server: &MockVllm) -> agent_core::model::openai::OpenAiC
 
 /// A retry policy with millisecond backoffs, for tests.
 pub fn fast_retry() -> agent_core::retry::RetryPolicy {
-    agent_core::retry::RetryPolicy {
-        max_attempts: 4,
-        initial_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-    }
+    agent_core::retry::RetryPolicy::default()
+        .max_attempts(4)
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(50))
 }
 
 /// One replica of the racing tests (the store test and the soak): an agent with one

@@ -269,10 +269,7 @@ async fn retries_throttling_and_transient_faults_without_rerunning_completed_too
     .await;
     let agent = s
         .builder()
-        .retry(agent_core::retry::RetryPolicy {
-            max_attempts: 6,
-            ..fast_retry()
-        })
+        .retry(fast_retry().max_attempts(6))
         .build()
         .expect("agent");
     let started = Instant::now();
@@ -330,10 +327,7 @@ async fn retries_are_bounded_and_fatal_errors_are_not_retried() {
     .await;
     let agent = s
         .builder()
-        .retry(agent_core::retry::RetryPolicy {
-            max_attempts: 2,
-            ..fast_retry()
-        })
+        .retry(fast_retry().max_attempts(2))
         .build()
         .expect("agent");
     let err = agent

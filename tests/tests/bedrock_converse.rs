@@ -249,11 +249,12 @@ async fn throttling_exceptions_and_cut_streams_are_retried_by_the_loop() {
     .unwrap();
     let agent = Agent::builder()
         .model(model(&server).build().unwrap())
-        .retry(agent_core::retry::RetryPolicy {
-            max_attempts: 7,
-            initial_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(20),
-        })
+        .retry(
+            agent_core::retry::RetryPolicy::default()
+                .max_attempts(7)
+                .initial_delay(Duration::from_millis(5))
+                .max_delay(Duration::from_millis(20)),
+        )
         .build()
         .unwrap();
     let mut stream = agent.session("s").stream("hi");

@@ -18,10 +18,7 @@ use serde_json::json;
 const BOUND: Duration = Duration::from_secs(60);
 
 fn no_retries() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 1,
-        ..fast_retry()
-    }
+    fast_retry().max_attempts(1)
 }
 
 async fn bounded<T>(f: impl Future<Output = T>) -> T {

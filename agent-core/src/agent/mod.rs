@@ -36,6 +36,7 @@ pub use run::{FINAL_ANSWER_NOTE, INTERRUPTED_TEXT, TIME_LIMIT_TEXT};
 /// one is reached before the model answered, the loop asks the model for a final answer
 /// without tools (see [`AgentBuilder::final_answer_timeout`]), so the caller still gets one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Model calls per invocation (default 50).
     pub max_turns: Option<u32>,

@@ -130,6 +130,7 @@ pub enum ToolChoice {
 
 /// Token usage of one model call or of an invocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Usage {
     /// Prompt tokens, the cached ones included (as the GenAI conventions count them).
     pub input_tokens: u64,
@@ -150,6 +151,30 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Usage {
+    /// Usage of `input` prompt and `output` generated tokens (total: their sum, saturating).
+    pub fn new(input: u64, output: u64) -> Self {
+        Self {
+            input_tokens: input,
+            output_tokens: output,
+            total_tokens: input.saturating_add(output),
+            cache_read_input_tokens: 0,
+            cache_write_input_tokens: 0,
+        }
+    }
+
+    /// Sets the total as the server reported it.
+    pub fn total(mut self, total: u64) -> Self {
+        self.total_tokens = total;
+        self
+    }
+
+    /// Sets the prompt tokens read from and written to the prompt cache (part of the input).
+    pub fn cached(mut self, read: u64, written: u64) -> Self {
+        self.cache_read_input_tokens = read;
+        self.cache_write_input_tokens = written;
+        self
+    }
+
     /// Adds another usage to this one, saturating: a peer's absurd count (`u64::MAX`) cannot
     /// overflow.
     pub fn add(&mut self, other: &Usage) {
@@ -184,8 +209,9 @@ pub enum ModelStopReason {
     GuardrailIntervened,
 }
 
-/// A finished model response.
+/// A finished model response. A provider makes one with [`ModelResponse::new`] and the setters.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ModelResponse {
     /// The assistant message's content (text, reasoning, tool uses) in the order produced.
     pub content: Vec<ContentBlock>,
@@ -199,6 +225,44 @@ pub struct ModelResponse {
     pub response_id: Option<String>,
     /// The model that answered, as the server named it.
     pub response_model: Option<String>,
+}
+
+impl ModelResponse {
+    /// A response with this content and stop reason; no usage, ids or raw finish reason.
+    pub fn new(content: Vec<ContentBlock>, stop_reason: ModelStopReason) -> Self {
+        Self {
+            content,
+            stop_reason,
+            finish_reason: None,
+            usage: Usage::default(),
+            response_id: None,
+            response_model: None,
+        }
+    }
+
+    /// Sets the usage.
+    pub fn usage(mut self, usage: Usage) -> Self {
+        self.usage = usage;
+        self
+    }
+
+    /// Sets the provider's raw finish reason.
+    pub fn finish_reason(mut self, reason: impl Into<String>) -> Self {
+        self.finish_reason = Some(reason.into());
+        self
+    }
+
+    /// Sets the provider's response id.
+    pub fn response_id(mut self, id: impl Into<String>) -> Self {
+        self.response_id = Some(id.into());
+        self
+    }
+
+    /// Sets the name of the model that answered.
+    pub fn response_model(mut self, model: impl Into<String>) -> Self {
+        self.response_model = Some(model.into());
+        self
+    }
 }
 
 /// One event of a model stream.

@@ -21,6 +21,7 @@ pub const CANCELLED_TEXT: &str = "Tool execution cancelled";
 
 /// How tool batches run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExecutorConfig {
     /// How many calls of one batch run at once (at least 1).
     pub max_concurrency: usize,
@@ -34,6 +35,20 @@ impl Default for ExecutorConfig {
             max_concurrency: 8,
             timeout: Duration::from_secs(60),
         }
+    }
+}
+
+impl ExecutorConfig {
+    /// Sets how many calls of one batch run at once (at least 1).
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the default bound on one call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 

@@ -617,14 +617,13 @@ impl Model for Instant1 {
         _request: &agent_core::model::ModelRequest<'_>,
     ) -> agent_core::model::ModelStream {
         Box::pin(futures::stream::iter([Ok(
-            agent_core::model::ModelEvent::Completed(agent_core::model::ModelResponse {
-                content: vec![ContentBlock::Text("Sunny in Lisbon, 24 degrees.".into())],
-                stop_reason: agent_core::model::ModelStopReason::EndTurn,
-                finish_reason: Some("stop".into()),
-                usage: agent_core::model::Usage::default(),
-                response_id: None,
-                response_model: None,
-            }),
+            agent_core::model::ModelEvent::Completed(
+                agent_core::model::ModelResponse::new(
+                    vec![ContentBlock::Text("Sunny in Lisbon, 24 degrees.".into())],
+                    agent_core::model::ModelStopReason::EndTurn,
+                )
+                .finish_reason("stop"),
+            ),
         )]))
     }
 

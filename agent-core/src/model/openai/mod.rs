@@ -32,8 +32,10 @@ use super::{Model, ModelDescriptor, ModelError, ModelRequest, ModelStream};
 
 pub use super::DEFAULT_MAX_TOKENS;
 
-/// Sampling and length parameters sent with every request.
+/// Sampling and length parameters sent with every request (usually set through the builder's
+/// methods; [`OpenAiCompatibleBuilder::params`] takes them all at once).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct RequestParams {
     /// Maximum tokens to generate (`max_tokens`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +55,44 @@ pub struct RequestParams {
     /// Any other body field (vLLM's `top_k`, `chat_template_kwargs`, ...), merged into the body.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl RequestParams {
+    /// Sets `max_tokens`.
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = Some(n);
+        self
+    }
+
+    /// Sets the temperature.
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.temperature = Some(t);
+        self
+    }
+
+    /// Sets `top_p`.
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.top_p = Some(p);
+        self
+    }
+
+    /// Adds a stop sequence.
+    pub fn stop(mut self, s: impl Into<String>) -> Self {
+        self.stop.push(s.into());
+        self
+    }
+
+    /// Sets the sampling seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Adds any other body field.
+    pub fn extra(mut self, name: impl Into<String>, value: Value) -> Self {
+        self.extra.insert(name.into(), value);
+        self
+    }
 }
 
 /// Builds an [`OpenAiCompatible`] provider.
