@@ -1,4 +1,5 @@
-//! Durable session stores for `agent-core`, safe for several replicas:
+//! Durable session stores for `agent-core`, safe for several replicas (each behind a cargo
+//! feature, all on by default: `s3`, `dynamodb`, `file`):
 //!
 //! - [`S3SessionStore`]: Strands' S3 layout and JSON, conditional writes (`If-None-Match`,
 //!   `If-Match`), one request per appended message;
@@ -21,32 +22,48 @@
 //! # let _ = store; Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "dynamodb")]
 mod dynamodb;
+#[cfg(feature = "file")]
 mod file;
+#[cfg(feature = "dynamodb")]
 mod long_term;
+#[cfg(feature = "s3")]
 mod s3;
+#[cfg(any(feature = "s3", feature = "dynamodb", feature = "file"))]
 mod strands;
 
 pub use agent_core::session::{SessionStore, StoreError};
+#[cfg(feature = "dynamodb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dynamodb")))]
 pub use dynamodb::{DynamoDbSessionStore, MAX_MESSAGE_BYTES};
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub use file::FileSessionStore;
+#[cfg(feature = "dynamodb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dynamodb")))]
 pub use long_term::{
     DEFAULT_RECALL_CACHE_ACTORS, DEFAULT_RECALL_CACHE_MAX_AGE, DynamoDbMemoryStore,
 };
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
 pub use s3::S3SessionStore;
 
 /// A store error from an AWS SDK error: the service's own message in the text (`what` failed:
 /// message), the SDK error itself as the source.
+#[cfg(any(feature = "s3", feature = "dynamodb"))]
 pub(crate) fn sdk_error<E, R>(
     what: &str,
-    e: aws_sdk_s3::error::SdkError<E, R>,
+    e: aws_smithy_runtime_api::client::result::SdkError<E, R>,
 ) -> agent_core::session::StoreError
 where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     let detail = match &e {
-        aws_sdk_s3::error::SdkError::ServiceError(s) => s.err().to_string(),
+        aws_smithy_runtime_api::client::result::SdkError::ServiceError(s) => s.err().to_string(),
         other => other.to_string(),
     };
     agent_core::session::StoreError::backend(format!("{what}: {detail}"), e)

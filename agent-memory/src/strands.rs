@@ -6,6 +6,12 @@
 //! [<prefix>/]session_<session_id>/agents/agent_<agent_id>/messages/message_<n>.json
 //! ```
 
+// The helpers serve the three stores; with only some of them compiled, some go unused.
+#![cfg_attr(
+    not(all(feature = "s3", feature = "dynamodb", feature = "file")),
+    allow(dead_code)
+)]
+
 use agent_core::conversation::ContextWindow;
 use agent_core::message::Message;
 use agent_core::session::{SessionKey, SessionState, StoreError};
