@@ -29,13 +29,14 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 AGENT_MODEL_PORT=$(free_port)
 AGENT_AWS_PORT=$(free_port)
 AGENT_EMBED_PORT=$(free_port)
+AGENT_BEDROCK_PORT=$(free_port)
 AGENT_PHOENIX_PORT=$(free_port)
 AGENT_PHOENIX_GRPC_PORT=$(free_port)
 export AGENT_PHOENIX_PORT AGENT_PHOENIX_GRPC_PORT AGENT_PHOENIX_PIDFILE="$run_dir/phoenix.pid" AGENT_PHOENIX_LOG="$run_dir/phoenix.log"
 export AGENT_MODEL_PORT AGENT_MODEL_PIDFILE="$run_dir/llama-server.pid" AGENT_MODEL_LOG="$run_dir/llama-server.log"
 export AGENT_AWS_PORT AGENT_AWS_PIDFILE="$run_dir/ministack.pid" AGENT_AWS_LOG="$run_dir/ministack.log"
 export AGENT_EMBED_PORT AGENT_EMBED_PIDFILE="$run_dir/embed-server.pid" AGENT_EMBED_LOG="$run_dir/embed-server.log"
-trap 'scripts/local-model.sh stop; scripts/embed-model.sh stop; scripts/aws-local.sh stop; scripts/phoenix.sh stop; rm -rf "$run_dir"' EXIT
+trap 'scripts/local-model.sh stop; scripts/embed-model.sh stop; scripts/aws-local.sh stop; AGENT_AWS_PIDFILE="$run_dir/ministack-bedrock.pid" scripts/aws-local.sh stop; scripts/phoenix.sh stop; rm -rf "$run_dir"' EXIT
 
 fresh=0
 if [ "${CI:-}" = true ] || [ "${AGENT_FRESH_CACHE:-}" = 1 ]; then
@@ -143,12 +144,16 @@ eval_run() {
 }
 
 # DynamoDB, S3 and Bedrock Runtime: ministack (PyPI) on 127.0.0.1, reached through the SDK's
-# standard variables. Its Bedrock Converse forwards to the real local model started below (on
-# this run's model port), so the Bedrock provider's test gets real model replies on the Bedrock
-# wire (AGENT_BEDROCK_PROXIED tells it so).
-AWS_ENDPOINT_URL=$(MINISTACK_BEDROCK_PROXY_URL="http://127.0.0.1:$AGENT_MODEL_PORT" MINISTACK_BEDROCK_PROXY_TIMEOUT_SECONDS=300 scripts/aws-local.sh start)
+# standard variables.
+AWS_ENDPOINT_URL=$(scripts/aws-local.sh start)
 export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
-export AGENT_BEDROCK_PROXIED=1
+# A second ministack whose Bedrock Runtime forwards to the real local model started below (on
+# this run's model port), so the Bedrock provider's test gets real model replies on the Bedrock
+# wire. Its own instance: with the forward on, ministack sends every Bedrock request to the
+# model, the embedding requests other tests make of the first one too.
+AGENT_BEDROCK_ENDPOINT=$(AGENT_AWS_PORT=$AGENT_BEDROCK_PORT AGENT_AWS_PIDFILE="$run_dir/ministack-bedrock.pid" AGENT_AWS_LOG="$run_dir/ministack-bedrock.log" \
+  MINISTACK_BEDROCK_PROXY_URL="http://127.0.0.1:$AGENT_MODEL_PORT" MINISTACK_BEDROCK_PROXY_TIMEOUT_SECONDS=300 scripts/aws-local.sh start)
+export AGENT_BEDROCK_ENDPOINT
 
 # Arize Phoenix (PyPI): a real observability backend the travel agent exports to; its test reads
 # the runs back through Phoenix's REST API.

@@ -206,7 +206,9 @@ async fn bedrock_errors_are_classified_and_bounded() {
     let (state, endpoint) = loopback().await;
     let titan = BedrockEmbedder::new(client(&endpoint), "amazon.titan-embed-text-v2:0")
         .unwrap()
-        .timeout(Duration::from_secs(2));
+        // Room for the loopback to build its 33 MB answer on a loaded machine; the stall case
+        // waits this long.
+        .timeout(Duration::from_secs(10));
     let cases: Vec<(Next, &str)> = vec![
         (Next::Error(429, "ThrottlingException"), "throttled"),
         (

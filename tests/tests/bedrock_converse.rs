@@ -4,7 +4,7 @@
 //! (`agent_tests::bedrock::LoopbackBedrock`), which also plays the faults: throttling, an
 //! exception event mid-stream, a cut stream, a context overflow, access denied, a 200 MB frame,
 //! a stall. The last test runs the agent on ministack's Bedrock emulation forwarding to the real
-//! local model (`MINISTACK_BEDROCK_PROXY_URL`).
+//! local model (`MINISTACK_BEDROCK_PROXY_URL`; `AGENT_BEDROCK_ENDPOINT`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -678,14 +678,13 @@ async fn the_stream_events_name_the_tool_call_as_it_arrives() {
 /// reply when the forward fails, so the test asserts what only the real model can produce.
 #[tokio::test]
 async fn the_provider_runs_on_ministack_bedrock_forwarding_to_the_real_model() {
-    let Ok(proxy) = std::env::var("AGENT_BEDROCK_PROXIED") else {
+    let Ok(endpoint) = std::env::var("AGENT_BEDROCK_ENDPOINT") else {
         panic!(
-            "AGENT_BEDROCK_PROXIED is not set: run scripts/test.sh, which starts ministack with \
-             MINISTACK_BEDROCK_PROXY_URL pointing at the local model"
+            "AGENT_BEDROCK_ENDPOINT is not set: run scripts/test.sh, which starts a ministack \
+             with MINISTACK_BEDROCK_PROXY_URL pointing at the local model"
         );
     };
-    assert_eq!(proxy, "1");
-    let client = agent_tests::bedrock::loopback_client(&agent_tests::aws_endpoint());
+    let client = agent_tests::bedrock::loopback_client(&endpoint);
 
     // The agent itself on the Bedrock wire: a two-turn session, the second turn answered from
     // the history the first left.
