@@ -119,6 +119,14 @@ impl Endpoint {
                         .temperature(0.0);
                 }
                 let model = model.build()?;
+                // A CPU model reads a long conversation slowly: the final answer after a tool
+                // loop gets more than the default 30 s (the invocation's own limit still bounds
+                // it).
+                let builder = if local.is_some() {
+                    builder.final_answer_timeout(Some(std::time::Duration::from_secs(90)))
+                } else {
+                    builder
+                };
                 crate::say(
                     tracing::Level::INFO,
                     &format!("model `{model_name}` at {base_url}"),
