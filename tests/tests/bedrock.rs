@@ -237,8 +237,9 @@ async fn bedrock_errors_are_classified_and_bounded() {
         state.next.lock().unwrap().push(next.clone());
         let started = std::time::Instant::now();
         let e = titan.embed(&["x"]).await.expect_err(kind);
+        // Every case ends within the embedder's 10 s bound (the stall at it), plus slack.
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(15),
             "{next:?} took {:?}",
             started.elapsed()
         );
