@@ -65,10 +65,7 @@ impl Message {
 
     /// The tool uses of this message, in order.
     pub fn tool_uses(&self) -> impl Iterator<Item = &ToolUse> {
-        self.content.iter().filter_map(|b| match b {
-            ContentBlock::ToolUse(u) => Some(u),
-            _ => None,
-        })
+        tool_uses(&self.content)
     }
 
     /// The tool results of this message, in order.
@@ -83,6 +80,14 @@ impl Message {
     pub fn is_prompt(&self) -> bool {
         self.role == Role::User && self.tool_results().next().is_none()
     }
+}
+
+/// The tool uses among `content`, in order (a message's, or a model response's before it is one).
+pub fn tool_uses(content: &[ContentBlock]) -> impl Iterator<Item = &ToolUse> {
+    content.iter().filter_map(|b| match b {
+        ContentBlock::ToolUse(u) => Some(u),
+        _ => None,
+    })
 }
 
 /// One block of message content. Serialised as a single-key object, as in Bedrock Converse.

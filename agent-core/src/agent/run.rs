@@ -873,14 +873,8 @@ async fn structured_step(
         };
         usage.add(&response.usage);
         turns.push(metrics);
-        let calls: Vec<&crate::message::ToolUse> = response
-            .content
-            .iter()
-            .filter_map(|b| match b {
-                ContentBlock::ToolUse(u) => Some(u),
-                _ => None,
-            })
-            .collect();
+        let calls: Vec<&crate::message::ToolUse> =
+            crate::message::tool_uses(&response.content).collect();
         let mine = calls.iter().find(|u| u.name == name);
         let problem = match mine {
             Some(call) => match schema.check(&call.input) {

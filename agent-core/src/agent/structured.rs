@@ -40,7 +40,7 @@ impl std::fmt::Debug for TypedCheck {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     tool: ToolSpec,
     validator: jsonschema::Validator,
@@ -71,17 +71,9 @@ impl OutputSchema {
     /// a value must also deserialise into a `T`.
     pub fn of<T: schemars::JsonSchema + serde::de::DeserializeOwned>() -> Self {
         let mut schema = Self::schema_of::<T>();
-        let inner = &schema.inner;
-        schema.inner = Arc::new(Inner {
-            tool: inner.tool.clone(),
-            validator: inner.validator.clone(),
-            typed: Some(TypedCheck(Arc::new(|value: &Value| {
-                T::deserialize(value).map(|_| ()).map_err(|e| e.to_string())
-            }))),
-            wrapped: inner.wrapped,
-            max_attempts: inner.max_attempts,
-            note: inner.note.clone(),
-        });
+        Arc::make_mut(&mut schema.inner).typed = Some(TypedCheck(Arc::new(|value: &Value| {
+            T::deserialize(value).map(|_| ()).map_err(|e| e.to_string())
+        })));
         schema
     }
 
@@ -158,18 +150,9 @@ impl OutputSchema {
     }
 
     /// How many replies the model gets to produce a valid value (default 3).
-    pub fn max_attempts(self, n: u32) -> Self {
-        let inner = &self.inner;
-        Self {
-            inner: Arc::new(Inner {
-                tool: inner.tool.clone(),
-                validator: inner.validator.clone(),
-                typed: inner.typed.clone(),
-                wrapped: inner.wrapped,
-                max_attempts: n.max(1),
-                note: inner.note.clone(),
-            }),
-        }
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        Arc::make_mut(&mut self.inner).max_attempts = n.max(1);
+        self
     }
 
     /// The tool the model is made to call.

@@ -166,7 +166,8 @@ const EMPTY_MESSAGE: &str = "(no content)";
 /// nothing gets [`EMPTY_MESSAGE`]. Reasoning without a signature (from another provider, say a
 /// vLLM model before a fallback) is left out too: models that check signatures refuse it, and
 /// the others do not need it back.
-fn message(msg: &Message) -> Result<bt::Message, ModelError> {
+/// `cache_after`: a cache point ends the message (unless it already ends with one).
+fn message(msg: &Message, cache_after: bool) -> Result<bt::Message, ModelError> {
     let mut content = Vec::with_capacity(msg.content.len());
     for block in &msg.content {
         match block {
@@ -258,6 +259,9 @@ fn message(msg: &Message) -> Result<bt::Message, ModelError> {
     {
         content.insert(0, bt::ContentBlock::Text(EMPTY_MESSAGE.into()));
     }
+    if cache_after && !matches!(content.last(), Some(bt::ContentBlock::CachePoint(_))) {
+        content.push(bt::ContentBlock::CachePoint(cache_point()?));
+    }
     let role = match msg.role {
         Role::User => bt::ConversationRole::User,
         Role::Assistant => bt::ConversationRole::Assistant,
@@ -290,31 +294,20 @@ pub(super) fn parts(
     cache: PromptCache,
     thinking: bool,
 ) -> Result<Parts, ModelError> {
+    // The conversation's cache point ends the last user message.
+    let cached = if cache.conversation {
+        request.messages.iter().rposition(|m| m.role == Role::User)
+    } else {
+        None
+    };
     let mut messages = Vec::with_capacity(request.messages.len());
     let mut tool_blocks = false;
-    for m in &request.messages {
+    for (i, m) in request.messages.iter().enumerate() {
         tool_blocks |= m
             .content
             .iter()
             .any(|b| matches!(b, ContentBlock::ToolUse(_) | ContentBlock::ToolResult(_)));
-        messages.push(message(m)?);
-    }
-    if cache.conversation {
-        let last_user = messages
-            .iter_mut()
-            .rev()
-            .find(|m| *m.role() == bt::ConversationRole::User);
-        if let Some(last) = last_user
-            && !matches!(last.content().last(), Some(bt::ContentBlock::CachePoint(_)))
-        {
-            let mut content = last.content().to_vec();
-            content.push(bt::ContentBlock::CachePoint(cache_point()?));
-            *last = bt::Message::builder()
-                .role(bt::ConversationRole::User)
-                .set_content(Some(content))
-                .build()
-                .map_err(|e| invalid("a message", e))?;
-        }
+        messages.push(message(m, cached == Some(i))?);
     }
 
     let mut system = Vec::new();
@@ -418,7 +411,7 @@ mod tests {
                 ContentBlock::Text("answer".into()),
             ],
         );
-        let converted = message(&result).unwrap();
+        let converted = message(&result, false).unwrap();
         let Some(bt::ContentBlock::ToolResult(r)) = converted.content().first() else {
             panic!("no tool result");
         };
@@ -429,7 +422,7 @@ mod tests {
             &r.content()[1],
             bt::ToolResultContentBlock::Json(_)
         ));
-        let converted = message(&reasoning).unwrap();
+        let converted = message(&reasoning, false).unwrap();
         assert!(matches!(converted.content(), [bt::ContentBlock::Text(t)] if t == "answer"));
     }
 

@@ -138,16 +138,14 @@ impl Assembler {
             bt::ConverseStreamOutput::ContentBlockStart(start) => {
                 if let Some(bt::ContentBlockStart::ToolUse(tool)) = start.start {
                     self.grow(tool.tool_use_id.len() + tool.name.len())?;
-                    let block = self.block(start.content_block_index, || Block::Tool {
-                        id: String::new(),
-                        name: String::new(),
-                        input: String::new(),
-                    })?;
-                    *block = Block::Tool {
+                    let started = Block::Tool {
                         id: tool.tool_use_id.clone(),
                         name: tool.name.clone(),
                         input: String::new(),
                     };
+                    // A start for a block that already has content replaces it.
+                    *self.block(start.content_block_index, || Block::Text(String::new()))? =
+                        started;
                     return Ok(Some(ModelEvent::ToolUseStart {
                         tool_use_id: tool.tool_use_id,
                         name: tool.name,
@@ -255,8 +253,6 @@ impl Assembler {
 
     /// The finished response of `model_id`, or the error its stop reason means.
     pub(super) fn finish(self, model_id: &str) -> Result<ModelResponse, ModelError> {
-        stop_error(self.stop.as_ref())?;
-        let (stop_reason, finish_reason) = stop_reason(self.stop.as_ref());
         let mut content = Vec::with_capacity(self.blocks.len());
         for (_, block) in self.blocks {
             content.push(match block {
@@ -278,25 +274,43 @@ impl Assembler {
                 ),
             });
         }
-        let stop_reason = if content
-            .iter()
-            .any(|b| matches!(b, ContentBlock::ToolUse(_)))
-        {
-            ModelStopReason::ToolUse
-        } else if stop_reason == ModelStopReason::ToolUse {
-            ModelStopReason::EndTurn
-        } else {
-            stop_reason
-        };
-        Ok(ModelResponse {
+        response(
+            self.stop.as_ref(),
             content,
-            stop_reason,
-            finish_reason,
-            usage: self.usage.unwrap_or_default(),
-            response_id: None,
-            response_model: Some(model_id.to_owned()),
-        })
+            self.usage.unwrap_or_default(),
+            model_id,
+        )
     }
+}
+
+/// The response a reply's content and stop reason make, or the error the stop reason means.
+/// `tool_use` is decided by the presence of tool uses, as for the other provider.
+fn response(
+    stop: Option<&bt::StopReason>,
+    content: Vec<ContentBlock>,
+    usage: Usage,
+    model_id: &str,
+) -> Result<ModelResponse, ModelError> {
+    stop_error(stop)?;
+    let (stop_reason, finish_reason) = stop_reason(stop);
+    let stop_reason = if content
+        .iter()
+        .any(|b| matches!(b, ContentBlock::ToolUse(_)))
+    {
+        ModelStopReason::ToolUse
+    } else if stop_reason == ModelStopReason::ToolUse {
+        ModelStopReason::EndTurn
+    } else {
+        stop_reason
+    };
+    Ok(ModelResponse {
+        content,
+        stop_reason,
+        finish_reason,
+        usage,
+        response_id: None,
+        response_model: Some(model_id.to_owned()),
+    })
 }
 
 fn mixed(index: i32) -> ModelError {
@@ -379,23 +393,12 @@ pub(super) fn converse_events(
             }
         }
     }
-    stop_error(Some(&output.stop_reason))?;
-    let (mut stop_reason, finish_reason) = stop_reason(Some(&output.stop_reason));
-    if content
-        .iter()
-        .any(|b| matches!(b, ContentBlock::ToolUse(_)))
-    {
-        stop_reason = ModelStopReason::ToolUse;
-    } else if stop_reason == ModelStopReason::ToolUse {
-        stop_reason = ModelStopReason::EndTurn;
-    }
-    events.push(ModelEvent::Completed(ModelResponse {
+    let usage = output.usage.as_ref().map(usage).unwrap_or_default();
+    events.push(ModelEvent::Completed(response(
+        Some(&output.stop_reason),
         content,
-        stop_reason,
-        finish_reason,
-        usage: output.usage.as_ref().map(usage).unwrap_or_default(),
-        response_id: None,
-        response_model: Some(model_id.to_owned()),
-    }));
+        usage,
+        model_id,
+    )?));
     Ok(events)
 }
