@@ -100,7 +100,7 @@ impl SlidingWindow {
         Self { size: size.max(1) }
     }
 
-    /// The window size.
+    /// How many messages the window keeps (the newest; tool-use/result pairs are never split).
     pub fn size(&self) -> usize {
         self.size
     }

@@ -146,9 +146,15 @@ pub enum BuildError {
     /// The agent id is invalid.
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
-    /// A setting is out of range.
-    #[error("invalid setting: {0}")]
-    Invalid(String),
+    /// A setting is out of range: `setting` names the builder method, `requirement` what its
+    /// value must be.
+    #[error("invalid setting {setting}: {requirement}")]
+    OutOfRange {
+        /// The setting, as the builder method that sets it.
+        setting: &'static str,
+        /// What the value must be.
+        requirement: &'static str,
+    },
 }
 
 /// An error and its causes in one line (`outer: cause: root cause`), for logs that must say

@@ -108,7 +108,8 @@ impl History {
         Ok(())
     }
 
-    /// The messages.
+    /// Every message of the session, oldest first (the model may see fewer: the
+    /// conversation manager's window).
     pub fn messages(&self) -> &[Message] {
         &self.messages
     }

@@ -53,6 +53,13 @@ pub use error::{AgentError, BuildError};
 pub use event::AgentEvent;
 pub use tokio_util::sync::CancellationToken;
 
+/// The attribute every async trait of the workspace is written with ([`Tool`](tool::Tool),
+/// [`ToolSource`](tool::ToolSource), [`SessionStore`](session::SessionStore),
+/// [`MemoryStore`](memory::MemoryStore), [`Embedder`](model::embed::Embedder), the MCP handlers):
+/// put `#[async_trait]` on your `impl` and write `async fn`. Re-exported so an implementation
+/// needs no dependency of its own.
+pub use async_trait::async_trait;
+
 #[doc = include_str!("tool_macro.md")]
 pub use agent_tools::tool;
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 pub enum Role {
     /// The user, or the runtime answering tool calls on the user's side.
     User,
-    /// The model.
+    /// What the model said: text, reasoning and tool calls.
     Assistant,
 }
 
@@ -239,7 +239,7 @@ pub struct ReasoningText {
     pub signature: Option<String>,
 }
 
-/// An image.
+/// An image in a message or a tool result: its format and where its bytes are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     /// `png`, `jpeg`, `gif` or `webp`.
@@ -274,7 +274,8 @@ impl ImageFormat {
     }
 }
 
-/// A document.
+/// A document (PDF, spreadsheet, text, ...) in a message or tool result: its format, a name
+/// the model sees, and where its bytes are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Document {
     /// `pdf`, `csv`, `doc`, `docx`, `xls`, `xlsx`, `html`, `txt` or `md`.

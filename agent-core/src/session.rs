@@ -173,7 +173,8 @@ impl StateVersion {
     }
 }
 
-/// A loaded session.
+/// What a [`SessionStore`] holds for one session: its messages, its state and the state's
+/// version (for conditional writes).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredSession {
     /// All messages, oldest first.
@@ -184,7 +185,8 @@ pub struct StoredSession {
     pub state_version: StateVersion,
 }
 
-/// A storage failure.
+/// Why a session store operation failed: a conflicting writer, a bound that passed, an id
+/// the store refuses, or the backend's own failure with its cause.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {

@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use agent_core::message::{ToolResultStatus, ToolUse};
+use agent_core::message::ToolResultStatus;
 use agent_core::prelude::*;
 use agent_core::schemars::JsonSchema;
-use agent_core::tool::executor::{CallScope, ExecutorConfig, execute_batch};
-use agent_core::tool::{AgentState, ToolRegistry};
+use agent_core::tool::ToolRegistry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -298,44 +297,51 @@ async fn impl_block_tools_share_state() {
 }
 
 #[tokio::test]
-async fn through_the_executor_bad_input_names_the_field_and_panics_are_results() {
-    let mut registry = ToolRegistry::new();
-    registry.register(Arc::new(book_trip)).expect("register");
-    registry.register(Arc::new(explode)).expect("register");
-    let uses = [
-        ToolUse {
-            tool_use_id: "1".into(),
-            name: "book_trip".into(),
-            input: json!({"trip": {"origin": "A", "destination": "B", "passengers": [{"name": 7}]}, "cabin": "first", "seats": {}, "flexible": false, "budget_eur": 1}),
-        },
-        ToolUse {
-            tool_use_id: "2".into(),
-            name: "book_trip".into(),
-            input: json!({"cabin": "economy", "seats": {}, "flexible": false, "budget_eur": 1, "extra": 1}),
-        },
-        ToolUse {
-            tool_use_id: "3".into(),
-            name: "explode".into(),
-            input: json!({"reason": "kaboom"}),
-        },
+async fn through_the_loop_bad_input_names_the_field_and_panics_are_results() {
+    use agent_core::message::ContentBlock;
+    use agent_core::model::{ModelResponse, ModelStopReason, ScriptedModel};
+    let calls = [
+        (
+            "book_trip",
+            json!({"trip": {"origin": "A", "destination": "B", "passengers": [{"name": 7}]}, "cabin": "first", "seats": {}, "flexible": false, "budget_eur": 1}),
+        ),
+        (
+            "book_trip",
+            json!({"cabin": "economy", "seats": {}, "flexible": false, "budget_eur": 1, "extra": 1}),
+        ),
+        ("explode", json!({"reason": "kaboom"})),
     ];
-    let refs: Vec<&ToolUse> = uses.iter().collect();
-    let scope = CallScope::new("s", None, AgentState::default());
-    let out = execute_batch(
-        &registry,
-        &ExecutorConfig::default(),
-        &refs,
-        &scope,
-        &CancellationToken::new(),
-        |_| {},
-    )
-    .await;
-    let texts: Vec<String> = out.results.iter().map(|r| r.text()).collect();
-    assert!(
-        out.results
-            .iter()
-            .all(|r| r.status == ToolResultStatus::Error)
-    );
+    let model = ScriptedModel::new([
+        ScriptedModel::tool_calls(calls.map(|(n, i)| (n.to_owned(), i))),
+        ModelResponse::new(
+            vec![ContentBlock::Text("done".into())],
+            ModelStopReason::EndTurn,
+        ),
+    ]);
+    let agent = Agent::builder()
+        .model(model.clone())
+        .tool(book_trip)
+        .tool(explode)
+        .build()
+        .expect("agent");
+    let result = agent.session("s").invoke("go").await.expect("run");
+    assert_eq!(result.text(), "done");
+    // The results the model was sent back, in request order.
+    let requests = model.requests();
+    let results: Vec<(ToolResultStatus, String)> = requests[1]
+        .messages
+        .last()
+        .expect("tool results")
+        .content
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::ToolResult(r) => Some((r.status, r.text())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|(s, _)| *s == ToolResultStatus::Error));
+    let texts: Vec<&String> = results.iter().map(|(_, t)| t).collect();
     assert!(
         texts[0].contains("/trip/passengers/0/name") && texts[0].contains("/cabin"),
         "{}",

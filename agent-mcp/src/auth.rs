@@ -6,19 +6,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::tool::BoxFuture;
+use agent_core::async_trait;
 use rmcp::transport::auth::{AuthClient, AuthorizationCallback, AuthorizationRequest, OAuthState};
 
 /// Takes the user through the authorization server: given the authorization URL, returns the
 /// URL the authorization server redirected to (the redirect URI with `code` and `state`).
 /// A CLI opens a browser and listens on the redirect URI; a service forwards the URL to its
 /// user; tests follow the redirect themselves.
+#[async_trait]
 pub trait Authorizer: Send + Sync + 'static {
     /// Authorizes and returns the callback URL.
-    fn authorize(
-        &self,
-        authorization_url: String,
-    ) -> BoxFuture<'_, Result<String, crate::HandlerError>>;
+    async fn authorize(&self, authorization_url: String) -> Result<String, crate::HandlerError>;
 }
 
 /// OAuth 2.1 settings of an HTTP server.

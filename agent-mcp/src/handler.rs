@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agent_core::async_trait;
 use agent_core::message::{ContentBlock as AgentBlock, Message};
 use agent_core::model::{Model, ModelRequest, ToolChoice};
-use agent_core::tool::{BoxFuture, ProgressReporter};
+use agent_core::tool::ProgressReporter;
 use rmcp::ClientHandler;
 use rmcp::model::{
     ClientConfig, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
@@ -71,22 +72,21 @@ impl From<&str> for HandlerError {
 ///
 /// Sampling is deprecated from protocol 2026-07-28 on (SEP-2577) but still used by 2025-11-25
 /// servers. The capability is declared only when a handler is set.
+#[async_trait]
 pub trait SamplingHandler: Send + Sync + 'static {
     /// Produces the completion. An `Err` goes back to the server as a JSON-RPC error.
-    fn create_message(
+    async fn create_message(
         &self,
         request: CreateMessageRequestParams,
-    ) -> BoxFuture<'_, Result<CreateMessageResult, HandlerError>>;
+    ) -> Result<CreateMessageResult, HandlerError>;
 }
 
 /// Answers a server's `elicitation/create` request (it asks the user for input). Without a
 /// handler the capability is not declared and servers cannot ask.
+#[async_trait]
 pub trait ElicitationHandler: Send + Sync + 'static {
     /// Accepts (with content), declines or cancels.
-    fn elicit(
-        &self,
-        request: ElicitRequestParams,
-    ) -> BoxFuture<'_, Result<ElicitResult, HandlerError>>;
+    async fn elicit(&self, request: ElicitRequestParams) -> Result<ElicitResult, HandlerError>;
 }
 
 /// Sampling through an agent-core [`Model`]: the request's text messages and system prompt
@@ -113,66 +113,65 @@ impl ModelSampling {
     }
 }
 
+#[async_trait]
 impl SamplingHandler for ModelSampling {
-    fn create_message(
+    async fn create_message(
         &self,
         request: CreateMessageRequestParams,
-    ) -> BoxFuture<'_, Result<CreateMessageResult, HandlerError>> {
-        Box::pin(async move {
-            let messages: Vec<Message> = request
-                .messages
-                .into_iter()
-                .map(|m| {
-                    let text = m
-                        .content
-                        .into_vec()
-                        .iter()
-                        .map(|block| match block.as_text() {
-                            Some(t) => t.text.clone(),
-                            None => "[non-text content]".to_owned(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    match m.role {
-                        Role::Assistant => Message::assistant(text),
-                        _ => Message::user(text),
-                    }
-                })
-                .collect();
-            if messages.is_empty() {
-                return Err("sampling request without messages".into());
-            }
-            let choice = ToolChoice::default();
-            // The server's bound on the sampled answer, and its temperature if it set one.
-            let mut model_request = ModelRequest::new(messages.iter().collect(), &[], &choice)
-                .max_tokens(request.max_tokens);
-            model_request.system_prompt = request.system_prompt.as_deref();
-            model_request.temperature = request.temperature;
-            let response = tokio::time::timeout(self.timeout, self.model.complete(&model_request))
-                .await
-                .map_err(|_| {
-                    format!(
-                        "the model did not answer within {} ms",
-                        self.timeout.as_millis()
-                    )
-                })?
-                .map_err(|e| format!("the model failed: {e}"))?;
-            let text: String = response
-                .content
-                .iter()
-                .filter_map(|b| match b {
-                    AgentBlock::Text(t) => Some(t.as_str()),
-                    _ => None,
-                })
-                .collect();
-            let model = response
-                .response_model
-                .unwrap_or_else(|| self.model.descriptor().model);
-            Ok(
-                CreateMessageResult::new(SamplingMessage::assistant_text(text), model)
-                    .with_stop_reason("endTurn"),
-            )
-        })
+    ) -> Result<CreateMessageResult, HandlerError> {
+        let messages: Vec<Message> = request
+            .messages
+            .into_iter()
+            .map(|m| {
+                let text = m
+                    .content
+                    .into_vec()
+                    .iter()
+                    .map(|block| match block.as_text() {
+                        Some(t) => t.text.clone(),
+                        None => "[non-text content]".to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                match m.role {
+                    Role::Assistant => Message::assistant(text),
+                    _ => Message::user(text),
+                }
+            })
+            .collect();
+        if messages.is_empty() {
+            return Err("sampling request without messages".into());
+        }
+        let choice = ToolChoice::default();
+        // The server's bound on the sampled answer, and its temperature if it set one.
+        let mut model_request = ModelRequest::new(messages.iter().collect(), &[], &choice)
+            .max_tokens(request.max_tokens);
+        model_request.system_prompt = request.system_prompt.as_deref();
+        model_request.temperature = request.temperature;
+        let response = tokio::time::timeout(self.timeout, self.model.complete(&model_request))
+            .await
+            .map_err(|_| {
+                format!(
+                    "the model did not answer within {} ms",
+                    self.timeout.as_millis()
+                )
+            })?
+            .map_err(|e| format!("the model failed: {e}"))?;
+        let text: String = response
+            .content
+            .iter()
+            .filter_map(|b| match b {
+                AgentBlock::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        let model = response
+            .response_model
+            .unwrap_or_else(|| self.model.descriptor().model);
+        Ok(
+            CreateMessageResult::new(SamplingMessage::assistant_text(text), model)
+                .with_stop_reason("endTurn"),
+        )
     }
 }
 
@@ -182,37 +181,33 @@ impl SamplingHandler for ModelSampling {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AcceptDefaults;
 
+#[async_trait]
 impl ElicitationHandler for AcceptDefaults {
-    fn elicit(
-        &self,
-        request: ElicitRequestParams,
-    ) -> BoxFuture<'_, Result<ElicitResult, HandlerError>> {
-        Box::pin(async move {
-            let ElicitRequestParams::FormElicitationParams {
-                requested_schema, ..
-            } = request
-            else {
-                return Ok(ElicitResult::new(ElicitationAction::Decline));
-            };
-            let schema = serde_json::to_value(&requested_schema).map_err(|e| e.to_string())?;
-            let mut content = serde_json::Map::new();
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for (name, prop) in props {
-                    if let Some(default) = prop.get("default") {
-                        content.insert(name.clone(), default.clone());
-                    }
+    async fn elicit(&self, request: ElicitRequestParams) -> Result<ElicitResult, HandlerError> {
+        let ElicitRequestParams::FormElicitationParams {
+            requested_schema, ..
+        } = request
+        else {
+            return Ok(ElicitResult::new(ElicitationAction::Decline));
+        };
+        let schema = serde_json::to_value(&requested_schema).map_err(|e| e.to_string())?;
+        let mut content = serde_json::Map::new();
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                if let Some(default) = prop.get("default") {
+                    content.insert(name.clone(), default.clone());
                 }
             }
-            let required = schema
-                .get("required")
-                .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>())
-                .unwrap_or_default();
-            if required.iter().any(|r| !content.contains_key(*r)) {
-                return Ok(ElicitResult::new(ElicitationAction::Decline));
-            }
-            Ok(ElicitResult::new(ElicitationAction::Accept).with_content(Value::Object(content)))
-        })
+        }
+        let required = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if required.iter().any(|r| !content.contains_key(*r)) {
+            return Ok(ElicitResult::new(ElicitationAction::Decline));
+        }
+        Ok(ElicitResult::new(ElicitationAction::Accept).with_content(Value::Object(content)))
     }
 }
 

@@ -37,11 +37,23 @@
 //!   ([`SamplingHandler`], e.g. [`ModelSampling`] to route it to the agent's model),
 //!   elicitation ([`ElicitationHandler`], e.g. [`AcceptDefaults`]) and roots; a capability is
 //!   declared only when configured.
+//!
+//! **Features** (all on by default; turn off what you do not use to compile less): `stdio`
+//! ([`McpServer::stdio`], rmcp's child-process transport), `http` ([`McpServer::http`],
+//! streamable HTTP on reqwest) and `auth` (OAuth 2.1 on rmcp's auth support: [`OAuth`],
+//! [`Authorizer`], [`McpServer::oauth`]; implies `http`).
 
 // Sampling, roots and logging are deprecated from protocol 2026-07-28 on (SEP-2577) but are how
 // 2025-11-25 servers work; they stay supported and optional.
 #![allow(deprecated)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(not(any(feature = "stdio", feature = "http")))]
+compile_error!(
+    "agent-mcp needs a transport: enable its `stdio` feature, its `http` feature, or both"
+);
+
+#[cfg(feature = "auth")]
 mod auth;
 mod client;
 mod handler;
@@ -50,6 +62,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "auth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
 pub use auth::{Authorizer, OAuth};
 pub use client::{McpClient, McpToolSource};
 pub use handler::{
@@ -59,6 +73,7 @@ pub use handler::{
 pub use rmcp;
 
 use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion, Root};
+#[cfg(feature = "http")]
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
 /// Why connecting to or asking an MCP server failed.
@@ -116,6 +131,7 @@ pub enum McpError {
 }
 
 #[derive(Debug, Clone)]
+#[cfg_attr(not(all(feature = "stdio", feature = "http")), allow(dead_code))]
 enum Transport {
     Stdio {
         command: String,
@@ -142,6 +158,7 @@ pub struct McpServer {
     allow: Option<HashSet<String>>,
     deny: HashSet<String>,
     protocol: Option<ProtocolVersion>,
+    #[cfg(feature = "auth")]
     oauth: Option<OAuth>,
     sampling: Option<Arc<dyn SamplingHandler>>,
     elicitation: Option<Arc<dyn ElicitationHandler>>,
@@ -157,7 +174,6 @@ impl std::fmt::Debug for McpServer {
             .field("transport", &self.transport)
             .field("call_timeout", &self.call_timeout)
             .field("prefix", &self.prefix)
-            .field("oauth", &self.oauth)
             .field("sampling", &self.sampling.is_some())
             .field("elicitation", &self.elicitation.is_some())
             .finish_non_exhaustive()
@@ -177,6 +193,7 @@ impl McpServer {
             allow: None,
             deny: HashSet::new(),
             protocol: None,
+            #[cfg(feature = "auth")]
             oauth: None,
             sampling: None,
             elicitation: None,
@@ -186,6 +203,8 @@ impl McpServer {
     }
 
     /// A server run as a child process speaking MCP on stdin/stdout.
+    #[cfg(feature = "stdio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "stdio")))]
     pub fn stdio(
         name: impl Into<String>,
         command: impl Into<String>,
@@ -202,6 +221,8 @@ impl McpServer {
     }
 
     /// A server reached over streamable HTTP, e.g. `http://127.0.0.1:3001/mcp`.
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub fn http(name: impl Into<String>, url: impl Into<String>) -> Self {
         Self::new(
             name,
@@ -241,6 +262,8 @@ impl McpServer {
     }
 
     /// OAuth 2.1 for an HTTP server: run when the server answers 401 (or 403 for more scope).
+    #[cfg(feature = "auth")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
     pub fn oauth(mut self, oauth: OAuth) -> Self {
         if matches!(self.transport, Transport::Stdio { .. }) {
             self.misfits.push("`oauth` is for HTTP servers");
@@ -331,6 +354,7 @@ impl McpServer {
         }
     }
 
+    #[cfg(feature = "http")]
     fn http_config(&self) -> Result<StreamableHttpClientTransportConfig, McpError> {
         let Transport::Http {
             url,
@@ -393,6 +417,7 @@ impl McpServer {
                 "prefix `{prefix}`: use 1 to 32 ASCII letters, digits, `_` or `-`"
             )));
         }
+        #[cfg(feature = "http")]
         if let Transport::Http { url, .. } = &self.transport {
             reqwest::Url::parse(url)
                 .map_err(|e| McpError::Config(format!("invalid MCP server URL `{url}`: {e}")))?;

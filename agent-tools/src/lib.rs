@@ -351,6 +351,7 @@ fn tool_impl(
         quote!(#m::output(&__ret))
     };
     quote! {
+        #[#core::async_trait]
         impl #core::tool::Tool for #target {
             fn spec(&self) -> #core::tool::ToolSpec {
                 let mut __generator = #m::generator();
@@ -366,19 +367,17 @@ fn tool_impl(
 
             #idempotent
 
-            fn call(
+            async fn call(
                 &self,
                 __input: #m::Value,
                 __ctx: #core::tool::ToolContext,
-            ) -> #core::tool::BoxFuture<'_, ::core::result::Result<#core::tool::ToolOutput, #core::tool::ToolError>> {
-                ::std::boxed::Box::pin(async move {
-                    #[allow(unused_mut)]
-                    let mut __args = #m::arguments(__input)?;
-                    #(#extract)*
-                    let _ = &__ctx;
-                    let __ret = #run;
-                    #finish
-                })
+            ) -> ::core::result::Result<#core::tool::ToolOutput, #core::tool::ToolError> {
+                #[allow(unused_mut)]
+                let mut __args = #m::arguments(__input)?;
+                #(#extract)*
+                let _ = &__ctx;
+                let __ret = #run;
+                #finish
             }
         }
     }

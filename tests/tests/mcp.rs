@@ -130,19 +130,44 @@ async fn calls_are_bounded_and_cancellable_and_the_connection_survives() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
 
-    let cancelled = ctx();
+    let out = find(&tools, "echo")
+        .call(json!({"message": "still here"}), ctx())
+        .await
+        .expect("usable after a timeout");
+    assert_eq!(out, ToolOutput::text("Echo: still here"));
+
+    // Cancelled in flight: the cancel comes with the call's first progress report, which
+    // proves the server is running it (not after a guessed delay). A client of its own,
+    // since the one above gives up after 500 ms, before the first report.
+    let client = everything().connect().await.expect("connect");
+    let tools = client.tools().await.expect("tools");
+    let long = find(&tools, "trigger-long-running-operation");
+    let (reported, mut first_report) = tokio::sync::mpsc::unbounded_channel();
+    let mut cancelled = ctx();
+    cancelled.progress = ProgressReporter::new(
+        "t1",
+        Arc::new(move |p| {
+            let _ = reported.send(p);
+        }),
+    );
     let token = cancelled.cancel.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        token.cancel();
+        if first_report.recv().await.is_some() {
+            token.cancel();
+        }
     });
     let started = Instant::now();
     let err = long
-        .call(json!({"duration": 10, "steps": 5}), cancelled)
+        .call(json!({"duration": 10, "steps": 10}), cancelled)
         .await
         .expect_err("cancelled");
     assert!(err.message().contains("cancelled"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // The first report comes after 1 s; uncancelled, the operation would run 10 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
 
     let out = find(&tools, "echo")
         .call(json!({"message": "still here"}), ctx())
@@ -534,18 +559,14 @@ async fn input_rounds_are_answered_by_the_handlers_without_resending_the_call() 
 /// Answers elicitation with the name "Ada".
 struct Named;
 
+#[agent_core::async_trait]
 impl agent_mcp::ElicitationHandler for Named {
-    fn elicit(
+    async fn elicit(
         &self,
         _request: agent_mcp::rmcp::model::ElicitRequestParams,
-    ) -> agent_core::tool::BoxFuture<
-        '_,
-        Result<agent_mcp::rmcp::model::ElicitResult, agent_mcp::HandlerError>,
-    > {
+    ) -> Result<agent_mcp::rmcp::model::ElicitResult, agent_mcp::HandlerError> {
         use agent_mcp::rmcp::model::{ElicitResult, ElicitationAction};
-        Box::pin(async {
-            Ok(ElicitResult::new(ElicitationAction::Accept).with_content(json!({"name": "Ada"})))
-        })
+        Ok(ElicitResult::new(ElicitationAction::Accept).with_content(json!({"name": "Ada"})))
     }
 }
 

@@ -9,8 +9,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agent_core::async_trait;
 use agent_core::message::{ToolResultContent, ToolResultStatus};
-use agent_core::tool::{BoxFuture, Tool, ToolContext, ToolOutput};
+use agent_core::tool::{Tool, ToolContext, ToolOutput};
 use agent_mcp::rmcp::model::{ElicitRequestParams, ElicitResult, ElicitationAction};
 use agent_mcp::{ElicitationHandler, McpServer, ModelSampling};
 use agent_tests::{MockVllm, Turn, provider};
@@ -74,37 +75,36 @@ struct FormFiller {
     seen: Mutex<Vec<String>>,
 }
 
+#[async_trait]
 impl ElicitationHandler for FormFiller {
-    fn elicit(
+    async fn elicit(
         &self,
         request: ElicitRequestParams,
-    ) -> BoxFuture<'_, Result<ElicitResult, agent_mcp::HandlerError>> {
-        Box::pin(async move {
-            match request {
-                ElicitRequestParams::FormElicitationParams {
-                    message,
-                    requested_schema,
-                    ..
-                } => {
-                    self.seen.lock().unwrap().push(format!("form: {message}"));
-                    let schema = serde_json::to_value(&requested_schema).unwrap();
-                    let mut content = serde_json::Map::new();
-                    for (k, v) in schema["properties"].as_object().unwrap() {
-                        if let Some(d) = v.get("default") {
-                            content.insert(k.clone(), d.clone());
-                        }
+    ) -> Result<ElicitResult, agent_mcp::HandlerError> {
+        match request {
+            ElicitRequestParams::FormElicitationParams {
+                message,
+                requested_schema,
+                ..
+            } => {
+                self.seen.lock().unwrap().push(format!("form: {message}"));
+                let schema = serde_json::to_value(&requested_schema).unwrap();
+                let mut content = serde_json::Map::new();
+                for (k, v) in schema["properties"].as_object().unwrap() {
+                    if let Some(d) = v.get("default") {
+                        content.insert(k.clone(), d.clone());
                     }
-                    content.insert("name".into(), json!("Ada Lovelace"));
-                    Ok(ElicitResult::new(ElicitationAction::Accept)
-                        .with_content(Value::Object(content)))
                 }
-                ElicitRequestParams::UrlElicitationParams { url, .. } => {
-                    self.seen.lock().unwrap().push(format!("url: {url}"));
-                    Ok(ElicitResult::new(ElicitationAction::Accept))
-                }
-                _ => Ok(ElicitResult::new(ElicitationAction::Decline)),
+                content.insert("name".into(), json!("Ada Lovelace"));
+                Ok(ElicitResult::new(ElicitationAction::Accept)
+                    .with_content(Value::Object(content)))
             }
-        })
+            ElicitRequestParams::UrlElicitationParams { url, .. } => {
+                self.seen.lock().unwrap().push(format!("url: {url}"));
+                Ok(ElicitResult::new(ElicitationAction::Accept))
+            }
+            _ => Ok(ElicitResult::new(ElicitationAction::Decline)),
+        }
     }
 }
 

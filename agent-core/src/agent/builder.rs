@@ -103,7 +103,8 @@ impl AgentBuilder {
         self
     }
 
-    /// The system prompt.
+    /// The instructions sent before every conversation (unset: none). Sent as the system
+    /// message, or Bedrock's `system` field, on every model call of every session.
     pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
         self.system_prompt = Some(prompt.into());
         self
@@ -243,14 +244,16 @@ impl AgentBuilder {
         let model = self.model.ok_or(BuildError::MissingModel)?;
         validate_id("agent", &self.id)?;
         if self.executor.max_concurrency == 0 {
-            return Err(BuildError::Invalid(
-                "max_tool_concurrency must be at least 1".into(),
-            ));
+            return Err(BuildError::OutOfRange {
+                setting: "max_tool_concurrency",
+                requirement: "must be at least 1",
+            });
         }
         if self.retry.max_attempts == 0 {
-            return Err(BuildError::Invalid(
-                "retry.max_attempts must be at least 1".into(),
-            ));
+            return Err(BuildError::OutOfRange {
+                setting: "retry (RetryPolicy::max_attempts)",
+                requirement: "must be at least 1",
+            });
         }
         let descriptor = model.descriptor();
         let telemetry = self.telemetry.unwrap_or_else(Telemetry::default_for_agents);

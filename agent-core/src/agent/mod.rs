@@ -168,7 +168,8 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    /// A builder.
+    /// Starts configuring an agent; only the model is required. Build once per process and
+    /// clone the `Agent`: sessions are cheap, agents are shared.
     pub fn builder() -> AgentBuilder {
         AgentBuilder::default()
     }

@@ -79,7 +79,8 @@ impl EmbeddingMemoryStore {
         self
     }
 
-    /// The store underneath.
+    /// The store records are kept in (vectors included), for what this wrapper does not
+    /// offer.
     pub fn inner(&self) -> &Arc<dyn MemoryStore> {
         &self.store
     }

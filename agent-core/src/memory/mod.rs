@@ -135,7 +135,8 @@ pub const DEFAULT_SIMILARITY_MARGIN: f32 = 0.12;
 pub const DEFAULT_MIN_SIMILARITY: f32 = 0.3;
 
 impl<'a> MemoryQuery<'a> {
-    /// A search by words.
+    /// A search for `text`, by its words and (with an embedder) its meaning, with the default
+    /// limit and thresholds.
     pub fn new(text: &'a str) -> Self {
         Self {
             text,
@@ -365,7 +366,7 @@ impl MemoryStore for InMemoryMemoryStore {
 /// How an agent uses long-term memory.
 #[derive(Clone)]
 pub struct MemoryConfig {
-    /// The store.
+    /// Where records are kept and searched (in memory, DynamoDB, or with an embedder).
     pub store: Arc<dyn MemoryStore>,
     /// How many records are injected before model calls (0 disables injection; default 5).
     pub inject: usize,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::{MemoryRecord, MemorySource, MemoryStore, is_instruction};
-use crate::tool::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
+use async_trait::async_trait;
+
+use crate::tool::{Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
 
 /// The `remember` and `recall` tools over a store; they act for the invocation's actor.
 pub fn memory_tools(store: Arc<dyn MemoryStore>) -> Vec<Arc<dyn Tool>> {
@@ -21,6 +23,7 @@ fn actor(ctx: &ToolContext) -> Result<String, ToolError> {
     })
 }
 
+#[async_trait]
 impl Tool for Remember {
     fn spec(&self) -> ToolSpec {
         ToolSpec {
@@ -39,27 +42,26 @@ impl Tool for Remember {
         }
     }
 
-    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let actor = actor(&ctx)?;
-            let content = input["content"].as_str().unwrap_or_default();
-            let namespace = input["namespace"].as_str().unwrap_or("facts");
-            if is_instruction(content) {
-                return Err(ToolError::new(
-                    "not remembered: memories are facts and preferences about the user, not \
-                     instructions to the assistant",
-                ));
-            }
-            let record = MemoryRecord::new(actor, namespace, content).with_source(MemorySource {
-                session_id: ctx.session_id.to_string(),
-                message: None,
-            });
-            self.0.put(&record).await.map_err(ToolError::new)?;
-            Ok(ToolOutput::text(format!("remembered: {content}")))
-        })
+    async fn call(&self, input: Value, ctx: ToolContext) -> Result<ToolOutput, ToolError> {
+        let actor = actor(&ctx)?;
+        let content = input["content"].as_str().unwrap_or_default();
+        let namespace = input["namespace"].as_str().unwrap_or("facts");
+        if is_instruction(content) {
+            return Err(ToolError::new(
+                "not remembered: memories are facts and preferences about the user, not \
+                 instructions to the assistant",
+            ));
+        }
+        let record = MemoryRecord::new(actor, namespace, content).with_source(MemorySource {
+            session_id: ctx.session_id.to_string(),
+            message: None,
+        });
+        self.0.put(&record).await.map_err(ToolError::new)?;
+        Ok(ToolOutput::text(format!("remembered: {content}")))
     }
 }
 
+#[async_trait]
 impl Tool for Recall {
     fn spec(&self) -> ToolSpec {
         ToolSpec {
@@ -74,20 +76,18 @@ impl Tool for Recall {
         }
     }
 
-    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let actor = actor(&ctx)?;
-            let query = input["query"].as_str().unwrap_or_default();
-            let found = self
-                .0
-                .search(&actor, None, query, 5)
-                .await
-                .map_err(ToolError::new)?;
-            let items: Vec<Value> = found
-                .iter()
-                .map(|s| json!({"namespace": s.record.namespace, "content": s.record.content}))
-                .collect();
-            Ok(ToolOutput::json(json!({"memories": items})))
-        })
+    async fn call(&self, input: Value, ctx: ToolContext) -> Result<ToolOutput, ToolError> {
+        let actor = actor(&ctx)?;
+        let query = input["query"].as_str().unwrap_or_default();
+        let found = self
+            .0
+            .search(&actor, None, query, 5)
+            .await
+            .map_err(ToolError::new)?;
+        let items: Vec<Value> = found
+            .iter()
+            .map(|s| json!({"namespace": s.record.namespace, "content": s.record.content}))
+            .collect();
+        Ok(ToolOutput::json(json!({"memories": items})))
     }
 }

@@ -11,6 +11,7 @@ use crate::tool::ToolSpec;
 
 pub use embed::{Embedder, Embedding};
 pub use fallback::Fallback;
+pub use scripted::{RecordedRequest, ScriptedModel};
 
 #[cfg(feature = "bedrock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "bedrock")))]
@@ -21,6 +22,7 @@ pub mod embed;
 mod fallback;
 #[cfg(feature = "openai")]
 pub mod openai;
+mod scripted;
 #[cfg(feature = "openai")]
 pub mod sse;
 

@@ -534,7 +534,7 @@ pub(crate) struct InvokeEnd<'a> {
     pub(crate) output: Option<&'a Message>,
 }
 
-/// A model call in flight.
+/// The `chat` span of a model call in flight, with what it records when the call ends.
 pub(crate) struct ChatSpan {
     span: BoxedSpan,
     instruments: Arc<Instruments>,

@@ -54,22 +54,23 @@ impl ExecutorConfig {
 
 /// Who the calls run for, and the trace they belong to.
 #[derive(Debug, Clone)]
-pub struct CallScope {
+pub(crate) struct CallScope {
     /// The session id.
-    pub session_id: Arc<str>,
+    pub(crate) session_id: Arc<str>,
     /// The actor id.
-    pub actor_id: Option<Arc<str>>,
+    pub(crate) actor_id: Option<Arc<str>>,
     /// The session's state.
-    pub state: AgentState,
+    pub(crate) state: AgentState,
     /// Telemetry and the parent span context of `execute_tool` spans.
-    pub trace: Option<(Telemetry, opentelemetry::Context)>,
+    pub(crate) trace: Option<(Telemetry, opentelemetry::Context)>,
     /// Where the tools' progress reports go (its tool use id is replaced per call).
-    pub progress: ProgressReporter,
+    pub(crate) progress: ProgressReporter,
 }
 
 impl CallScope {
     /// A scope without tracing.
-    pub fn new(
+    #[cfg(test)]
+    pub(crate) fn new(
         session_id: impl Into<Arc<str>>,
         actor_id: Option<Arc<str>>,
         state: AgentState,
@@ -86,7 +87,8 @@ impl CallScope {
 
 /// The results of a batch.
 #[derive(Debug)]
-pub struct BatchOutcome {
+#[cfg(test)]
+pub(crate) struct BatchOutcome {
     /// One result per tool use, in request order.
     pub results: Vec<ToolResult>,
     /// Whether cancellation cut the batch short.
@@ -95,7 +97,8 @@ pub struct BatchOutcome {
 
 /// Runs `uses` and returns their results in request order. `on_result` sees each result as soon
 /// as it is done.
-pub async fn execute_batch(
+#[cfg(test)]
+pub(crate) async fn execute_batch(
     registry: &ToolRegistry,
     config: &ExecutorConfig,
     uses: &[&ToolUse],
@@ -122,7 +125,7 @@ pub async fn execute_batch(
 /// Runs `uses`, at most `config.max_concurrency` at once, and yields `(index, result,
 /// cancelled)` as each completes (`index` is the use's position in `uses`). A slot is free as
 /// soon as its call ends: a slow call never keeps finished ones from making room.
-pub fn execute_stream<'a>(
+pub(crate) fn execute_stream<'a>(
     registry: &'a ToolRegistry,
     config: &'a ExecutorConfig,
     uses: &'a [&'a ToolUse],

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -132,17 +133,17 @@ impl ProgressReporter {
 /// A changing set of tools (an MCP server's, a plugin directory's ...). Before each model call
 /// the agent awaits [`sync`](ToolSource::sync), asks [`generation`](ToolSource::generation)
 /// and re-reads [`tools`](ToolSource::tools) when it changed, so the call sees the new list.
+#[async_trait]
 pub trait ToolSource: Send + Sync + 'static {
     /// A number that changes whenever the list changes.
     fn generation(&self) -> u64;
-    /// The current tools.
+    /// The tools as of the last [`sync`](ToolSource::sync): read on every generation change,
+    /// so return a cheap clone.
     fn tools(&self) -> Vec<Arc<dyn Tool>>;
     /// Applies a change signalled since the last call (e.g. re-lists after a
     /// `tools/list_changed` notification). Must be cheap when nothing changed and bounded when
     /// something did. The default does nothing.
-    fn sync(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
+    async fn sync(&self) {}
 }
 
 /// A session's key-value state (Strands' `agent.state`), persisted with the session.
@@ -176,7 +177,7 @@ impl AgentState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A value.
+    /// The value stored under `key`, cloned; `None` when there is none.
     pub fn get(&self, key: &str) -> Option<Value> {
         self.lock().values.get(key).cloned()
     }
@@ -196,7 +197,7 @@ impl AgentState {
         old
     }
 
-    /// A copy of all values.
+    /// All values, cloned: what is persisted with the session.
     pub fn to_map(&self) -> Map<String, Value> {
         self.lock().values.clone()
     }
@@ -316,18 +317,23 @@ impl std::error::Error for ToolError {
     }
 }
 
-/// A boxed future, as returned by [`Tool::call`].
+/// A boxed, sendable future: what an `#[async_trait]` method returns once expanded, and the type
+/// [`FnTool`] stores its closure's futures as.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A tool an agent can call. Write it with the [`#[tool]`](macro@crate::tool) macro on a
 /// function or an `impl` block (the usual way), build one from a closure with [`FnTool`], or
-/// implement it by hand, as here.
+/// implement it by hand with [`async_trait`](crate::async_trait), as here (every async trait of
+/// the workspace — `Tool`, `ToolSource`, the session and memory stores, `Embedder`, the MCP
+/// handlers — is written this way).
 ///
 /// ```
-/// use agent_core::tool::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
+/// use agent_core::async_trait;
+/// use agent_core::tool::{Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
 /// use serde_json::{json, Value};
 ///
 /// struct Echo;
+/// #[async_trait]
 /// impl Tool for Echo {
 ///     fn spec(&self) -> ToolSpec {
 ///         ToolSpec {
@@ -336,17 +342,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///             input_schema: json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
 ///         }
 ///     }
-///     fn call(&self, input: Value, _ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-///         Box::pin(async move { Ok(ToolOutput::text(input["text"].as_str().unwrap_or_default())) })
+///     async fn call(&self, input: Value, _ctx: ToolContext) -> Result<ToolOutput, ToolError> {
+///         Ok(ToolOutput::text(input["text"].as_str().unwrap_or_default()))
 ///     }
 /// }
 /// ```
+#[async_trait]
 pub trait Tool: Send + Sync + 'static {
     /// The tool's spec; read once, when the tool is registered.
     fn spec(&self) -> ToolSpec;
 
     /// Runs the tool on input already validated against the spec's schema.
-    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>>;
+    async fn call(&self, input: Value, ctx: ToolContext) -> Result<ToolOutput, ToolError>;
 
     /// This tool's own timeout, overriding the executor's default.
     fn timeout(&self) -> Option<Duration> {
@@ -363,13 +370,14 @@ pub trait Tool: Send + Sync + 'static {
 }
 
 /// A shared tool is a tool.
+#[async_trait]
 impl<T: Tool + ?Sized> Tool for Arc<T> {
     fn spec(&self) -> ToolSpec {
         (**self).spec()
     }
 
-    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        (**self).call(input, ctx)
+    async fn call(&self, input: Value, ctx: ToolContext) -> Result<ToolOutput, ToolError> {
+        (**self).call(input, ctx).await
     }
 
     fn timeout(&self) -> Option<Duration> {
@@ -452,13 +460,14 @@ impl fmt::Debug for FnTool {
     }
 }
 
+#[async_trait]
 impl Tool for FnTool {
     fn spec(&self) -> ToolSpec {
         self.spec.clone()
     }
 
-    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        (self.f)(input, ctx)
+    async fn call(&self, input: Value, ctx: ToolContext) -> Result<ToolOutput, ToolError> {
+        (self.f)(input, ctx).await
     }
 
     fn timeout(&self) -> Option<Duration> {

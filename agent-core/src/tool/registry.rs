@@ -120,7 +120,7 @@ impl ToolRegistry {
         self.by_name.get(name).map(|&i| &self.specs[i])
     }
 
-    /// A tool by name.
+    /// The tool registered under `name` (the name the model calls it by), if any.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Tool>> {
         self.entry(name).map(|e| &e.tool)
     }

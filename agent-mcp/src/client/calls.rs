@@ -160,13 +160,12 @@ impl Shared {
                 }
                 Err(e) => e,
             };
-            if (error.auth_challenge().is_some() || error.is_authorization_required())
+            if let Some(challenge) = auth_refusal(&error)
                 && auth_rounds < MAX_AUTH_ROUNDS
             {
                 // The HTTP layer refused the request: it did not run; send it again.
                 auth_rounds += 1;
-                self.on_auth_challenge(&live, error.auth_challenge(), seen)
-                    .await?;
+                self.on_auth_challenge(&live, challenge, seen).await?;
                 continue;
             }
             let closed = live.service.is_transport_closed();

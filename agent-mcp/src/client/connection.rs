@@ -10,7 +10,9 @@ impl Shared {
             state: Mutex::new(State::Down),
             connections: AtomicU64::new(0),
             info: Mutex::new((None, None)),
+            #[cfg(feature = "auth")]
             auth: Mutex::new(None),
+            #[cfg(feature = "auth")]
             auth_flow: tokio::sync::Mutex::new(()),
             auth_generation: AtomicU64::new(0),
         }
@@ -49,11 +51,15 @@ impl Shared {
     /// The bound on establishing a connection: the handshake, plus the user's part of an
     /// OAuth authorization when one is configured.
     pub(super) fn connect_bound(&self, base: Duration) -> Duration {
-        base + self
+        #[cfg(feature = "auth")]
+        let user = self
             .config
             .oauth
             .as_ref()
-            .map_or(Duration::ZERO, |o| o.timeout)
+            .map_or(Duration::ZERO, |o| o.timeout);
+        #[cfg(not(feature = "auth"))]
+        let user = Duration::ZERO;
+        base + user
     }
 
     /// The first connection: one attempt, bounded by the startup timeout.
@@ -193,12 +199,15 @@ impl Shared {
         }
     }
 
+    // Without `auth` the HTTP arm connects once: its loop is there for authorization rounds.
+    #[cfg_attr(not(feature = "auth"), allow(clippy::never_loop))]
     pub(super) async fn connect_with(&self, mode: ClientLifecycleMode) -> Result<Live, Failure> {
         // Each connection routes its own progress tokens (rmcp numbers them per connection).
         let mut handler = self.handler.clone();
         let progress = Arc::new(Mutex::new(HashMap::new()));
         handler.progress = progress.clone();
         let service = match &self.config.transport {
+            #[cfg(feature = "stdio")]
             Transport::Stdio { command, args, env } => {
                 let cmd = tokio::process::Command::new(command).configure(|c| {
                     c.args(args);
@@ -226,13 +235,24 @@ impl Shared {
                     .await
                     .map_err(|e| self.failure(e))?
             }
+            #[cfg(not(feature = "stdio"))]
+            Transport::Stdio { .. } => {
+                return Err(self
+                    .startup("stdio servers need agent-mcp's `stdio` feature")
+                    .into());
+            }
+            #[cfg(feature = "http")]
             Transport::Http { url, .. } => {
                 let mut rounds = 0;
                 loop {
                     let config = self.config.http_config()?;
                     let auth_generation = self.auth_generation.load(Ordering::Acquire);
+                    #[cfg(feature = "auth")]
                     let auth = self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    #[cfg(not(feature = "auth"))]
+                    let auth: Option<std::convert::Infallible> = None;
                     let result = match auth {
+                        #[cfg(feature = "auth")]
                         Some(client) => {
                             handler
                                 .clone()
@@ -257,6 +277,7 @@ impl Shared {
                         Err(e) => {
                             let needs_auth =
                                 e.auth_challenge().is_some() || e.is_authorization_required();
+                            #[cfg(feature = "auth")]
                             if needs_auth
                                 && let Some(oauth) = &self.config.oauth
                                 && rounds < MAX_AUTH_ROUNDS
@@ -269,20 +290,21 @@ impl Shared {
                                     })?;
                                 continue;
                             }
+                            #[cfg(not(feature = "auth"))]
+                            let _ = (url, &mut rounds, auth_generation);
                             if !needs_auth {
                                 return Err(self.failure(e));
                             }
-                            let reason = if self.config.oauth.is_none() {
-                                format!(
-                                    "{e} (the server requires authorization: configure `oauth` or `bearer_token`)"
-                                )
-                            } else {
-                                e.to_string()
-                            };
-                            return Err(self.startup(reason).into());
+                            return Err(self.startup(self.unauthorized(&e.to_string())).into());
                         }
                     }
                 }
+            }
+            #[cfg(not(feature = "http"))]
+            Transport::Http { .. } => {
+                return Err(self
+                    .startup("HTTP servers need agent-mcp's `http` feature")
+                    .into());
             }
         };
         self.connections.fetch_add(1, Ordering::Relaxed);

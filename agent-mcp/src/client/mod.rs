@@ -23,13 +23,19 @@ use rmcp::model::{
     ResourceTemplate, ServerNotification, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{Peer, PeerRequestOptions, RoleClient, RunningService, ServiceError};
+#[cfg(feature = "http")]
+use rmcp::transport::StreamableHttpClientTransport;
+#[cfg(feature = "auth")]
 use rmcp::transport::auth::{AuthClient, WWWAuthenticateParams};
-use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
+#[cfg(feature = "stdio")]
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::{ClientLifecycleMode, ClientServiceExt};
 use serde_json::Value;
+#[cfg(feature = "stdio")]
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
+#[cfg(feature = "auth")]
 use crate::auth;
 use crate::handler::{Handler, ProgressRoute};
 use crate::{McpError, McpServer, Transport};
@@ -103,9 +109,11 @@ pub(crate) struct Shared {
     /// Connections made so far (1 after the first connect).
     connections: AtomicU64,
     info: Mutex<(Option<String>, Option<u32>)>,
+    #[cfg(feature = "auth")]
     auth: Mutex<Option<AuthClient<reqwest::Client>>>,
     /// One authorization at a time; the generation counts completed ones, so a request that
     /// failed under an older token just retries with the new one.
+    #[cfg(feature = "auth")]
     auth_flow: tokio::sync::Mutex<()>,
     auth_generation: AtomicU64,
 }
@@ -150,12 +158,26 @@ enum Lost {
     /// The connection closed: whatever was in flight may or may not have run.
     Closed,
     /// The server could not be reached: nothing was delivered.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     Unreachable,
+}
+
+/// When the HTTP layer refused a request for want of authorization (401, or 403 asking for
+/// more scope): `Some` with the `WWW-Authenticate` challenge, if the server sent one.
+fn auth_refusal(error: &ServiceError) -> Option<Option<&str>> {
+    #[cfg(feature = "http")]
+    if error.auth_challenge().is_some() || error.is_authorization_required() {
+        return Some(error.auth_challenge());
+    }
+    #[cfg(not(feature = "http"))]
+    let _ = error;
+    None
 }
 
 fn lost(error: &ServiceError) -> Option<Lost> {
     match error {
         ServiceError::TransportClosed => Some(Lost::Closed),
+        #[cfg(feature = "http")]
         ServiceError::TransportSend(e) => {
             use rmcp::transport::streamable_http_client::StreamableHttpError;
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.error.as_ref());

@@ -1,7 +1,42 @@
-//! OAuth: one authorization (or scope step-up) at a time when a request is refused.
+//! OAuth: one authorization (or scope step-up) at a time when a request is refused. Without
+//! the `auth` feature a refusal is an error that says how to authorize.
 
 use super::*;
 
+/// How to authorize, for errors about a server that requires it.
+#[cfg(feature = "auth")]
+const HOW_TO_AUTHORIZE: &str = "configure `oauth` or `bearer_token`";
+#[cfg(not(feature = "auth"))]
+const HOW_TO_AUTHORIZE: &str =
+    "configure `bearer_token`, or enable agent-mcp's `auth` feature for `oauth`";
+
+impl Shared {
+    /// The reason for a connection the server refused for want of authorization.
+    #[cfg(feature = "http")]
+    pub(super) fn unauthorized(&self, refusal: &str) -> String {
+        #[cfg(feature = "auth")]
+        if self.config.oauth.is_some() {
+            return refusal.to_owned();
+        }
+        format!("{refusal} (the server requires authorization: {HOW_TO_AUTHORIZE})")
+    }
+
+    /// Without the `auth` feature a request refused for authorization fails.
+    #[cfg(not(feature = "auth"))]
+    pub(super) async fn on_auth_challenge(
+        &self,
+        _live: &Arc<Live>,
+        challenge: Option<&str>,
+        _seen: u64,
+    ) -> Result<(), McpError> {
+        Err(self.request_error(format!(
+            "the server requires authorization ({}); {HOW_TO_AUTHORIZE}",
+            challenge.unwrap_or("401")
+        )))
+    }
+}
+
+#[cfg(feature = "auth")]
 impl Shared {
     /// Runs one authorization, unless another finished since `seen` (the generation the
     /// failed request used), in which case the caller just retries with the new token.
@@ -41,7 +76,7 @@ impl Shared {
             })?
     }
 
-    pub(super) async fn answer_challenge(
+    async fn answer_challenge(
         &self,
         live: &Arc<Live>,
         challenge: Option<&str>,
@@ -52,7 +87,7 @@ impl Shared {
         };
         let Some(oauth) = &self.config.oauth else {
             return Err(self.request_error(format!(
-                "the server requires authorization ({}); configure `oauth` or `bearer_token`",
+                "the server requires authorization ({}); {HOW_TO_AUTHORIZE}",
                 challenge.unwrap_or("401")
             )));
         };

@@ -35,12 +35,11 @@ impl Shared {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => e,
             };
-            if (error.auth_challenge().is_some() || error.is_authorization_required())
+            if let Some(challenge) = auth_refusal(&error)
                 && auth_rounds < MAX_AUTH_ROUNDS
             {
                 auth_rounds += 1;
-                self.on_auth_challenge(&live, error.auth_challenge(), seen)
-                    .await?;
+                self.on_auth_challenge(&live, challenge, seen).await?;
                 continue;
             }
             if lost(&error).is_some() || live.service.is_transport_closed() {

@@ -1,6 +1,7 @@
 //! [`McpToolSource`]: a server's tools that follow its `tools/list_changed` notifications.
 
 use super::*;
+use agent_core::async_trait;
 
 /// An MCP server's tools that follow its `tools/list_changed` notifications; see
 /// [`McpClient::tool_source`].
@@ -41,6 +42,7 @@ impl std::fmt::Debug for McpToolSource {
     }
 }
 
+#[async_trait]
 impl ToolSource for McpToolSource {
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -50,40 +52,38 @@ impl ToolSource for McpToolSource {
         self.tools.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn sync(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let mut changes = self.changes.lock().await;
-            if !changes.has_changed().unwrap_or(false) {
-                return;
-            }
-            let mut retry_at = self
-                .retry_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if retry_at.is_some_and(|t| Instant::now() < t) {
-                // A re-list failed a moment ago: keep the last list for now.
-                *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) = retry_at;
-                return;
-            }
-            changes.mark_unchanged();
-            match tokio::time::timeout(SYNC_TIMEOUT, self.client.tools()).await {
-                Ok(Ok(tools)) => {
-                    *self.tools.write().unwrap_or_else(|e| e.into_inner()) = tools;
-                    self.generation.fetch_add(1, Ordering::Release);
-                    retry_at = None;
-                }
-                failed => {
-                    let error = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {} s", SYNC_TIMEOUT.as_secs()),
-                    };
-                    tracing::warn!(server = %self.client.name(), %error, "re-listing MCP tools failed; keeping the last list");
-                    changes.mark_changed();
-                    retry_at = Some(Instant::now() + SYNC_RETRY);
-                }
-            }
+    async fn sync(&self) {
+        let mut changes = self.changes.lock().await;
+        if !changes.has_changed().unwrap_or(false) {
+            return;
+        }
+        let mut retry_at = self
+            .retry_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if retry_at.is_some_and(|t| Instant::now() < t) {
+            // A re-list failed a moment ago: keep the last list for now.
             *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) = retry_at;
-        })
+            return;
+        }
+        changes.mark_unchanged();
+        match tokio::time::timeout(SYNC_TIMEOUT, self.client.tools()).await {
+            Ok(Ok(tools)) => {
+                *self.tools.write().unwrap_or_else(|e| e.into_inner()) = tools;
+                self.generation.fetch_add(1, Ordering::Release);
+                retry_at = None;
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} s", SYNC_TIMEOUT.as_secs()),
+                };
+                tracing::warn!(server = %self.client.name(), %error, "re-listing MCP tools failed; keeping the last list");
+                changes.mark_changed();
+                retry_at = Some(Instant::now() + SYNC_RETRY);
+            }
+        }
+        *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) = retry_at;
     }
 }

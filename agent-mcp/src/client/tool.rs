@@ -4,12 +4,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_core::async_trait;
 use agent_core::message::{
     Bytes, Image, ImageFormat, MediaSource, ToolResultContent, ToolResultStatus,
 };
-use agent_core::tool::{
-    BoxFuture, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, is_valid_tool_name,
-};
+use agent_core::tool::{Tool, ToolContext, ToolError, ToolOutput, ToolSpec, is_valid_tool_name};
 use base64::Engine as _;
 use opentelemetry::trace::TraceContextExt as _;
 use rmcp::model::{
@@ -128,6 +127,7 @@ pub(crate) fn traceparent() -> Option<String> {
     })
 }
 
+#[async_trait]
 impl Tool for McpTool {
     fn spec(&self) -> ToolSpec {
         self.spec.clone()
@@ -139,64 +139,61 @@ impl Tool for McpTool {
         Some(self.timeout + Duration::from_secs(1))
     }
 
-    fn call(&self, input: Value, ctx: ToolContext) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            let server = shared.config.name.as_str();
-            let arguments = match input {
-                Value::Object(map) => map,
-                _ => serde_json::Map::new(),
-            };
-            // The agent's execute_tool span is current here: add the MCP attributes to it rather
-            // than opening a second span (the conventions' advice).
-            {
-                let cx = opentelemetry::Context::current();
-                let span = cx.span();
-                if span.is_recording() {
-                    use opentelemetry::KeyValue;
-                    span.set_attribute(KeyValue::new("mcp.method.name", "tools/call"));
-                    span.set_attribute(KeyValue::new("mcp.server.name", server.to_owned()));
-                    span.set_attribute(KeyValue::new(
-                        "network.transport",
-                        shared.config.network_transport(),
-                    ));
-                    if let Some(version) = shared.protocol_version() {
-                        span.set_attribute(KeyValue::new("mcp.protocol.version", version));
-                    }
+    async fn call(&self, input: Value, ctx: ToolContext) -> Result<ToolOutput, ToolError> {
+        let shared = &self.shared;
+        let server = shared.config.name.as_str();
+        let arguments = match input {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        // The agent's execute_tool span is current here: add the MCP attributes to it rather
+        // than opening a second span (the conventions' advice).
+        {
+            let cx = opentelemetry::Context::current();
+            let span = cx.span();
+            if span.is_recording() {
+                use opentelemetry::KeyValue;
+                span.set_attribute(KeyValue::new("mcp.method.name", "tools/call"));
+                span.set_attribute(KeyValue::new("mcp.server.name", server.to_owned()));
+                span.set_attribute(KeyValue::new(
+                    "network.transport",
+                    shared.config.network_transport(),
+                ));
+                if let Some(version) = shared.protocol_version() {
+                    span.set_attribute(KeyValue::new("mcp.protocol.version", version));
                 }
             }
-            let mut params =
-                CallToolRequestParams::new(self.remote.clone()).with_arguments(arguments);
-            if let Some(tp) = traceparent() {
-                let mut meta = serde_json::Map::new();
-                meta.insert("traceparent".into(), Value::String(tp));
-                params.meta = Some(RequestMetaObject(MetaObject(meta)));
-            }
-            // Dropping the call (cancellation) sends notifications/cancelled.
-            let call = shared.call_tool_tracked(params, ctx.progress.clone(), self.timeout);
-            let result = tokio::select! {
-                r = call => r,
-                () = ctx.cancel.cancelled() => return Err(ToolError::new(format!("MCP tool `{}` on `{server}` was cancelled", self.remote))),
-            };
-            let result =
-                result.map_err(|e| ToolError::new(format!("MCP tool `{}`: {e}", self.remote)))?;
-            if let Some(structured) = &result.structured_content
-                && let Some(validator) = &self.output_validator
-                && let Some(problem) = validator.iter_errors(structured).next()
-            {
-                return Err(ToolError::new(format!(
-                    "MCP tool `{}` returned structured content that does not match its output schema: {problem}",
-                    self.remote
-                )));
-            }
-            let content = result_content(result.structured_content, result.content);
-            let status = if result.is_error == Some(true) {
-                ToolResultStatus::Error
-            } else {
-                ToolResultStatus::Success
-            };
-            Ok(ToolOutput { status, content })
-        })
+        }
+        let mut params = CallToolRequestParams::new(self.remote.clone()).with_arguments(arguments);
+        if let Some(tp) = traceparent() {
+            let mut meta = serde_json::Map::new();
+            meta.insert("traceparent".into(), Value::String(tp));
+            params.meta = Some(RequestMetaObject(MetaObject(meta)));
+        }
+        // Dropping the call (cancellation) sends notifications/cancelled.
+        let call = shared.call_tool_tracked(params, ctx.progress.clone(), self.timeout);
+        let result = tokio::select! {
+            r = call => r,
+            () = ctx.cancel.cancelled() => return Err(ToolError::new(format!("MCP tool `{}` on `{server}` was cancelled", self.remote))),
+        };
+        let result =
+            result.map_err(|e| ToolError::new(format!("MCP tool `{}`: {e}", self.remote)))?;
+        if let Some(structured) = &result.structured_content
+            && let Some(validator) = &self.output_validator
+            && let Some(problem) = validator.iter_errors(structured).next()
+        {
+            return Err(ToolError::new(format!(
+                "MCP tool `{}` returned structured content that does not match its output schema: {problem}",
+                self.remote
+            )));
+        }
+        let content = result_content(result.structured_content, result.content);
+        let status = if result.is_error == Some(true) {
+            ToolResultStatus::Error
+        } else {
+            ToolResultStatus::Success
+        };
+        Ok(ToolOutput { status, content })
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use agent_core::tool::BoxFuture;
+use agent_core::async_trait;
 use agent_mcp::{AcceptDefaults, ElicitationHandler, McpClient, McpServer};
 use rmcp::model::{ElicitRequestParams, ElicitResult, ElicitationAction};
 
@@ -60,29 +60,28 @@ fn handler(ask_on_terminal: bool) -> Arc<dyn ElicitationHandler> {
 /// Asks yes/no questions (a booking's confirmation) on the terminal.
 struct TerminalConfirm;
 
+#[async_trait]
 impl ElicitationHandler for TerminalConfirm {
-    fn elicit(
+    async fn elicit(
         &self,
         request: ElicitRequestParams,
-    ) -> BoxFuture<'_, Result<ElicitResult, agent_mcp::HandlerError>> {
-        Box::pin(async move {
-            let ElicitRequestParams::FormElicitationParams { message, .. } = request else {
-                return Ok(ElicitResult::new(ElicitationAction::Decline));
-            };
-            eprint!("[travel-agent] {message} [y/N] ");
-            let line = tokio::task::spawn_blocking(|| {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line).map(|_| line)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-            if line.trim().eq_ignore_ascii_case("y") || line.trim().eq_ignore_ascii_case("yes") {
-                Ok(ElicitResult::new(ElicitationAction::Accept)
-                    .with_content(serde_json::json!({"confirm": true})))
-            } else {
-                Ok(ElicitResult::new(ElicitationAction::Decline))
-            }
+    ) -> Result<ElicitResult, agent_mcp::HandlerError> {
+        let ElicitRequestParams::FormElicitationParams { message, .. } = request else {
+            return Ok(ElicitResult::new(ElicitationAction::Decline));
+        };
+        eprint!("[travel-agent] {message} [y/N] ");
+        let line = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
         })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if line.trim().eq_ignore_ascii_case("y") || line.trim().eq_ignore_ascii_case("yes") {
+            Ok(ElicitResult::new(ElicitationAction::Accept)
+                .with_content(serde_json::json!({"confirm": true})))
+        } else {
+            Ok(ElicitResult::new(ElicitationAction::Decline))
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use agent_core::tool::BoxFuture;
+use agent_core::async_trait;
 use agent_mcp::rmcp::model::{
     CallToolResult, ElicitRequestParams, ElicitResult, ElicitationAction,
 };
@@ -26,19 +26,18 @@ struct Answer {
     count: Arc<AtomicUsize>,
 }
 
+#[async_trait]
 impl ElicitationHandler for Answer {
-    fn elicit(
+    async fn elicit(
         &self,
         request: ElicitRequestParams,
-    ) -> BoxFuture<'_, Result<ElicitResult, agent_mcp::HandlerError>> {
-        Box::pin(async move {
-            self.count.fetch_add(1, Ordering::SeqCst);
-            if let ElicitRequestParams::FormElicitationParams { message, .. } = request {
-                self.asked.lock().unwrap().push(message);
-            }
-            Ok(ElicitResult::new(ElicitationAction::Accept)
-                .with_content(json!({"confirm": self.confirm})))
-        })
+    ) -> Result<ElicitResult, agent_mcp::HandlerError> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if let ElicitRequestParams::FormElicitationParams { message, .. } = request {
+            self.asked.lock().unwrap().push(message);
+        }
+        Ok(ElicitResult::new(ElicitationAction::Accept)
+            .with_content(json!({"confirm": self.confirm})))
     }
 }
 

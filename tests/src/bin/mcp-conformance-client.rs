@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::tool::BoxFuture;
+use agent_core::async_trait;
 #[allow(deprecated)]
 use agent_mcp::rmcp::model::{CreateMessageRequestParams, CreateMessageResult, SamplingMessage};
 use agent_mcp::{AcceptDefaults, Authorizer, McpClient, McpServer, OAuth, SamplingHandler};
@@ -22,30 +22,29 @@ const CLIENT_METADATA_URL: &str = "https://conformance-test.local/client-metadat
 /// and hands back the redirect.
 struct FollowRedirect;
 
+#[async_trait]
 impl Authorizer for FollowRedirect {
-    fn authorize(&self, url: String) -> BoxFuture<'_, Result<String, agent_mcp::HandlerError>> {
-        Box::pin(async move {
-            let http = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| agent_mcp::HandlerError::with_source("no HTTP client", e))?;
-            let response = http.get(&url).send().await.map_err(|e| {
-                agent_mcp::HandlerError::with_source("the authorization server did not answer", e)
-            })?;
-            response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    format!(
-                        "no redirect from the authorization server ({})",
-                        response.status()
-                    )
-                    .into()
-                })
-        })
+    async fn authorize(&self, url: String) -> Result<String, agent_mcp::HandlerError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| agent_mcp::HandlerError::with_source("no HTTP client", e))?;
+        let response = http.get(&url).send().await.map_err(|e| {
+            agent_mcp::HandlerError::with_source("the authorization server did not answer", e)
+        })?;
+        response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                format!(
+                    "no redirect from the authorization server ({})",
+                    response.status()
+                )
+                .into()
+            })
     }
 }
 
@@ -54,18 +53,17 @@ impl Authorizer for FollowRedirect {
 struct FixedSampling;
 
 #[allow(deprecated)]
+#[async_trait]
 impl SamplingHandler for FixedSampling {
-    fn create_message(
+    async fn create_message(
         &self,
         _request: CreateMessageRequestParams,
-    ) -> BoxFuture<'_, Result<CreateMessageResult, agent_mcp::HandlerError>> {
-        Box::pin(async {
-            Ok(CreateMessageResult::new(
-                SamplingMessage::assistant_text("conformance sampling answer"),
-                "conformance-model".into(),
-            )
-            .with_stop_reason("endTurn"))
-        })
+    ) -> Result<CreateMessageResult, agent_mcp::HandlerError> {
+        Ok(CreateMessageResult::new(
+            SamplingMessage::assistant_text("conformance sampling answer"),
+            "conformance-model".into(),
+        )
+        .with_stop_reason("endTurn"))
     }
 }
 

@@ -100,7 +100,8 @@ impl BedrockConverseBuilder {
         self
     }
 
-    /// The sampling temperature.
+    /// The sampling temperature sent with every call (Bedrock's `inferenceConfig.temperature`);
+    /// unset, the model's default applies. A call's own temperature overrides it.
     pub fn temperature(mut self, t: f32) -> Self {
         self.temperature = Some(t);
         self

@@ -174,7 +174,8 @@ struct Item {
 }
 
 impl OpenAiEmbedder {
-    /// A builder.
+    /// Starts configuring an embedder: base URL and model are required, the rest has
+    /// defaults (see [`OpenAiEmbedderBuilder`]).
     pub fn builder() -> OpenAiEmbedderBuilder {
         OpenAiEmbedderBuilder::default()
     }

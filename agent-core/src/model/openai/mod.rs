@@ -396,7 +396,8 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 }
 
 impl OpenAiCompatible {
-    /// A builder.
+    /// Starts configuring a provider: every setting falls back to the `OPENAI_*` variables
+    /// and then to defaults (see [`OpenAiCompatibleBuilder`]).
     pub fn builder() -> OpenAiCompatibleBuilder {
         OpenAiCompatibleBuilder::default()
     }
