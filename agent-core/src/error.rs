@@ -112,6 +112,20 @@ pub enum AgentError {
         /// Replies asked for.
         attempts: u32,
     },
+    /// A hook failed or passed its bound; the run stopped at a point where the session is
+    /// valid (see [`crate::hooks`]).
+    #[error("hook `{hook}` failed in {event}: {message}")]
+    Hook {
+        /// The hook's [`name`](crate::hooks::Hook::name).
+        hook: String,
+        /// The event (`before_tool_call` ...).
+        event: &'static str,
+        /// What happened.
+        message: String,
+        /// The hook's error, when it returned one (none for a timeout).
+        #[source]
+        source: Option<crate::hooks::HookError>,
+    },
 }
 
 impl AgentError {
@@ -129,6 +143,7 @@ impl AgentError {
             Self::Panicked { .. } => "panicked",
             Self::NothingToResume { .. } => "nothing_to_resume",
             Self::StructuredOutput { .. } => "structured_output",
+            Self::Hook { .. } => "hook",
         }
     }
 }

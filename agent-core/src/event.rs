@@ -100,6 +100,13 @@ pub enum AgentEvent {
         /// The error.
         message: String,
     },
+    /// An event a hook emitted ([`RunInfo::emit`](crate::hooks::RunInfo::emit)).
+    Custom {
+        /// The hook's name for it (`tool_approval` ...).
+        name: String,
+        /// Its data.
+        data: serde_json::Value,
+    },
     /// The run ended; always the last event.
     Stop(AgentResult),
 }
@@ -117,6 +124,7 @@ impl AgentEvent {
             Self::MessageAdded { .. } => "message_added",
             Self::Usage { .. } => "usage",
             Self::Retry { .. } => "retry",
+            Self::Custom { .. } => "custom",
             Self::Stop(_) => "stop",
         }
     }

@@ -35,6 +35,7 @@ pub mod conversation;
 pub mod error;
 pub mod event;
 pub mod history;
+pub mod hooks;
 pub mod memory;
 pub mod message;
 pub mod model;

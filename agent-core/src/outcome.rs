@@ -32,6 +32,9 @@ pub enum StopReason {
     /// The model kept repeating a tool call: the same arguments, or new ones that found only
     /// what an earlier call found (see [`LoopGuard`](crate::agent::LoopGuard)).
     ToolLoop,
+    /// A hook stopped the run ([`RunInfo::stop`](crate::hooks::RunInfo::stop)); its reason is
+    /// in [`AgentResult::stopped_by`].
+    HookStopped,
 }
 
 impl StopReason {
@@ -47,6 +50,7 @@ impl StopReason {
             Self::LimitTokens => "limit_tokens",
             Self::Timeout => "timeout",
             Self::ToolLoop => "tool_loop",
+            Self::HookStopped => "hook_stopped",
         }
     }
 }
@@ -86,6 +90,9 @@ pub struct AgentResult {
     /// ([`Session::structured_output`](crate::agent::Session::structured_output)); checked against its schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured_output: Option<serde_json::Value>,
+    /// When a hook stopped the run: `"<hook>: <reason>"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
 }
 
 impl AgentResult {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::{Agent, AgentInner, AgentTools, Limits, LoopGuard, ResumePolicy, SessionLocks};
 use crate::conversation::{ConversationManager, SlidingWindow};
 use crate::error::BuildError;
+use crate::hooks::Hook;
 use crate::memory::MemoryConfig;
 use crate::model::{Model, ToolChoice};
 use crate::retry::RetryPolicy;
@@ -28,6 +29,8 @@ pub struct AgentBuilder {
     retry: RetryPolicy,
     max_context_reductions: u32,
     conversation: Arc<dyn ConversationManager>,
+    hooks: Vec<Arc<dyn Hook>>,
+    hook_timeout: Duration,
     store: Arc<dyn SessionStore>,
     telemetry: Option<Telemetry>,
     memory: Option<MemoryConfig>,
@@ -52,6 +55,8 @@ impl Default for AgentBuilder {
             retry: RetryPolicy::default(),
             max_context_reductions: 3,
             conversation: Arc::new(SlidingWindow::default()),
+            hooks: Vec::new(),
+            hook_timeout: crate::hooks::DEFAULT_HOOK_TIMEOUT,
             store: Arc::new(InMemorySessionStore::new()),
             telemetry: None,
             memory: None,
@@ -128,6 +133,26 @@ impl AgentBuilder {
     /// first list fail [`build`](Self::build).
     pub fn tool_source(mut self, source: Arc<dyn ToolSource>) -> Self {
         self.tool_sources.push(source);
+        self
+    }
+
+    /// Adds a hook ([`crate::hooks`]): guardrails, approvals, redaction, custom events. Hooks
+    /// run in the order they are added (`after_*` events in reverse).
+    pub fn hook(mut self, hook: impl Hook) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Adds several hooks at once, in order: a bundle a library hands out as one.
+    pub fn hooks(mut self, hooks: impl IntoIterator<Item = Arc<dyn Hook>>) -> Self {
+        self.hooks.extend(hooks);
+        self
+    }
+
+    /// The bound on each hook call, for hooks that set none of their own (default 30 s); a
+    /// hook past it fails the run with [`AgentError::Hook`](crate::AgentError::Hook).
+    pub fn hook_timeout(mut self, timeout: Duration) -> Self {
+        self.hook_timeout = timeout;
         self
     }
 
@@ -271,6 +296,10 @@ impl AgentBuilder {
                 retry: self.retry,
                 max_context_reductions: self.max_context_reductions,
                 conversation: self.conversation,
+                hooks: crate::hooks::Hooks {
+                    list: self.hooks.into(),
+                    timeout: self.hook_timeout,
+                },
                 store: self.store,
                 locks: SessionLocks::default(),
                 telemetry,

@@ -14,6 +14,7 @@ use crate::telemetry::Telemetry;
 use crate::tool::ToolRegistry;
 use crate::tool::executor::ExecutorConfig;
 
+mod as_tool;
 mod builder;
 mod guard;
 mod locks;
@@ -23,6 +24,7 @@ mod structured;
 mod tools;
 
 pub use crate::outcome::{AgentResult, StopReason, TurnMetrics};
+pub use as_tool::AgentTool;
 pub use builder::AgentBuilder;
 pub(crate) use locks::SessionLocks;
 pub use session::{AgentStream, Session};
@@ -126,6 +128,7 @@ pub(crate) struct AgentInner {
     pub(crate) retry: RetryPolicy,
     pub(crate) max_context_reductions: u32,
     pub(crate) conversation: Arc<dyn ConversationManager>,
+    pub(crate) hooks: crate::hooks::Hooks,
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) locks: SessionLocks,
     pub(crate) telemetry: Telemetry,

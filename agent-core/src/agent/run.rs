@@ -12,10 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::guard::CallMemory;
 use super::{AgentInner, AgentResult, Prompt, ResumePolicy, StopReason, TurnMetrics};
+use std::borrow::Cow;
+
 use crate::conversation::ContextWindow;
 use crate::error::AgentError;
 use crate::event::AgentEvent;
 use crate::history::History;
+use crate::hooks::{
+    AfterInvocation, AfterModelCall, AfterToolCall, BeforeInvocation, BeforeModelCall,
+    BeforeToolCall, MessageAdded, RunInfo,
+};
 use crate::message::{ContentBlock, Message, Role, ToolResult, ToolUse};
 use crate::model::{
     ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, ToolChoice, Usage,
@@ -145,6 +151,8 @@ struct Run<'a> {
     remembered: Option<(usize, Message)>,
     /// The state as last saved, and its version.
     saved: Saved,
+    /// Why a hook asked the run to stop, once one did.
+    hook_stop: Option<String>,
 }
 
 /// The state as last saved: what [`Run::save_if_changed`] compares against.
@@ -289,6 +297,7 @@ fn recorded_outcome(
         usage: Usage::default(),
         turns: Vec::new(),
         structured_output: None,
+        stopped_by: None,
     }
 }
 
@@ -475,6 +484,7 @@ async fn run_session(
         },
         checkpoint,
         remembered: None,
+        hook_stop: None,
         trace,
         system_prompt: agent
             .system_prompt
@@ -528,7 +538,44 @@ async fn run_session(
     let mut answered_already = false;
     let mut resume_batch = false;
     match start {
-        Start::Prompt(prompt) => {
+        Start::Prompt(mut prompt) => {
+            if !agent.hooks.is_empty() {
+                let mut ctx = BeforeInvocation {
+                    run: run.info(),
+                    prompt: &mut prompt.0,
+                };
+                let dispatched = agent
+                    .hooks
+                    .dispatch("before_invocation", false, deadline, &mut ctx, |h, c| {
+                        h.before_invocation(c)
+                    })
+                    .await;
+                let RunInfo { events, stop, .. } = ctx.run;
+                run.send_all(events).await;
+                if let Err(e) = dispatched {
+                    run.checkpoint.lease = None;
+                    run.save_if_changed().await?;
+                    return Err(e);
+                }
+                if let Some(reason) = stop {
+                    // Refused before anything of it was stored.
+                    run.checkpoint.lease = None;
+                    run.save_if_changed().await?;
+                    return Ok(AgentResult {
+                        stop_reason: StopReason::HookStopped,
+                        message: None,
+                        usage: Usage::default(),
+                        turns: Vec::new(),
+                        structured_output: None,
+                        stopped_by: Some(reason),
+                    });
+                }
+                if prompt.0.is_empty() {
+                    run.checkpoint.lease = None;
+                    run.save_if_changed().await?;
+                    return Err(AgentError::EmptyPrompt);
+                }
+            }
             first_new = run.history.len();
             if let Some(k) = &idempotency_key {
                 // Recorded before the prompt is written: a retry finds the record either way.
@@ -644,6 +691,9 @@ async fn run_session(
         loop {
             if run.cancel.is_cancelled() {
                 break StopReason::Cancelled;
+            }
+            if run.hook_stop.is_some() {
+                break StopReason::HookStopped;
             }
             if limits
                 .max_turns
@@ -807,13 +857,30 @@ async fn run_session(
         .rev()
         .find(|m| m.role == Role::Assistant)
         .cloned();
-    Ok(AgentResult {
+    let mut result = AgentResult {
         stop_reason,
         message,
         usage,
         turns,
         structured_output,
-    })
+        stopped_by: run.hook_stop.take(),
+    };
+    if !agent.hooks.is_empty() {
+        let mut ctx = AfterInvocation {
+            run: run.info(),
+            result: &mut result,
+        };
+        let dispatched = agent
+            .hooks
+            .dispatch("after_invocation", true, None, &mut ctx, |h, c| {
+                h.after_invocation(c)
+            })
+            .await;
+        let RunInfo { events, .. } = ctx.run;
+        run.send_all(events).await;
+        dispatched?;
+    }
+    Ok(result)
 }
 
 /// The longest description of what is wrong with a reply that goes back to the model.
@@ -937,6 +1004,25 @@ fn text_of(content: &[ContentBlock]) -> String {
 }
 
 impl Run<'_> {
+    /// What hooks are told about the run.
+    fn info(&self) -> RunInfo<'_> {
+        RunInfo::new(
+            &self.agent.name,
+            self.key.session_id(),
+            self.actor_id.as_deref(),
+            &self.state,
+        )
+    }
+
+    /// Sends the events hooks emitted.
+    async fn send_all(&self, events: Vec<AgentEvent>) {
+        if self.emitter.active() {
+            for event in events {
+                self.emitter.send(event).await;
+            }
+        }
+    }
+
     /// Saves the state now (renewing the run's lease, if it holds one).
     async fn save_now(&mut self) -> Result<(), AgentError> {
         persist(
@@ -972,7 +1058,26 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn append(&mut self, message: Message) -> Result<(), AgentError> {
+    async fn append(&mut self, mut message: Message) -> Result<(), AgentError> {
+        if !self.agent.hooks.is_empty() {
+            let mut ctx = MessageAdded {
+                run: self.info(),
+                message: &mut message,
+            };
+            let dispatched = self
+                .agent
+                .hooks
+                .dispatch("message_added", false, self.deadline, &mut ctx, |h, c| {
+                    h.message_added(c)
+                })
+                .await;
+            let RunInfo { events, stop, .. } = ctx.run;
+            self.send_all(events).await;
+            dispatched?;
+            if let Some(reason) = stop {
+                self.hook_stop.get_or_insert(reason);
+            }
+        }
         let expected = self.history.len();
         self.history.push(message)?;
         let stored = &self.history.messages()[expected..];
@@ -1024,25 +1129,65 @@ impl Run<'_> {
         let mut reductions = 0u32;
         loop {
             attempts += 1;
+            let mut messages = self.window.visible(&self.history);
+            if let Some((index, with_memory)) = &self.remembered
+                && let Some(original) = self.history.messages().get(*index)
+                && let Some(slot) = messages.iter_mut().find(|m| std::ptr::eq(**m, original))
+            {
+                *slot = with_memory;
+            }
+            let mut offered = tools.specs();
+            if let Some((tool, extra)) = structured {
+                // Only the output tool, after the conversation and the notes of this step.
+                offered = std::slice::from_ref(tool);
+                messages.extend(extra.iter());
+            }
+            let mut system = final_prompt
+                .as_deref()
+                .or(self.system_prompt.as_deref())
+                .map(Cow::Borrowed);
+            // What hooks rewrote, when there are hooks: `messages` then borrows from it.
+            let rewritten: Vec<Cow<'_, Message>>;
+            if !agent.hooks.is_empty() {
+                let mut ctx = BeforeModelCall {
+                    run: self.info(),
+                    messages: messages.iter().map(|m| Cow::Borrowed(*m)).collect(),
+                    system_prompt: system.take(),
+                    tools: offered,
+                    attempt: attempts,
+                };
+                let dispatched = agent
+                    .hooks
+                    .dispatch(
+                        "before_model_call",
+                        false,
+                        self.deadline,
+                        &mut ctx,
+                        |h, c| h.before_model_call(c),
+                    )
+                    .await;
+                let BeforeModelCall {
+                    run: RunInfo { events, stop, .. },
+                    messages: hooked,
+                    system_prompt: hooked_system,
+                    ..
+                } = ctx;
+                self.send_all(events).await;
+                dispatched?;
+                if let Some(reason) = stop {
+                    self.hook_stop.get_or_insert(reason);
+                    return Ok(TurnOutcome::Stopped(StopReason::HookStopped));
+                }
+                rewritten = hooked;
+                system = hooked_system;
+                messages = rewritten.iter().map(AsRef::as_ref).collect();
+            }
             let started = Instant::now();
             let mut first_event = None;
             let (mut stream, mut chat) = {
-                let mut messages = self.window.visible(&self.history);
-                if let Some((index, with_memory)) = &self.remembered
-                    && let Some(original) = self.history.messages().get(*index)
-                    && let Some(slot) = messages.iter_mut().find(|m| std::ptr::eq(**m, original))
-                {
-                    *slot = with_memory;
-                }
-                let mut offered = tools.specs();
-                if let Some((tool, extra)) = structured {
-                    // Only the output tool, after the conversation and the notes of this step.
-                    offered = std::slice::from_ref(tool);
-                    messages.extend(extra.iter());
-                }
                 let request = ModelRequest {
                     messages,
-                    system_prompt: final_prompt.as_deref().or(self.system_prompt.as_deref()),
+                    system_prompt: system.as_deref(),
                     tools: offered,
                     tool_choice,
                     max_tokens: None,
@@ -1100,6 +1245,51 @@ impl Run<'_> {
                 match &outcome {
                     Ok(response) => c.end_ok(response),
                     Err(e) => c.end_err(e),
+                }
+            }
+            let mut outcome = outcome;
+            if !agent.hooks.is_empty() {
+                let mut ctx = AfterModelCall {
+                    run: self.info(),
+                    outcome: outcome.as_mut().map_err(|e| &*e),
+                    attempt: attempts,
+                    retry: false,
+                };
+                let dispatched = agent
+                    .hooks
+                    .dispatch("after_model_call", true, self.deadline, &mut ctx, |h, c| {
+                        h.after_model_call(c)
+                    })
+                    .await;
+                let retry = ctx.retry;
+                let RunInfo { events, stop, .. } = ctx.run;
+                self.send_all(events).await;
+                dispatched?;
+                if let Some(reason) = stop {
+                    // The response is discarded: nothing of it is stored.
+                    self.hook_stop.get_or_insert(reason);
+                    return Ok(TurnOutcome::Stopped(StopReason::HookStopped));
+                }
+                if retry {
+                    if attempts >= agent.retry.max_attempts {
+                        return Err(AgentError::Hook {
+                            hook: "after_model_call".into(),
+                            event: "after_model_call",
+                            message: format!(
+                                "a hook asked to call the model again after {attempts} call(s), \
+                                 the retry policy's limit"
+                            ),
+                            source: None,
+                        });
+                    }
+                    self.retry_event(
+                        attempts,
+                        Duration::ZERO,
+                        "hook",
+                        "a hook asked for another call",
+                    )
+                    .await;
+                    continue;
                 }
             }
             let error = match outcome {
@@ -1224,6 +1414,10 @@ impl Run<'_> {
         // One slot per tool use, in request order: repeats are answered by the loop guard, the
         // rest by the executor.
         let mut results: Vec<Option<(ToolResult, bool)>>;
+        // The calls as hooks left them (their input may be rewritten), when there are hooks.
+        let hooked_uses: Vec<ToolUse>;
+        // Why a hook stopped the run during this batch.
+        let mut batch_stop: Option<String> = None;
         {
             let uses: Vec<&ToolUse> = self
                 .history
@@ -1273,6 +1467,65 @@ impl Run<'_> {
                     }
                 }
             }
+            if !agent.hooks.is_empty() && !to_run.is_empty() {
+                let positions: Vec<usize> = results
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.is_none())
+                    .map(|(i, _)| i)
+                    .collect();
+                let mut kept = Vec::with_capacity(to_run.len());
+                for (&u, &slot) in to_run.iter().zip(&positions) {
+                    let mut call = u.clone();
+                    let mut answer = None;
+                    if batch_stop.is_none() {
+                        let mut ctx = BeforeToolCall {
+                            run: self.info(),
+                            tool_use: &mut call,
+                            tool: tools.specs().iter().find(|s| s.name == u.name),
+                            answer: None,
+                        };
+                        let dispatched = agent
+                            .hooks
+                            .dispatch(
+                                "before_tool_call",
+                                false,
+                                self.deadline,
+                                &mut ctx,
+                                |h, c| h.before_tool_call(c),
+                            )
+                            .await;
+                        answer = ctx.answer.take();
+                        let RunInfo { events, stop, .. } = ctx.run;
+                        self.send_all(events).await;
+                        dispatched?;
+                        batch_stop = stop;
+                    }
+                    if answer.is_none()
+                        && let Some(reason) = &batch_stop
+                    {
+                        answer = Some(ToolResult::error(
+                            &u.tool_use_id,
+                            format!("Tool call not run: the run was stopped ({reason})"),
+                        ));
+                    }
+                    match answer {
+                        Some(result) => {
+                            if self.emitter.active() {
+                                self.emitter
+                                    .send(AgentEvent::ToolResult {
+                                        result: result.clone(),
+                                    })
+                                    .await;
+                            }
+                            results[slot] = Some((result, false));
+                        }
+                        None => kept.push(call),
+                    }
+                }
+                hooked_uses = kept;
+                to_run = hooked_uses.iter().collect();
+            }
             // The executor's index is a position in `to_run`; this maps it to the batch's.
             let slots: Vec<usize> = results
                 .iter()
@@ -1296,12 +1549,34 @@ impl Run<'_> {
                             running -= 1;
                             let slot = slots.get(index).copied();
                             // The loop guard notes a result another wording already got.
-                            let result = match slot.and_then(|i| uses.get(i)) {
+                            let mut result = match slot.and_then(|i| uses.get(i)) {
                                 Some(u) if !cancelled => {
                                     self.calls.remember(&agent.loop_guard, u, result)
                                 }
                                 _ => result,
                             };
+                            if !agent.hooks.is_empty()
+                                && !cancelled
+                                && let Some(&executed) = to_run.get(index)
+                            {
+                                let mut ctx = AfterToolCall {
+                                    run: self.info(),
+                                    tool_use: executed,
+                                    result: &mut result,
+                                };
+                                let dispatched = agent
+                                    .hooks
+                                    .dispatch("after_tool_call", true, self.deadline, &mut ctx, |h, c| {
+                                        h.after_tool_call(c)
+                                    })
+                                    .await;
+                                let RunInfo { events, stop, .. } = ctx.run;
+                                self.send_all(events).await;
+                                dispatched?;
+                                if let Some(reason) = stop {
+                                    batch_stop.get_or_insert(reason);
+                                }
+                            }
                             if self.emitter.active() {
                                 self.emitter.send(AgentEvent::ToolResult { result: result.clone() }).await;
                             }
@@ -1356,6 +1631,9 @@ impl Run<'_> {
             Some(StopReason::Cancelled)
         } else if timed_out {
             Some(StopReason::Timeout)
+        } else if let Some(reason) = batch_stop.or_else(|| self.hook_stop.take()) {
+            self.hook_stop = Some(reason);
+            Some(StopReason::HookStopped)
         } else if tripped || self.calls.take_tripped() {
             tracing::warn!(session = %self.key.session_id(), "the model keeps repeating tool calls (the same arguments, or new ones that find the same): tool use ended");
             Some(StopReason::ToolLoop)

@@ -81,7 +81,8 @@ pub(super) fn run_finish_reason(reason: StopReason) -> &'static str {
         StopReason::Cancelled
         | StopReason::LimitTurns
         | StopReason::Timeout
-        | StopReason::ToolLoop => "error",
+        | StopReason::ToolLoop
+        | StopReason::HookStopped => "error",
     }
 }
 
