@@ -70,7 +70,7 @@ pub use schemars;
 /// The names most programs need.
 pub mod prelude {
     pub use crate::agent::{Agent, AgentResult, Limits, LoopGuard, OutputSchema, StopReason};
-    pub use crate::conversation::{NullConversationManager, SlidingWindow};
+    pub use crate::conversation::{NullConversationManager, SlidingWindow, Summarizing};
     pub use crate::error::{AgentError, BuildError};
     pub use crate::event::AgentEvent;
     pub use crate::message::{ContentBlock, Message, Role};

@@ -172,6 +172,14 @@ pub(crate) fn agent_doc(
         }),
     );
     cm.insert("rust_window".into(), json!(state.window));
+    if let Some(summary) = &state.window.summary {
+        // Strands' summarising manager keeps its summary as a user message it puts first.
+        cm.insert("__name__".into(), json!("SummarizingConversationManager"));
+        cm.insert(
+            "summary_message".into(),
+            json!({"role": "user", "content": [{"text": summary}]}),
+        );
+    }
     doc.insert("conversation_manager_state".into(), Value::Object(cm));
     let mut internal = take_object(&mut doc, "_internal_state");
     internal
@@ -223,6 +231,19 @@ pub(crate) fn parse_agent(
                 .and_then(Value::as_u64)
                 .unwrap_or(0) as usize,
             pinned: None,
+            // A summary Strands' summarising manager wrote: the text of its summary message.
+            summary: cm
+                .get("summary_message")
+                .and_then(|m| m.get("content"))
+                .and_then(Value::as_array)
+                .map(|blocks| {
+                    blocks
+                        .iter()
+                        .filter_map(|b| b.get("text").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .filter(|s| !s.trim().is_empty()),
         },
     };
     let version = doc

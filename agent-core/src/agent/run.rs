@@ -14,7 +14,7 @@ use super::guard::CallMemory;
 use super::{AgentInner, AgentResult, Prompt, ResumePolicy, StopReason, TurnMetrics};
 use std::borrow::Cow;
 
-use crate::conversation::ContextWindow;
+use crate::conversation::{ContextWindow, Conversation, ReportedUsage};
 use crate::error::AgentError;
 use crate::event::AgentEvent;
 use crate::history::History;
@@ -153,6 +153,8 @@ struct Run<'a> {
     saved: Saved,
     /// Why a hook asked the run to stop, once one did.
     hook_stop: Option<String>,
+    /// The input tokens the last model call reported, for the conversation manager.
+    reported: Option<ReportedUsage>,
 }
 
 /// The state as last saved: what [`Run::save_if_changed`] compares against.
@@ -169,7 +171,7 @@ async fn persist(
     key: &SessionKey,
     deadline: Option<Instant>,
     state: &AgentState,
-    window: ContextWindow,
+    window: &ContextWindow,
     checkpoint: &mut RunCheckpoint,
     saved: &mut Saved,
 ) -> Result<(), AgentError> {
@@ -179,7 +181,7 @@ async fn persist(
     }
     let session_state = SessionState {
         agent_state: state.to_map(),
-        window,
+        window: window.clone(),
         checkpoint: checkpoint.clone(),
     };
     saved.version = within(
@@ -188,7 +190,7 @@ async fn persist(
         agent.store.save_state(key, &session_state, &saved.version),
     )
     .await?;
-    saved.window = window;
+    saved.window = window.clone();
     saved.checkpoint = checkpoint.clone();
     Ok(())
 }
@@ -470,7 +472,7 @@ async fn run_session(
         key,
         actor_id: actor_id.map(Into::into),
         history,
-        window,
+        window: window.clone(),
         state: AgentState::from_map(agent_state),
         emitter: Emitter { tx, deadline },
         cancel,
@@ -485,6 +487,7 @@ async fn run_session(
         checkpoint,
         remembered: None,
         hook_stop: None,
+        reported: None,
         trace,
         system_prompt: agent
             .system_prompt
@@ -711,7 +714,7 @@ async fn run_session(
                 break StopReason::Timeout;
             }
             run.renew_lease_if_due().await?;
-            agent.conversation.apply(&run.history, &mut run.window);
+            run.manage().await;
             let (response, mut metrics) = match run.model_turn(TurnKind::Normal).await? {
                 TurnOutcome::Done(r, m) => (r, m),
                 TurnOutcome::Stopped(reason) => break reason,
@@ -767,7 +770,7 @@ async fn run_session(
         run.deadline = Some(Instant::now() + timeout);
         run.emitter.deadline = run.deadline;
         run.renew_lease_if_due().await?;
-        agent.conversation.apply(&run.history, &mut run.window);
+        run.manage().await;
         if let TurnOutcome::Done(response, metrics) = run.model_turn(TurnKind::FinalAnswer).await? {
             usage.add(&response.usage);
             turns.push(metrics);
@@ -791,7 +794,7 @@ async fn run_session(
     if let Some(schema) = &structured {
         // The window as the conversation left it: an overflow caused by this step's own notes
         // must not move the stored window.
-        let window = run.window;
+        let window = run.window.clone();
         let outcome = structured_step(&mut run, schema, stop_reason, &mut usage, &mut turns).await;
         run.window = window;
         match outcome {
@@ -923,7 +926,7 @@ async fn structured_step(
     let mut last = (String::new(), String::new());
     for attempt in 1..=schema.attempts() {
         run.renew_lease_if_due().await?;
-        run.agent.conversation.apply(&run.history, &mut run.window);
+        run.manage().await;
         let kind = TurnKind::Structured {
             schema,
             extra: &extra,
@@ -1014,6 +1017,43 @@ impl Run<'_> {
         )
     }
 
+    /// Lets the conversation manager move the window before a model call, within the run's
+    /// time limit (past it, the window stays as it was).
+    async fn manage(&mut self) {
+        let agent = self.agent;
+        let mut conversation = Conversation {
+            history: &self.history,
+            window: &mut self.window,
+            model: &agent.model,
+            system_prompt: agent.system_prompt.as_deref(),
+            reported: self.reported,
+        };
+        let apply = agent.conversation.apply(&mut conversation);
+        match self.deadline {
+            Some(d) => {
+                let _ = tokio::time::timeout_at(d, apply).await;
+            }
+            None => apply.await,
+        }
+    }
+
+    /// Asks the conversation manager to shrink the window after an overflow.
+    async fn reduce_window(&mut self) -> bool {
+        let agent = self.agent;
+        let mut conversation = Conversation {
+            history: &self.history,
+            window: &mut self.window,
+            model: &agent.model,
+            system_prompt: agent.system_prompt.as_deref(),
+            reported: None,
+        };
+        let reduce = agent.conversation.reduce(&mut conversation);
+        match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, reduce).await.unwrap_or(false),
+            None => reduce.await,
+        }
+    }
+
     /// Sends the events hooks emitted.
     async fn send_all(&self, events: Vec<AgentEvent>) {
         if self.emitter.active() {
@@ -1030,7 +1070,7 @@ impl Run<'_> {
             &self.key,
             self.deadline,
             &self.state,
-            self.window,
+            &self.window,
             &mut self.checkpoint,
             &mut self.saved,
         )
@@ -1135,6 +1175,14 @@ impl Run<'_> {
                 && let Some(slot) = messages.iter_mut().find(|m| std::ptr::eq(**m, original))
             {
                 *slot = with_memory;
+            }
+            // A summary of what the window left out goes with its first message.
+            let summarized: Message;
+            if let Some(summary) = self.window.applicable_summary(&self.history)
+                && let Some(first) = messages.first_mut()
+            {
+                summarized = crate::conversation::with_summary(first, summary);
+                *first = &summarized;
             }
             let mut offered = tools.specs();
             if let Some((tool, extra)) = structured {
@@ -1294,6 +1342,11 @@ impl Run<'_> {
             }
             let error = match outcome {
                 Ok(response) => {
+                    self.reported = Some(ReportedUsage {
+                        input_tokens: response.usage.input_tokens,
+                        history_len: self.history.len(),
+                        window_start: self.window.start,
+                    });
                     // Every model call's usage is an event, as soon as the call is complete.
                     if self.emitter.active() {
                         self.emitter
@@ -1316,9 +1369,7 @@ impl Run<'_> {
             };
             match error {
                 ModelError::ContextOverflow { message } => {
-                    if reductions < agent.max_context_reductions
-                        && agent.conversation.reduce(&self.history, &mut self.window)
-                    {
+                    if reductions < agent.max_context_reductions && self.reduce_window().await {
                         reductions += 1;
                         tracing::warn!(session = %self.key.session_id(), reductions, "context overflow: history reduced, retrying");
                         self.retry_event(reductions, Duration::ZERO, "context_overflow", &message)
@@ -1591,7 +1642,7 @@ impl Run<'_> {
                                     &self.key,
                                     self.deadline,
                                     &self.state,
-                                    self.window,
+                                    &self.window,
                                     &mut self.checkpoint,
                                     &mut self.saved,
                                 )

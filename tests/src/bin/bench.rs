@@ -10,6 +10,9 @@
 //! `--profile <floor|agent|agent-traced|floor-unary|agent-unary|bedrock-floor|bedrock-agent> [n]`
 //! runs only `n` invocations of one subject on one thread, for `perf record`.
 //!
+//! The hooks row: the same agent with 5 hooks that implement nothing (each event still awaits
+//! each hook) against none, interleaved.
+//!
 //! The Bedrock row: the agent on the Converse provider against the same round written by hand
 //! with `aws-sdk-bedrockruntime` (`ConverseStream`, SigV4 included in both), against a loopback
 //! endpoint that writes real event-stream frames (in the same child process).
@@ -411,8 +414,14 @@ fn build_agent(base_url: &str, store: InMemorySessionStore) -> Agent {
         store,
         agent_core::telemetry::Telemetry::disabled(),
         true,
+        0,
     )
 }
+
+/// A hook that implements nothing: every event still calls it (and awaits its boxed future).
+struct NoopHook;
+
+impl agent_core::hooks::Hook for NoopHook {}
 
 /// Spans and metrics recorded by the SDK (sampled, attributes set), not exported: the
 /// instrumentation's own cost.
@@ -427,6 +436,7 @@ fn build_agent_with(
     store: InMemorySessionStore,
     telemetry: agent_core::telemetry::Telemetry,
     streaming: bool,
+    hooks: usize,
 ) -> Agent {
     let model = OpenAiCompatible::builder()
         .base_url(base_url)
@@ -449,6 +459,7 @@ fn build_agent_with(
         ))
         .session_store(store)
         .telemetry(telemetry)
+        .hooks((0..hooks).map(|_| Arc::new(NoopHook) as Arc<dyn agent_core::hooks::Hook>))
         .build()
         .unwrap_or_else(|e| panic!("agent: {e}"))
 }
@@ -462,6 +473,7 @@ enum Who {
     AgentUnary,
     BedrockFloor,
     BedrockAgent,
+    AgentHooks,
 }
 
 struct Subjects {
@@ -472,6 +484,8 @@ struct Subjects {
     agent_unary: Agent,
     bedrock_floor: BedrockFloor,
     bedrock_agent: Agent,
+    /// The streamed agent with 5 no-op hooks.
+    hooked: Agent,
     next_session: AtomicUsize,
 }
 
@@ -509,6 +523,14 @@ impl Subjects {
                 InMemorySessionStore::new(),
                 recording_telemetry(),
                 true,
+                0,
+            ),
+            hooked: build_agent_with(
+                base_url,
+                InMemorySessionStore::new(),
+                agent_core::telemetry::Telemetry::disabled(),
+                true,
+                5,
             ),
             floor_unary: Floor::new(base_url, false),
             agent_unary: build_agent_with(
@@ -516,6 +538,7 @@ impl Subjects {
                 InMemorySessionStore::new(),
                 agent_core::telemetry::Telemetry::disabled(),
                 false,
+                0,
             ),
             next_session: AtomicUsize::new(0),
         }
@@ -562,11 +585,11 @@ impl Subjects {
                     .unwrap_or_else(|e| panic!("agent: {e}"));
                 assert_eq!(r.stop_reason, StopReason::EndTurn);
             }
-            Who::Agent | Who::AgentUnary => {
-                let agent = if who == Who::Agent {
-                    &self.agent
-                } else {
-                    &self.agent_unary
+            Who::Agent | Who::AgentUnary | Who::AgentHooks => {
+                let agent = match who {
+                    Who::Agent => &self.agent,
+                    Who::AgentHooks => &self.hooked,
+                    _ => &self.agent_unary,
                 };
                 let r = agent
                     .session(format!("s{n}"))
@@ -711,8 +734,9 @@ fn main() {
             "agent-unary" => Who::AgentUnary,
             "bedrock-floor" => Who::BedrockFloor,
             "bedrock-agent" => Who::BedrockAgent,
+            "agent-hooks" => Who::AgentHooks,
             other => panic!(
-                "--profile takes floor, agent, agent-traced, floor-unary, agent-unary, bedrock-floor or bedrock-agent, not {other}"
+                "--profile takes floor, agent, agent-traced, floor-unary, agent-unary, bedrock-floor, bedrock-agent or agent-hooks, not {other}"
             ),
         };
         let n: usize = args
@@ -828,6 +852,28 @@ fn main() {
             us(bedrock_best[1]),
             "",
         ));
+        // Hooks: the same agent with 5 no-op hooks against none, interleaved the same way.
+        let mut hooks_best = [Duration::MAX; 2];
+        let mut hooks_worst = [Duration::ZERO; 2];
+        cpu_per_invocation(&subjects, Who::AgentHooks, 100).await;
+        for _ in 0..5 {
+            for (i, who) in [Who::Agent, Who::AgentHooks].into_iter().enumerate() {
+                let cpu = cpu_per_invocation(&subjects, who, cpu_n).await;
+                hooks_best[i] = hooks_best[i].min(cpu);
+                hooks_worst[i] = hooks_worst[i].max(cpu);
+            }
+        }
+        rows.push((
+            "client CPU per invocation, 5 no-op hooks vs none (us)".to_owned(),
+            us(hooks_best[0]),
+            us(hooks_best[1]),
+            "within noise",
+        ));
+        let hooks_spread: Vec<f64> = hooks_best
+            .iter()
+            .zip(&hooks_worst)
+            .map(|(b, w)| 100.0 * (us(*w) - us(*b)) / us(*b).max(1e-9))
+            .collect();
         let bedrock_spread: Vec<f64> = bedrock_best
             .iter()
             .zip(&bedrock_worst)
@@ -841,9 +887,11 @@ fn main() {
             .unwrap_or_else(|e| panic!("bedrock agent: {e}"))
             .usage;
         let noise = format!(
-            "{noise}; Bedrock rounds spread by {:.1}% / {:.1}% (floor / agent)\nBedrock prompt cache (cache points after the system prompt, the tools and the conversation, both subjects): per invocation {} input tokens, {} read from and {} written to the cache, as usage reports them",
+            "{noise}; Bedrock rounds spread by {:.1}% / {:.1}% (floor / agent); hook rounds by {:.1}% / {:.1}% (none / 5)\nBedrock prompt cache (cache points after the system prompt, the tools and the conversation, both subjects): per invocation {} input tokens, {} read from and {} written to the cache, as usage reports them",
             bedrock_spread[0],
             bedrock_spread[1],
+            hooks_spread[0],
+            hooks_spread[1],
             cached.input_tokens,
             cached.cache_read_input_tokens,
             cached.cache_write_input_tokens
