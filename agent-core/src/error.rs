@@ -112,6 +112,13 @@ pub enum AgentError {
         /// Replies asked for.
         attempts: u32,
     },
+    /// [`crate::Session::respond`] with answers that do not match the questions the session
+    /// waits on (none waiting, an unknown id, or a question left unanswered).
+    #[error("cannot resume with these answers: {message}")]
+    InterruptResponse {
+        /// What does not match.
+        message: String,
+    },
     /// A hook failed or passed its bound; the run stopped at a point where the session is
     /// valid (see [`crate::hooks`]).
     #[error("hook `{hook}` failed in {event}: {message}")]
@@ -144,6 +151,7 @@ impl AgentError {
             Self::NothingToResume { .. } => "nothing_to_resume",
             Self::StructuredOutput { .. } => "structured_output",
             Self::Hook { .. } => "hook",
+            Self::InterruptResponse { .. } => "interrupt_response",
         }
     }
 }

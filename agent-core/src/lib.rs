@@ -36,6 +36,7 @@ pub mod error;
 pub mod event;
 pub mod history;
 pub mod hooks;
+pub mod interrupt;
 pub mod memory;
 pub mod message;
 pub mod model;

@@ -35,6 +35,9 @@ pub enum StopReason {
     /// A hook stopped the run ([`RunInfo::stop`](crate::hooks::RunInfo::stop)); its reason is
     /// in [`AgentResult::stopped_by`].
     HookStopped,
+    /// A tool or hook asked a person ([`crate::interrupt`]); the questions are in
+    /// [`AgentResult::interrupts`], and [`Session::respond`](crate::Session::respond) resumes.
+    Interrupted,
 }
 
 impl StopReason {
@@ -51,6 +54,7 @@ impl StopReason {
             Self::Timeout => "timeout",
             Self::ToolLoop => "tool_loop",
             Self::HookStopped => "hook_stopped",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -90,9 +94,12 @@ pub struct AgentResult {
     /// ([`Session::structured_output`](crate::agent::Session::structured_output)); checked against its schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured_output: Option<serde_json::Value>,
-    /// When a hook stopped the run: `"<hook>: <reason>"`.
+    /// When a hook stopped the run: the reason it gave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+    /// When the run was interrupted: the questions to answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interrupts: Vec<crate::interrupt::Interrupt>,
 }
 
 impl AgentResult {

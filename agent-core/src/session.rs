@@ -125,12 +125,18 @@ pub struct RunCheckpoint {
     /// ([`AgentBuilder::replica_lease`](crate::agent::AgentBuilder::replica_lease)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<RunLease>,
+    /// The questions an interrupted run waits on ([`crate::interrupt`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interrupts: Vec<crate::interrupt::Interrupt>,
 }
 
 impl RunCheckpoint {
     /// Whether there is nothing recorded.
     pub fn is_empty(&self) -> bool {
-        self.completed_tool_results.is_empty() && self.invocation.is_none() && self.lease.is_none()
+        self.completed_tool_results.is_empty()
+            && self.invocation.is_none()
+            && self.lease.is_none()
+            && self.interrupts.is_empty()
     }
 }
 

@@ -182,9 +182,36 @@ pub(crate) fn agent_doc(
     }
     doc.insert("conversation_manager_state".into(), Value::Object(cm));
     let mut internal = take_object(&mut doc, "_internal_state");
-    internal
-        .entry("interrupt_state")
-        .or_insert_with(|| json!({"interrupts": {}, "context": {}, "activated": false}));
+    if state.checkpoint.interrupts.is_empty() {
+        // Ours are answered or abandoned; Strands' own (if it wrote any) stay as they are.
+        let ours = internal
+            .get("interrupt_state")
+            .and_then(|s| s.get("rust"))
+            .is_some();
+        if ours {
+            internal.remove("interrupt_state");
+        }
+        internal
+            .entry("interrupt_state")
+            .or_insert_with(|| json!({"interrupts": {}, "context": {}, "activated": false}));
+    } else {
+        // Strands' shape: the questions by id, activated while the run waits on them.
+        let interrupts: Map<String, Value> = state
+            .checkpoint
+            .interrupts
+            .iter()
+            .map(|i| {
+                (
+                    i.id.clone(),
+                    json!({"id": i.id, "name": i.name, "reason": i.reason, "response": i.response}),
+                )
+            })
+            .collect();
+        internal.insert(
+            "interrupt_state".into(),
+            json!({"interrupts": interrupts, "context": {}, "activated": true, "rust": true}),
+        );
+    }
     internal.entry("model_state").or_insert_with(|| json!({}));
     match version {
         Some(v) => {

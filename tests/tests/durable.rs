@@ -451,3 +451,112 @@ async fn a_retry_of_a_failed_invocation_resumes_it_instead_of_repeating_the_prom
     let empty = agent.session("nothing-here").resume().await;
     assert!(matches!(empty, Err(AgentError::NothingToResume { .. })));
 }
+
+/// Output of a finished agent process.
+fn succeeded(child: Child) -> String {
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn an_interrupted_run_is_answered_in_a_second_process_without_rerunning_the_rest() {
+    let dirs = dirs();
+    let server = MockVllm::start([
+        Turn::tool_call("lookup", json!({"arg": "flights"}))
+            .and_tool_call("confirm_book", json!({"arg": "TA999"})),
+        Turn::text("Booked TA999 for you."),
+    ])
+    .await
+    .unwrap();
+    // The first process asks and stops: no model call after the batch, nothing appended.
+    let stdout = tokio::task::spawn_blocking({
+        let child = agent_process(&dirs, &server, &["run", "Book the flight"], &[]);
+        move || succeeded(child)
+    })
+    .await
+    .unwrap();
+    assert!(stdout.contains("stop: interrupted"), "{stdout}");
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("interrupt: "))
+        .expect("an interrupt id")
+        .to_owned();
+    assert!(id.ends_with(":confirm_booking"), "{id}");
+    assert_eq!(server.received().len(), 1);
+    let store = FileSessionStore::new(&dirs.store);
+    let key = SessionKey::new("durable", "default").unwrap();
+    let stored = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        stored.messages.len(),
+        2,
+        "prompt and the calls; no results yet"
+    );
+    assert_eq!(stored.state.checkpoint.interrupts.len(), 1);
+    assert_eq!(stored.state.checkpoint.completed_tool_results.len(), 1);
+    // Python Strands sees an active interrupt in its own field.
+    let agent_json: Value = serde_json::from_slice(
+        &std::fs::read(
+            dirs.store
+                .join("session_durable/agents/agent_default/agent.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let strands_state = &agent_json["_internal_state"]["interrupt_state"];
+    assert_eq!(strands_state["activated"], true, "{agent_json}");
+    assert_eq!(strands_state["interrupts"][&id]["name"], "confirm_booking");
+
+    // Wrong answers are refused before anything runs.
+    let refused = tokio::task::spawn_blocking({
+        let child = agent_process(&dirs, &server, &["respond", "nope", "true"], &[]);
+        move || child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no question `nope` is waiting"));
+
+    // A second process answers: the tool runs again and gets its answer; the lookup does not.
+    let stdout = tokio::task::spawn_blocking({
+        let child = agent_process(&dirs, &server, &["respond", &id, "true"], &[]);
+        move || succeeded(child)
+    })
+    .await
+    .unwrap();
+    assert!(stdout.contains("Booked TA999 for you."), "{stdout}");
+    assert!(stdout.contains("stop: end_turn"), "{stdout}");
+    let log = calls(&dirs);
+    assert_eq!(count(&log, "lookup start flights"), 1, "{log:?}");
+    assert_eq!(count(&log, "confirm_book start TA999"), 2, "{log:?}");
+    assert_eq!(
+        count(&log, "confirm_book answered TA999 true"),
+        1,
+        "{log:?}"
+    );
+    let sent = server.received()[1].body["messages"].to_string();
+    assert!(
+        sent.contains("booked TA999") && sent.contains("lookup result for flights"),
+        "{sent}"
+    );
+    let stored = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(stored.messages.len(), 4);
+    assert!(stored.state.checkpoint.interrupts.is_empty());
+    let agent_json: Value = serde_json::from_slice(
+        &std::fs::read(
+            dirs.store
+                .join("session_durable/agents/agent_default/agent.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        agent_json["_internal_state"]["interrupt_state"]["activated"],
+        false
+    );
+}

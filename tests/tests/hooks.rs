@@ -4,7 +4,6 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,12 +20,25 @@ use agent_tests::{MockVllm, Turn, fast_retry, provider};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-static WEATHER_CALLS: AtomicU32 = AtomicU32::new(0);
+/// Weather calls per session (tests run at once, each in its own session).
+static WEATHER_CALLS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn weather_calls(session: &str) -> usize {
+    WEATHER_CALLS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| *s == session)
+        .count()
+}
 
 /// Current weather for a city.
 #[tool]
-fn get_weather(city: String) -> Value {
-    WEATHER_CALLS.fetch_add(1, Ordering::SeqCst);
+fn get_weather(city: String, ctx: ToolContext) -> Value {
+    WEATHER_CALLS
+        .lock()
+        .unwrap()
+        .push(ctx.session_id.to_string());
     json!({"city": city, "forecast": "sunny"})
 }
 
@@ -136,10 +148,9 @@ async fn before_and_after_tool_call_rewrite_veto_answer_and_rewrite_results() {
     .unwrap();
     let store = InMemorySessionStore::new();
     let agent = agent(&server, &store, vec![Arc::new(Gatekeeper)]);
-    let before = WEATHER_CALLS.load(Ordering::SeqCst);
     let result = agent.session("t").invoke("Go").await.unwrap();
     assert_eq!(result.text(), "Done.");
-    assert_eq!(WEATHER_CALLS.load(Ordering::SeqCst), before + 1);
+    assert_eq!(weather_calls("t"), 1);
     // The results the model got, in request order.
     let messages = sent(&server, 1);
     let results: Vec<String> = messages
@@ -442,10 +453,91 @@ async fn tool_approval_allows_denies_and_asks_and_says_so_in_the_stream() {
         "Tool call denied: policy does not allow `delete_all`"
     );
     assert!(results[3].contains("sunny"));
+}
 
-    // Asked, with no one to ask: denied.
-    let lonely = ToolApproval::new().default_rule(Rule::Ask);
-    assert_eq!(lonely.rule_for("anything"), Rule::Ask);
+#[tokio::test]
+async fn approval_without_an_approver_interrupts_and_the_answer_resumes_the_run() {
+    let server = MockVllm::start([
+        Turn::tool_call("quote", json!({"city": "Lisbon"}))
+            .and_tool_call("get_weather", json!({"city": "Lisbon"})),
+        Turn::text("Quoted, and it is sunny."),
+        Turn::tool_call("quote", json!({"city": "Oslo"})),
+        Turn::text("The user said no."),
+    ])
+    .await
+    .unwrap();
+    let store = InMemorySessionStore::new();
+    let policy = ToolApproval::new().rule("quote", Rule::Ask);
+    assert_eq!(policy.rule_for("quote"), Rule::Ask);
+    let agent = agent(&server, &store, vec![Arc::new(policy.clone())]);
+    let session = agent.session("hitl");
+    let stopped = session.invoke("Quote Lisbon").await.unwrap();
+    assert_eq!(stopped.stop_reason, StopReason::Interrupted);
+    assert_eq!(stopped.interrupts.len(), 1);
+    let question = &stopped.interrupts[0];
+    assert_eq!(question.name, "approval");
+    assert_eq!(question.reason["tool"], "quote");
+    assert_eq!(question.reason["input"], json!({"city": "Lisbon"}));
+    assert_eq!(server.received().len(), 1, "no model call while waiting");
+    assert_eq!(weather_calls("hitl"), 1);
+
+    // Answers that do not fit are refused.
+    let err = session
+        .respond([agent_core::interrupt::InterruptResponse::new(
+            "x",
+            json!(true),
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "interrupt_response");
+
+    // Another replica (a fresh agent on the same store) answers yes.
+    let replica = self::agent(&server, &store, vec![Arc::new(policy)]);
+    let done = replica
+        .session("hitl")
+        .respond([agent_core::interrupt::InterruptResponse::new(
+            question.id.clone(),
+            json!(true),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(done.stop_reason, StopReason::EndTurn);
+    assert_eq!(done.text(), "Quoted, and it is sunny.");
+    assert_eq!(
+        weather_calls("hitl"),
+        1,
+        "the weather call's recorded result was reused"
+    );
+    let results: Vec<String> = sent(&server, 1)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(results[0], "Lisbon: 999 EUR");
+    assert!(results[1].contains("sunny"));
+
+    // The next question is answered no, with a reason the model reads.
+    let stopped = replica.session("hitl").invoke("Now Oslo").await.unwrap();
+    let id = stopped.interrupts[0].id.clone();
+    let done = replica
+        .session("hitl")
+        .respond([agent_core::interrupt::InterruptResponse::new(
+            id,
+            json!({"approve": false, "reason": "too cold"}),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(done.text(), "The user said no.");
+    let last: Vec<String> = sent(&server, 3)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(last.last().unwrap(), "Tool call denied: too cold");
 }
 
 #[tokio::test]

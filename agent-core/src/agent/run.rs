@@ -22,6 +22,7 @@ use crate::hooks::{
     AfterInvocation, AfterModelCall, AfterToolCall, BeforeInvocation, BeforeModelCall,
     BeforeToolCall, MessageAdded, RunInfo,
 };
+use crate::interrupt::{InterruptResponse, Interrupts};
 use crate::message::{ContentBlock, Message, Role, ToolResult, ToolUse};
 use crate::model::{
     ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, ToolChoice, Usage,
@@ -155,6 +156,8 @@ struct Run<'a> {
     hook_stop: Option<String>,
     /// The input tokens the last model call reported, for the conversation manager.
     reported: Option<ReportedUsage>,
+    /// The answers this run resumes with, and the questions its tool calls raise.
+    interrupts: Interrupts,
 }
 
 /// The state as last saved: what [`Run::save_if_changed`] compares against.
@@ -212,6 +215,8 @@ pub(super) enum Start {
     Prompt(Prompt),
     /// No prompt: continue the session's interrupted run.
     Resume,
+    /// Answers to the questions an interrupted run waits on.
+    Respond(Vec<InterruptResponse>),
 }
 
 /// What an invocation is asked to do.
@@ -300,6 +305,7 @@ fn recorded_outcome(
         turns: Vec::new(),
         structured_output: None,
         stopped_by: None,
+        interrupts: Vec::new(),
     }
 }
 
@@ -488,12 +494,47 @@ async fn run_session(
         remembered: None,
         hook_stop: None,
         reported: None,
+        interrupts: Interrupts::default(),
         trace,
         system_prompt: agent
             .system_prompt
             .as_deref()
             .map(std::borrow::Cow::Borrowed),
     };
+    if let Start::Respond(responses) = start {
+        // Answers to the questions the last run stopped on: each must match one, and every
+        // question needs its answer.
+        let pending = &run.checkpoint.interrupts;
+        if pending.is_empty() {
+            return Err(AgentError::InterruptResponse {
+                message: format!("session `{session_id}` waits on no question"),
+            });
+        }
+        let mut answers = std::collections::HashMap::new();
+        for r in responses {
+            if !pending.iter().any(|i| i.id == r.id) {
+                return Err(AgentError::InterruptResponse {
+                    message: format!("no question `{}` is waiting", r.id),
+                });
+            }
+            answers.insert(r.id, r.response);
+        }
+        let missing: Vec<&str> = pending
+            .iter()
+            .filter(|i| !answers.contains_key(&i.id))
+            .map(|i| i.id.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(AgentError::InterruptResponse {
+                message: format!("no answer to {}", missing.join(", ")),
+            });
+        }
+        for i in &mut run.checkpoint.interrupts {
+            i.response = answers.get(&i.id).cloned();
+        }
+        run.interrupts = Interrupts::with_responses(answers);
+        start = Start::Resume;
+    }
     let nothing_to_resume = matches!(start, Start::Resume) && run.history.is_empty();
     if let Some(owner) = lease_owner
         && !nothing_to_resume
@@ -516,7 +557,7 @@ async fn run_session(
         let prompt_text: String = match &start {
             Start::Prompt(prompt) => text_of(&prompt.0),
             // The prompt of the run being resumed.
-            Start::Resume => run
+            Start::Resume | Start::Respond(_) => run
                 .history
                 .messages()
                 .iter()
@@ -571,6 +612,7 @@ async fn run_session(
                         turns: Vec::new(),
                         structured_output: None,
                         stopped_by: Some(reason),
+                        interrupts: Vec::new(),
                     });
                 }
                 if prompt.0.is_empty() {
@@ -612,8 +654,10 @@ async fn run_session(
             content.extend(prompt.0);
             run.append(Message::new(Role::User, content)).await?;
             run.checkpoint.completed_tool_results.clear();
+            // Questions left unanswered are abandoned with their calls.
+            run.checkpoint.interrupts.clear();
         }
-        Start::Resume => {
+        Start::Resume | Start::Respond(_) => {
             first_new = record_index.unwrap_or_else(|| {
                 // The prompt of the run being resumed: the last message that is one.
                 run.history
@@ -791,7 +835,10 @@ async fn run_session(
     // answer as the model gave it, and stays a valid conversation for the next prompt.
     let mut structured_output = None;
     let mut structured_error = None;
-    if let Some(schema) = &structured {
+    if let Some(schema) = structured
+        .as_ref()
+        .filter(|_| stop_reason != StopReason::Interrupted)
+    {
         // The window as the conversation left it: an overflow caused by this step's own notes
         // must not move the stored window.
         let window = run.window.clone();
@@ -816,7 +863,7 @@ async fn run_session(
     {
         // An invocation whose structured value is still owed is not finished: a retry with its
         // key runs the structured step again.
-        if structured_error.is_none() {
+        if structured_error.is_none() && stop_reason != StopReason::Interrupted {
             record.stop_reason = Some(stop_reason.as_str().to_owned());
             record.structured_output.clone_from(&structured_output);
         }
@@ -867,6 +914,11 @@ async fn run_session(
         turns,
         structured_output,
         stopped_by: run.hook_stop.take(),
+        interrupts: if stop_reason == StopReason::Interrupted {
+            run.checkpoint.interrupts.clone()
+        } else {
+            Vec::new()
+        },
     };
     if !agent.hooks.is_empty() {
         let mut ctx = AfterInvocation {
@@ -1458,6 +1510,7 @@ impl Run<'_> {
                 }
                 None => ProgressReporter::default(),
             },
+            interrupts: self.interrupts.clone(),
         };
         let tools_cancel = self.cancel.child_token();
         let mut timed_out = false;
@@ -1469,6 +1522,8 @@ impl Run<'_> {
         let hooked_uses: Vec<ToolUse>;
         // Why a hook stopped the run during this batch.
         let mut batch_stop: Option<String> = None;
+        // Calls a hook held for an answer: their batch position and id.
+        let mut held: Vec<(usize, String)> = Vec::new();
         {
             let uses: Vec<&ToolUse> = self
                 .history
@@ -1483,24 +1538,30 @@ impl Run<'_> {
             for (u, answer) in uses.iter().zip(screened.answers) {
                 // A result recorded before the process died, or (resuming) the policy's answer
                 // for a call that may or may not have taken effect.
-                let answer = self
-                    .checkpoint
-                    .completed_tool_results
-                    .iter()
-                    .find(|r| r.tool_use_id == u.tool_use_id)
-                    .cloned()
-                    .or_else(|| {
-                        let rerun = match agent.resume_policy {
-                            ResumePolicy::RerunAll => true,
-                            ResumePolicy::InterruptAll => false,
-                            ResumePolicy::RerunIdempotent => {
-                                tools.get(&u.name).is_some_and(|t| t.idempotent())
-                            }
-                        };
-                        (resume && !rerun)
-                            .then(|| ToolResult::error(&u.tool_use_id, INTERRUPTED_TEXT))
-                    })
-                    .or(answer);
+                let answer =
+                    self.checkpoint
+                        .completed_tool_results
+                        .iter()
+                        .find(|r| r.tool_use_id == u.tool_use_id)
+                        .cloned()
+                        .or_else(|| {
+                            // A call interrupted for an answer it now has runs again.
+                            let answered =
+                                self.checkpoint.interrupts.iter().any(|i| {
+                                    i.tool_use_id == u.tool_use_id && i.response.is_some()
+                                });
+                            let rerun = answered
+                                || match agent.resume_policy {
+                                    ResumePolicy::RerunAll => true,
+                                    ResumePolicy::InterruptAll => false,
+                                    ResumePolicy::RerunIdempotent => {
+                                        tools.get(&u.name).is_some_and(|t| t.idempotent())
+                                    }
+                                };
+                            (resume && !rerun)
+                                .then(|| ToolResult::error(&u.tool_use_id, INTERRUPTED_TEXT))
+                        })
+                        .or(answer);
                 match answer {
                     Some(result) => {
                         if self.emitter.active() {
@@ -1518,6 +1579,8 @@ impl Run<'_> {
                     }
                 }
             }
+            // The batch position of each call in `to_run`, when hooks changed which run.
+            let mut hooked_slots: Option<Vec<usize>> = None;
             if !agent.hooks.is_empty() && !to_run.is_empty() {
                 let positions: Vec<usize> = results
                     .iter()
@@ -1526,6 +1589,7 @@ impl Run<'_> {
                     .map(|(i, _)| i)
                     .collect();
                 let mut kept = Vec::with_capacity(to_run.len());
+                let mut kept_slots = Vec::with_capacity(to_run.len());
                 for (&u, &slot) in to_run.iter().zip(&positions) {
                     let mut call = u.clone();
                     let mut answer = None;
@@ -1535,6 +1599,8 @@ impl Run<'_> {
                             tool_use: &mut call,
                             tool: tools.specs().iter().find(|s| s.name == u.name),
                             answer: None,
+                            interrupts: &self.interrupts,
+                            interrupted: false,
                         };
                         let dispatched = agent
                             .hooks
@@ -1547,10 +1613,16 @@ impl Run<'_> {
                             )
                             .await;
                         answer = ctx.answer.take();
+                        let interrupted = ctx.interrupted;
                         let RunInfo { events, stop, .. } = ctx.run;
                         self.send_all(events).await;
                         dispatched?;
                         batch_stop = stop;
+                        if interrupted && answer.is_none() {
+                            // Waits for its answer: neither run nor answered.
+                            held.push((slot, u.tool_use_id.clone()));
+                            continue;
+                        }
                     }
                     if answer.is_none()
                         && let Some(reason) = &batch_stop
@@ -1571,19 +1643,25 @@ impl Run<'_> {
                             }
                             results[slot] = Some((result, false));
                         }
-                        None => kept.push(call),
+                        None => {
+                            kept.push(call);
+                            kept_slots.push(slot);
+                        }
                     }
                 }
+                hooked_slots = Some(kept_slots);
                 hooked_uses = kept;
                 to_run = hooked_uses.iter().collect();
             }
             // The executor's index is a position in `to_run`; this maps it to the batch's.
-            let slots: Vec<usize> = results
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.is_none())
-                .map(|(i, _)| i)
-                .collect();
+            let slots: Vec<usize> = hooked_slots.unwrap_or_else(|| {
+                results
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.is_none())
+                    .map(|(i, _)| i)
+                    .collect()
+            });
             let mut running = to_run.len();
             let mut stream = std::pin::pin!(execute_stream(
                 &tools,
@@ -1661,6 +1739,38 @@ impl Run<'_> {
                 }
             }
         }
+        let raised = self.interrupts.take_raised();
+        if !raised.is_empty() && !self.cancel.is_cancelled() && !timed_out {
+            // Questions for a person: the other calls' results are recorded, nothing is
+            // appended, and the run stops until the answers come.
+            let waiting: std::collections::HashSet<&str> =
+                raised.iter().map(|i| i.tool_use_id.as_str()).collect();
+            let calls = u32::try_from(results.len()).unwrap_or(u32::MAX);
+            for (result, cancelled) in results.into_iter().flatten() {
+                if !cancelled
+                    && !waiting.contains(result.tool_use_id.as_str())
+                    && !self
+                        .checkpoint
+                        .completed_tool_results
+                        .iter()
+                        .any(|r| r.tool_use_id == result.tool_use_id)
+                {
+                    self.checkpoint.completed_tool_results.push(result);
+                }
+            }
+            self.checkpoint.interrupts = raised;
+            self.save_now().await?;
+            return Ok((calls, Some(StopReason::Interrupted)));
+        }
+        // Cut short before the answers could be asked for: held calls are answered as
+        // interrupted, so every tool use keeps its result.
+        for (slot, id) in held {
+            if let Some(r) = results.get_mut(slot)
+                && r.is_none()
+            {
+                *r = Some((ToolResult::error(id, INTERRUPTED_TEXT), false));
+            }
+        }
         let results: Vec<(ToolResult, bool)> = results.into_iter().flatten().collect();
         let calls = u32::try_from(results.len()).unwrap_or(u32::MAX);
         let user_cancelled = self.cancel.is_cancelled();
@@ -1675,8 +1785,10 @@ impl Run<'_> {
             })
             .collect();
         self.append(Message::new(Role::User, content)).await?;
-        // Recorded results now live in the history; the checkpoint forgets them at the next save.
+        // Recorded results now live in the history; the checkpoint forgets them (and the
+        // questions they answered) at the next save.
         self.checkpoint.completed_tool_results.clear();
+        self.checkpoint.interrupts.clear();
         self.save_if_changed().await?;
         let stop = if user_cancelled {
             Some(StopReason::Cancelled)

@@ -170,6 +170,28 @@ impl Session {
         self.run_to_end(run::Start::Resume).await
     }
 
+    /// Resumes a run that stopped with [`StopReason::Interrupted`](super::StopReason::Interrupted),
+    /// on any replica, with an answer to each of its questions
+    /// ([`AgentResult::interrupts`](super::AgentResult::interrupts)): the interrupted tool calls
+    /// run again and get their answers, the batch's other results are reused, and the loop
+    /// goes on. Answers that do not match the waiting questions are
+    /// [`AgentError::InterruptResponse`].
+    pub async fn respond(
+        &self,
+        responses: impl IntoIterator<Item = crate::interrupt::InterruptResponse>,
+    ) -> Result<AgentResult, AgentError> {
+        self.run_to_end(run::Start::Respond(responses.into_iter().collect()))
+            .await
+    }
+
+    /// [`Session::respond`], streamed as [`Session::stream`] streams.
+    pub fn respond_stream(
+        &self,
+        responses: impl IntoIterator<Item = crate::interrupt::InterruptResponse>,
+    ) -> AgentStream {
+        self.spawn(run::Start::Respond(responses.into_iter().collect()))
+    }
+
     /// [`Session::resume`], streamed as [`Session::stream`] streams.
     pub fn resume_stream(&self) -> AgentStream {
         self.spawn(run::Start::Resume)

@@ -117,8 +117,10 @@ impl ToolApproval {
         self
     }
 
-    /// Who is asked about [`Rule::Ask`] calls. Without one, such calls are denied ("no one to
-    /// ask").
+    /// Who is asked about [`Rule::Ask`] calls, while the run waits. Without one, such calls
+    /// interrupt the run ([`crate::interrupt`]) with a question named `approval` (reason:
+    /// `{"tool", "input"}`), answered through [`Session::respond`](crate::Session::respond) with
+    /// `true`, `false`, or `{"approve": bool, "reason": "..."}`, on any replica, at any later time.
     pub fn approver(mut self, approver: impl Approver) -> Self {
         self.approver = Some(Arc::new(approver));
         self
@@ -134,6 +136,23 @@ impl ToolApproval {
     /// The rule a call of tool `name` gets.
     pub fn rule_for(&self, name: &str) -> Rule {
         self.rules.get(name).copied().unwrap_or(self.default)
+    }
+}
+
+/// A person's answer to an `approval` interrupt: `true`, `false`, or `{"approve", "reason"}`.
+fn read_answer(answer: &serde_json::Value) -> Approval {
+    let approve = answer
+        .as_bool()
+        .or_else(|| answer["approve"].as_bool())
+        .unwrap_or(false);
+    if approve {
+        Approval::Approve
+    } else {
+        Approval::Deny {
+            reason: answer["reason"]
+                .as_str()
+                .map_or_else(|| "the user declined".to_owned(), str::to_owned),
+        }
     }
 }
 
@@ -158,12 +177,14 @@ impl Hook for ToolApproval {
             },
             Rule::Ask => match &self.approver {
                 Some(approver) => approver.approve(&ctx.run, ctx.tool_use).await?,
-                None => Approval::Deny {
-                    reason: format!(
-                        "`{}` needs approval and no one was there to ask",
-                        ctx.tool_use.name
-                    ),
-                },
+                None => {
+                    let question = json!({"tool": ctx.tool_use.name, "input": ctx.tool_use.input});
+                    match ctx.interrupt("approval", question) {
+                        // The run stops until a person answers.
+                        None => return Ok(()),
+                        Some(answer) => read_answer(&answer),
+                    }
+                }
             },
         };
         let (name, reason) = match &decision {

@@ -327,6 +327,8 @@ pub struct BeforeToolCall<'a> {
     /// The tool's spec, when the model named a known tool.
     pub tool: Option<&'a ToolSpec>,
     pub(crate) answer: Option<ToolResult>,
+    pub(crate) interrupts: &'a crate::interrupt::Interrupts,
+    pub(crate) interrupted: bool,
 }
 
 impl BeforeToolCall<'_> {
@@ -342,6 +344,20 @@ impl BeforeToolCall<'_> {
     pub fn answer(&mut self, mut result: ToolResult) {
         result.tool_use_id.clone_from(&self.tool_use.tool_use_id);
         self.answer = Some(result);
+    }
+
+    /// Asks a person before the call runs ([`crate::interrupt`]): the answer, when the run was
+    /// resumed with one; otherwise `None`, the call waits, and the run stops with
+    /// [`StopReason::Interrupted`](crate::StopReason::Interrupted) once the batch's other
+    /// calls are done.
+    pub fn interrupt(&mut self, name: &str, reason: Value) -> Option<Value> {
+        let answer = self
+            .interrupts
+            .ask(&self.tool_use.tool_use_id, name, reason);
+        if answer.is_none() {
+            self.interrupted = true;
+        }
+        answer
     }
 
     /// Whether an earlier hook answered or denied the call.

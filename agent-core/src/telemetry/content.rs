@@ -82,7 +82,8 @@ pub(super) fn run_finish_reason(reason: StopReason) -> &'static str {
         | StopReason::LimitTurns
         | StopReason::Timeout
         | StopReason::ToolLoop
-        | StopReason::HookStopped => "error",
+        | StopReason::HookStopped
+        | StopReason::Interrupted => "error",
     }
 }
 

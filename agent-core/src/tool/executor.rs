@@ -65,6 +65,8 @@ pub(crate) struct CallScope {
     pub(crate) trace: Option<(Telemetry, opentelemetry::Context)>,
     /// Where the tools' progress reports go (its tool use id is replaced per call).
     pub(crate) progress: ProgressReporter,
+    /// The answers of a resumed run, and the questions the calls raise.
+    pub(crate) interrupts: crate::interrupt::Interrupts,
 }
 
 impl CallScope {
@@ -81,6 +83,7 @@ impl CallScope {
             state,
             trace: None,
             progress: ProgressReporter::default(),
+            interrupts: crate::interrupt::Interrupts::default(),
         }
     }
 }
@@ -249,6 +252,7 @@ async fn run_call(
             sink: scope.progress.sink.clone(),
             tool_use_id: id.clone(),
         },
+        interrupts: scope.interrupts.clone(),
     };
     let call = AssertUnwindSafe(entry.tool.call(input, ctx)).catch_unwind();
     let outcome = tokio::select! {

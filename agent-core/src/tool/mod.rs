@@ -50,6 +50,7 @@ pub struct ToolContext {
     pub cancel: CancellationToken,
     /// Reports progress of a long call to the invocation's event stream.
     pub progress: ProgressReporter,
+    pub(crate) interrupts: crate::interrupt::Interrupts,
 }
 
 impl ToolContext {
@@ -63,7 +64,35 @@ impl ToolContext {
             state: AgentState::default(),
             cancel: CancellationToken::new(),
             progress: ProgressReporter::default(),
+            interrupts: crate::interrupt::Interrupts::default(),
         }
+    }
+
+    /// Asks a person: returns the answer when the run was resumed with one
+    /// ([`Session::respond`](crate::Session::respond)); otherwise records the question and
+    /// returns an error the tool returns with `?`, and the run stops with
+    /// [`StopReason::Interrupted`](crate::StopReason::Interrupted) once the batch's other calls
+    /// are done. The call runs again from the start when answered, so do what must happen once
+    /// (the booking) after the question, not before. See [`crate::interrupt`].
+    ///
+    /// ```
+    /// use agent_core::tool::{ToolContext, ToolError};
+    /// use serde_json::json;
+    ///
+    /// async fn book(ctx: &ToolContext, price: f64) -> Result<String, ToolError> {
+    ///     let answer = ctx.interrupt("confirm_booking", json!({"price_eur": price}))?;
+    ///     if answer != json!(true) {
+    ///         return Ok("The user declined the booking.".into());
+    ///     }
+    ///     Ok("Booked.".into())
+    /// }
+    /// ```
+    pub fn interrupt(&self, name: &str, reason: Value) -> Result<Value, ToolError> {
+        self.interrupts
+            .ask(&self.tool_use_id, name, reason)
+            .ok_or_else(|| {
+                ToolError::new(format!("interrupted: waiting for an answer to `{name}`"))
+            })
     }
 }
 

@@ -5,6 +5,7 @@
 //! ```text
 //! durable-agent <store dir> <model base URL> <calls log> run "<prompt>"
 //! durable-agent <store dir> <model base URL> <calls log> resume
+//! durable-agent <store dir> <model base URL> <calls log> respond <interrupt id> <JSON answer>
 //! ```
 //!
 //! Tools, each writing `<tool> start <arg>` / `<tool> done <arg>` lines to the calls log (one
@@ -13,7 +14,10 @@
 //! - `book` (not idempotent) returns at once, or waits forever when `BOOK_BLOCKS=1`;
 //! - `slow_lookup` (idempotent) returns at once, or waits forever when `SLOW_BLOCKS=1`.
 //!
-//! Prints the answer and then `stop: <reason>` on stdout.
+//! - `confirm_book` (not idempotent) asks a person first (`confirm_booking`, an interrupt),
+//!   then books when the answer is `true`.
+//!
+//! Prints the answer, then `stop: <reason>`, then `interrupt: <id>` per question, on stdout.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -94,6 +98,27 @@ async fn main() -> ExitCode {
         .session_store(FileSessionStore::new(store))
         .tool(tool("lookup", log.clone(), false, true))
         .tool(tool("book", log.clone(), blocks("BOOK_BLOCKS"), false))
+        .tool(FnTool::new(
+            "confirm_book",
+            "Books after the user confirms.",
+            json!({"type": "object", "properties": {"arg": {"type": "string"}}, "required": ["arg"]}),
+            {
+                let log = log.clone();
+                move |input, ctx: ToolContext| {
+                    let log = log.clone();
+                    async move {
+                        let arg = input["arg"].as_str().unwrap_or_default().to_owned();
+                        log_line(&log, &format!("confirm_book start {arg}"));
+                        let answer = ctx.interrupt("confirm_booking", json!({"arg": arg}))?;
+                        log_line(&log, &format!("confirm_book answered {arg} {answer}"));
+                        if answer != json!(true) {
+                            return Ok(ToolOutput::text("declined"));
+                        }
+                        Ok(ToolOutput::text(format!("booked {arg}")))
+                    }
+                }
+            },
+        ))
         .tool(tool(
             "slow_lookup",
             log.clone(),
@@ -112,6 +137,17 @@ async fn main() -> ExitCode {
     let outcome = match (mode.as_str(), rest) {
         ("run", [prompt]) => session.invoke(prompt.as_str()).await,
         ("resume", []) => session.resume().await,
+        ("respond", [id, answer]) => match serde_json::from_str(answer) {
+            Ok(answer) => {
+                session
+                    .respond([agent_core::interrupt::InterruptResponse::new(id, answer)])
+                    .await
+            }
+            Err(e) => {
+                eprintln!("the answer is not JSON: {e}");
+                return ExitCode::from(2);
+            }
+        },
         _ => {
             eprintln!("unknown mode `{mode}`");
             return ExitCode::from(2);
@@ -121,6 +157,9 @@ async fn main() -> ExitCode {
         Ok(r) => {
             println!("{}", r.text());
             println!("stop: {}", r.stop_reason.as_str());
+            for i in &r.interrupts {
+                println!("interrupt: {}", i.id);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,0 +1,100 @@
+//! Interrupts: a tool or a hook stops the run to ask a person, and any replica resumes it with
+//! the answers.
+//!
+//! A tool asks with [`ToolContext::interrupt`](crate::tool::ToolContext::interrupt), a hook with
+//! [`BeforeToolCall::interrupt`](crate::hooks::BeforeToolCall::interrupt). The run then stops
+//! with [`StopReason::Interrupted`](crate::StopReason::Interrupted) and the questions in
+//! [`AgentResult::interrupts`](crate::AgentResult::interrupts); the other calls of the batch
+//! finish and their results are recorded with the session. Nothing more is stored until the
+//! answers come: [`Session::respond`](crate::Session::respond) (on any replica) runs the
+//! interrupted calls again, where the same question now returns its answer, reuses the
+//! recorded results of the others, and the loop goes on. A new prompt instead of answers
+//! abandons the questions: the interrupted calls are answered as interrupted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A question for a person, raised by a tool call or a hook on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interrupt {
+    /// Its id: `<tool use id>:<name>`; answer it with this id.
+    pub id: String,
+    /// What is asked, as the tool or hook names it (`confirm_booking`).
+    pub name: String,
+    /// What the person needs to decide (any JSON: a text, the booking's details).
+    pub reason: Value,
+    /// The tool call it belongs to.
+    pub tool_use_id: String,
+    /// The answer, once given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Value>,
+}
+
+impl Interrupt {
+    /// The id of the question `name` asked in tool call `tool_use_id`.
+    pub fn id_for(tool_use_id: &str, name: &str) -> String {
+        format!("{tool_use_id}:{name}")
+    }
+}
+
+/// An answer to an [`Interrupt`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterruptResponse {
+    /// The interrupt's id.
+    pub id: String,
+    /// The answer (any JSON: `true`, `"yes"`, a form's fields).
+    pub response: Value,
+}
+
+impl InterruptResponse {
+    /// Answers interrupt `id` with `response`.
+    pub fn new(id: impl Into<String>, response: Value) -> Self {
+        Self {
+            id: id.into(),
+            response,
+        }
+    }
+}
+
+/// The answers a resumed run has, and the questions its calls raise: shared by the calls of a
+/// batch and the loop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Interrupts {
+    pub(crate) responses: Arc<HashMap<String, Value>>,
+    pub(crate) raised: Arc<Mutex<Vec<Interrupt>>>,
+}
+
+impl Interrupts {
+    pub(crate) fn with_responses(responses: HashMap<String, Value>) -> Self {
+        Self {
+            responses: Arc::new(responses),
+            raised: Arc::default(),
+        }
+    }
+
+    /// The answer to `id`, or the question recorded as raised.
+    pub(crate) fn ask(&self, tool_use_id: &str, name: &str, reason: Value) -> Option<Value> {
+        let id = Interrupt::id_for(tool_use_id, name);
+        if let Some(answer) = self.responses.get(&id) {
+            return Some(answer.clone());
+        }
+        let mut raised = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+        if !raised.iter().any(|i| i.id == id) {
+            raised.push(Interrupt {
+                id,
+                name: name.to_owned(),
+                reason,
+                tool_use_id: tool_use_id.to_owned(),
+                response: None,
+            });
+        }
+        None
+    }
+
+    pub(crate) fn take_raised(&self) -> Vec<Interrupt> {
+        std::mem::take(&mut *self.raised.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
