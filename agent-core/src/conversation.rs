@@ -449,8 +449,10 @@ impl Summarizing {
             return None;
         }
         let share = ((visible as f32 * self.ratio) as usize).max(1);
-        let target = (from + share).min(len - self.preserve_recent.max(1));
-        let start = (target..len)
+        // The newest `preserve_recent` messages are never summarised.
+        let limit = len - self.preserve_recent.max(1);
+        let target = (from + share).min(limit);
+        let start = (target..=limit)
             .find(|&i| i > from && c.history.is_valid_start(i))
             .or_else(|| {
                 ((from + 1)..target)

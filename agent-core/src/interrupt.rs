@@ -94,6 +94,23 @@ impl Interrupts {
         None
     }
 
+    /// Whether a call asked a question that waits for its answer.
+    pub(crate) fn waits(&self, tool_use_id: &str) -> bool {
+        self.raised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|i| i.tool_use_id == tool_use_id)
+    }
+
+    /// Withdraws the questions of a call that was answered after all (a later hook denied it).
+    pub(crate) fn withdraw(&self, tool_use_id: &str) {
+        self.raised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|i| i.tool_use_id != tool_use_id);
+    }
+
     pub(crate) fn take_raised(&self) -> Vec<Interrupt> {
         std::mem::take(&mut *self.raised.lock().unwrap_or_else(|e| e.into_inner()))
     }

@@ -57,7 +57,9 @@ pub use tokio_util::sync::CancellationToken;
 
 /// The attribute every async trait of the workspace is written with ([`Tool`](tool::Tool),
 /// [`ToolSource`](tool::ToolSource), [`SessionStore`](session::SessionStore),
-/// [`MemoryStore`](memory::MemoryStore), [`Embedder`](model::embed::Embedder), the MCP handlers):
+/// [`MemoryStore`](memory::MemoryStore), [`Embedder`](model::embed::Embedder),
+/// [`Hook`](hooks::Hook), [`ConversationManager`](conversation::ConversationManager), the MCP
+/// handlers):
 /// put `#[async_trait]` on your `impl` and write `async fn`. Re-exported so an implementation
 /// needs no dependency of its own.
 pub use async_trait::async_trait;

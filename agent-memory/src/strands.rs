@@ -179,6 +179,9 @@ pub(crate) fn agent_doc(
             "summary_message".into(),
             json!({"role": "user", "content": [{"text": summary}]}),
         );
+    } else if cm.remove("summary_message").is_some() {
+        // The window has no summary (any more): none may be put before it.
+        cm.insert("__name__".into(), json!("SlidingWindowConversationManager"));
     }
     doc.insert("conversation_manager_state".into(), Value::Object(cm));
     let mut internal = take_object(&mut doc, "_internal_state");
@@ -195,7 +198,9 @@ pub(crate) fn agent_doc(
             .entry("interrupt_state")
             .or_insert_with(|| json!({"interrupts": {}, "context": {}, "activated": false}));
     } else {
-        // Strands' shape: the questions by id, activated while the run waits on them.
+        // Strands' shape, the questions by id, so a Python reader sees them. Not `activated`:
+        // Strands would then resume from a context (the tool-use message and results in its
+        // own form) this store does not write; the run resumes here, through `respond`.
         let interrupts: Map<String, Value> = state
             .checkpoint
             .interrupts
@@ -209,7 +214,7 @@ pub(crate) fn agent_doc(
             .collect();
         internal.insert(
             "interrupt_state".into(),
-            json!({"interrupts": interrupts, "context": {}, "activated": true, "rust": true}),
+            json!({"interrupts": interrupts, "context": {}, "activated": false, "rust": true}),
         );
     }
     internal.entry("model_state").or_insert_with(|| json!({}));

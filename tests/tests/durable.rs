@@ -499,7 +499,7 @@ async fn an_interrupted_run_is_answered_in_a_second_process_without_rerunning_th
     );
     assert_eq!(stored.state.checkpoint.interrupts.len(), 1);
     assert_eq!(stored.state.checkpoint.completed_tool_results.len(), 1);
-    // Python Strands sees an active interrupt in its own field.
+    // Python Strands sees the question in its own field (not activated: the run resumes here).
     let agent_json: Value = serde_json::from_slice(
         &std::fs::read(
             dirs.store
@@ -509,7 +509,7 @@ async fn an_interrupted_run_is_answered_in_a_second_process_without_rerunning_th
     )
     .unwrap();
     let strands_state = &agent_json["_internal_state"]["interrupt_state"];
-    assert_eq!(strands_state["activated"], true, "{agent_json}");
+    assert_eq!(strands_state["activated"], false, "{agent_json}");
     assert_eq!(strands_state["interrupts"][&id]["name"], "confirm_booking");
 
     // Wrong answers are refused before anything runs.
@@ -556,7 +556,8 @@ async fn an_interrupted_run_is_answered_in_a_second_process_without_rerunning_th
     )
     .unwrap();
     assert_eq!(
-        agent_json["_internal_state"]["interrupt_state"]["activated"],
-        false
+        agent_json["_internal_state"]["interrupt_state"]["interrupts"],
+        json!({}),
+        "answered questions are gone"
     );
 }

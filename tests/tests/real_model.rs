@@ -138,3 +138,104 @@ async fn a_real_local_model_gives_a_nested_structured_value() {
     );
     assert!(trip.travellers.iter().any(|t| t.age == 34), "{trip:?}");
 }
+
+static EXPERT_CITIES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Current weather for a city.
+#[tool]
+fn city_weather(
+    /// City name, e.g. "Lisbon".
+    city: String,
+) -> Value {
+    EXPERT_CITIES.lock().unwrap().push(city.clone());
+    json!({"city": city, "conditions": "snow", "temperature_c": -3})
+}
+
+fn local_model() -> OpenAiCompatible {
+    let base_url = std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
+        panic!(
+            "AGENT_LOCAL_MODEL_URL is not set: run scripts/test.sh, or `scripts/local-model.sh start` \
+             and export AGENT_LOCAL_MODEL_URL=<the URL it prints>"
+        )
+    });
+    OpenAiCompatible::builder()
+        .base_url(base_url)
+        .model("local")
+        .tool_calling(ToolCalling::Constrained { parallel: false })
+        .temperature(0.0)
+        .max_tokens(200)
+        .read_timeout(Duration::from_secs(120))
+        .build()
+        .expect("model")
+}
+
+/// Two agents on the real model: a planner that delegates weather questions to an expert agent
+/// (an agent as a tool), which looks the weather up with its own tool.
+#[tokio::test]
+async fn a_real_local_model_delegates_to_another_agent() {
+    let store = agent_core::session::InMemorySessionStore::new();
+    let expert = Agent::builder()
+        .name("weather-expert")
+        .id("weather-expert")
+        .model(local_model())
+        .system_prompt(
+            "You are a weather expert. Always look up the weather with the city_weather tool, \
+             then answer in one sentence.",
+        )
+        .tool(city_weather)
+        .session_store(store.clone())
+        .limits(
+            Limits::default()
+                .max_turns(4)
+                .timeout(Duration::from_secs(240)),
+        )
+        .build()
+        .expect("expert");
+    let planner = Agent::builder()
+        .name("planner")
+        .id("planner")
+        .model(local_model())
+        .system_prompt(
+            "You are a travel planner. For any question about weather, ask the weather expert \
+             with the ask_weather_expert tool, then answer the user in one sentence.",
+        )
+        .tool(expert.as_tool(
+            "ask_weather_expert",
+            "Asks the weather expert about the weather in a city.",
+        ))
+        .session_store(store)
+        .limits(
+            Limits::default()
+                .max_turns(4)
+                .timeout(Duration::from_secs(500)),
+        )
+        .build()
+        .expect("planner");
+    let result = planner
+        .session("real-multi")
+        .invoke("What is the weather in Oslo right now?")
+        .await
+        .expect("invoke");
+    let expert_messages = expert
+        .session("real-multi")
+        .messages()
+        .await
+        .expect("load")
+        .unwrap_or_default();
+    assert!(
+        !expert_messages.is_empty(),
+        "the planner never asked the expert; answer: {}",
+        result.text()
+    );
+    let cities = EXPERT_CITIES.lock().unwrap().clone();
+    assert!(
+        cities.iter().any(|c| c.to_lowercase().contains("oslo")),
+        "the expert looked up {cities:?}"
+    );
+    assert!(result.has_answer(), "{result:?}");
+    let answer = result.text().to_lowercase();
+    assert!(
+        answer.contains("snow") || answer.contains("-3") || answer.contains("cold"),
+        "the planner's answer does not use the expert's: {answer}"
+    );
+}

@@ -447,6 +447,7 @@ async fn run_session(
     // A retry of an invocation with the same key: its outcome if it finished, else a resume.
     let mut record_index = None;
     if let Some(k) = &idempotency_key
+        && !matches!(start, Start::Respond(_))
         && let Some(record) = checkpoint.invocation.as_ref().filter(|r| &r.key == k)
     {
         if let Some(reason) = &record.stop_reason {
@@ -504,7 +505,12 @@ async fn run_session(
     if let Start::Respond(responses) = start {
         // Answers to the questions the last run stopped on: each must match one, and every
         // question needs its answer.
-        let pending = &run.checkpoint.interrupts;
+        let pending: Vec<&crate::interrupt::Interrupt> = run
+            .checkpoint
+            .interrupts
+            .iter()
+            .filter(|i| i.response.is_none())
+            .collect();
         if pending.is_empty() {
             return Err(AgentError::InterruptResponse {
                 message: format!("session `{session_id}` waits on no question"),
@@ -530,9 +536,18 @@ async fn run_session(
             });
         }
         for i in &mut run.checkpoint.interrupts {
-            i.response = answers.get(&i.id).cloned();
+            if let Some(answer) = answers.get(&i.id) {
+                i.response = Some(answer.clone());
+            }
         }
-        run.interrupts = Interrupts::with_responses(answers);
+        // This round's answers and the earlier rounds'.
+        let all: std::collections::HashMap<String, serde_json::Value> = run
+            .checkpoint
+            .interrupts
+            .iter()
+            .filter_map(|i| Some((i.id.clone(), i.response.clone()?)))
+            .collect();
+        run.interrupts = Interrupts::with_responses(all);
         start = Start::Resume;
     }
     let nothing_to_resume = matches!(start, Start::Resume) && run.history.is_empty();
@@ -793,6 +808,12 @@ async fn run_session(
         }
     };
 
+    // A hook that asked to stop as the last message was added: the run ends as it asked.
+    let stop_reason = if run.hook_stop.is_some() && stop_reason != StopReason::Interrupted {
+        StopReason::HookStopped
+    } else {
+        stop_reason
+    };
     // The graceful end: a limit or the loop guard stopped tool use before the model answered.
     if let Some(timeout) = agent.final_answer_timeout
         && matches!(
@@ -915,7 +936,12 @@ async fn run_session(
         structured_output,
         stopped_by: run.hook_stop.take(),
         interrupts: if stop_reason == StopReason::Interrupted {
-            run.checkpoint.interrupts.clone()
+            run.checkpoint
+                .interrupts
+                .iter()
+                .filter(|i| i.response.is_none())
+                .cloned()
+                .collect()
         } else {
             Vec::new()
         },
@@ -1081,11 +1107,12 @@ impl Run<'_> {
             reported: self.reported,
         };
         let apply = agent.conversation.apply(&mut conversation);
-        match self.deadline {
-            Some(d) => {
-                let _ = tokio::time::timeout_at(d, apply).await;
-            }
-            None => apply.await,
+        // Cut by the time limit or cancellation: the window then stays as it was.
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => {}
+            () = sleep_until_opt(self.deadline) => {}
+            () = apply => {}
         }
     }
 
@@ -1159,9 +1186,15 @@ impl Run<'_> {
             let dispatched = self
                 .agent
                 .hooks
-                .dispatch("message_added", false, self.deadline, &mut ctx, |h, c| {
-                    h.message_added(c)
-                })
+                // Messages are written even at the time limit (the store gets a grace period):
+                // so are their hooks.
+                .dispatch(
+                    "message_added",
+                    false,
+                    self.deadline.map(|d| d.max(Instant::now() + STORE_GRACE)),
+                    &mut ctx,
+                    |h, c| h.message_added(c),
+                )
                 .await;
             let RunInfo { events, stop, .. } = ctx.run;
             self.send_all(events).await;
@@ -1538,30 +1571,31 @@ impl Run<'_> {
             for (u, answer) in uses.iter().zip(screened.answers) {
                 // A result recorded before the process died, or (resuming) the policy's answer
                 // for a call that may or may not have taken effect.
-                let answer =
-                    self.checkpoint
-                        .completed_tool_results
-                        .iter()
-                        .find(|r| r.tool_use_id == u.tool_use_id)
-                        .cloned()
-                        .or_else(|| {
-                            // A call interrupted for an answer it now has runs again.
-                            let answered =
-                                self.checkpoint.interrupts.iter().any(|i| {
-                                    i.tool_use_id == u.tool_use_id && i.response.is_some()
-                                });
-                            let rerun = answered
-                                || match agent.resume_policy {
-                                    ResumePolicy::RerunAll => true,
-                                    ResumePolicy::InterruptAll => false,
-                                    ResumePolicy::RerunIdempotent => {
-                                        tools.get(&u.name).is_some_and(|t| t.idempotent())
-                                    }
-                                };
-                            (resume && !rerun)
-                                .then(|| ToolResult::error(&u.tool_use_id, INTERRUPTED_TEXT))
-                        })
-                        .or(answer);
+                // A call interrupted for an answer it now has runs again, whatever it left.
+                let answered = self
+                    .checkpoint
+                    .interrupts
+                    .iter()
+                    .any(|i| i.tool_use_id == u.tool_use_id && i.response.is_some());
+                let answer = self
+                    .checkpoint
+                    .completed_tool_results
+                    .iter()
+                    .find(|r| !answered && r.tool_use_id == u.tool_use_id)
+                    .cloned()
+                    .or_else(|| {
+                        let rerun = answered
+                            || match agent.resume_policy {
+                                ResumePolicy::RerunAll => true,
+                                ResumePolicy::InterruptAll => false,
+                                ResumePolicy::RerunIdempotent => {
+                                    tools.get(&u.name).is_some_and(|t| t.idempotent())
+                                }
+                            };
+                        (resume && !rerun)
+                            .then(|| ToolResult::error(&u.tool_use_id, INTERRUPTED_TEXT))
+                    })
+                    .or(answer);
                 match answer {
                     Some(result) => {
                         if self.emitter.active() {
@@ -1622,6 +1656,10 @@ impl Run<'_> {
                             // Waits for its answer: neither run nor answered.
                             held.push((slot, u.tool_use_id.clone()));
                             continue;
+                        }
+                        if interrupted {
+                            // Asked, then denied or answered by a later hook: no question.
+                            self.interrupts.withdraw(&u.tool_use_id);
                         }
                     }
                     if answer.is_none()
@@ -1713,7 +1751,11 @@ impl Run<'_> {
                             // that completes while others still run is checkpointed now, so a
                             // process that dies meanwhile does not lose it (and a resumed run
                             // does not run it again).
-                            if running > 0 && !cancelled {
+                            // (Not the error of a call that waits for an answer: it runs again.)
+                            if running > 0
+                                && !cancelled
+                                && !self.interrupts.waits(&result.tool_use_id)
+                            {
                                 self.checkpoint.completed_tool_results.push(result.clone());
                                 persist(
                                     agent,
@@ -1740,12 +1782,15 @@ impl Run<'_> {
             }
         }
         let raised = self.interrupts.take_raised();
-        if !raised.is_empty() && !self.cancel.is_cancelled() && !timed_out {
+        if !raised.is_empty() && !self.cancel.is_cancelled() && !timed_out && batch_stop.is_none() {
             // Questions for a person: the other calls' results are recorded, nothing is
             // appended, and the run stops until the answers come.
             let waiting: std::collections::HashSet<&str> =
                 raised.iter().map(|i| i.tool_use_id.as_str()).collect();
             let calls = u32::try_from(results.len()).unwrap_or(u32::MAX);
+            self.checkpoint
+                .completed_tool_results
+                .retain(|r| !waiting.contains(r.tool_use_id.as_str()));
             for (result, cancelled) in results.into_iter().flatten() {
                 if !cancelled
                     && !waiting.contains(result.tool_use_id.as_str())
@@ -1758,7 +1803,9 @@ impl Run<'_> {
                     self.checkpoint.completed_tool_results.push(result);
                 }
             }
-            self.checkpoint.interrupts = raised;
+            // Answers already given stay (a call may ask several questions, one at a time).
+            self.checkpoint.interrupts.retain(|i| i.response.is_some());
+            self.checkpoint.interrupts.extend(raised);
             self.save_now().await?;
             return Ok((calls, Some(StopReason::Interrupted)));
         }

@@ -11,7 +11,7 @@
 //! | [`after_invocation`](Hook::after_invocation) | when the run ends with a result | rewrite the result |
 //!
 //! Every context can also [`emit`](RunInfo::emit) custom events into the run's stream
-//! ([`AgentEvent::Custom`](crate::AgentEvent::Custom)) and [`stop`](RunInfo::stop) the run
+//! ([`AgentEvent::Custom`]) and [`stop`](RunInfo::stop) the run
 //! with a reason ([`StopReason::HookStopped`](crate::StopReason::HookStopped)).
 //!
 //! Hooks run in the order they were added to the builder, the `after_*` ones in reverse (so a

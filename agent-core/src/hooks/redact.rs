@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use regex::Regex;
 use serde_json::Value;
 
-use super::{Hook, HookError, MessageAdded};
+use super::{AfterToolCall, Hook, HookError, MessageAdded};
 use crate::message::{ContentBlock, ToolResultContent};
 
 /// The patterns of [`Redact::secrets`]: label and regular expression.
@@ -30,10 +30,16 @@ const SECRETS: &[(&str, &str)] = &[
 ];
 
 /// Replaces what matches its patterns with `[REDACTED <label>]` in every message as it is
-/// added: user prompts, the model's text and tool-call inputs, tool results (text and JSON
-/// strings). So a secret a user pastes, or a tool returns, never reaches the session store,
-/// the event stream, traces, the model's later turns or long-term memory. Reasoning text is
-/// left alone: providers sign it, and a changed text fails their check.
+/// added (user prompts, the model's text and tool-call inputs, tool results: text and JSON
+/// strings) and in each tool result as it arrives (before it is streamed or checkpointed). So
+/// a secret a user pastes, or a tool returns, never reaches the session store, the stored
+/// messages' events, the model's later turns or long-term memory.
+///
+/// Not covered: text deltas streamed while the model writes (its whole answer is redacted
+/// when stored); reasoning text (providers sign it, and a changed text fails their check);
+/// the reasons of interrupts (they quote tool inputs as the model wrote them); and, with
+/// message content capture on, the prompt recorded on the `invoke_agent` span. Redact before
+/// invoking, or keep content capture off, where that matters.
 ///
 /// ```
 /// use agent_core::hooks::Redact;
@@ -105,6 +111,21 @@ impl Redact {
 impl Hook for Redact {
     fn name(&self) -> Cow<'static, str> {
         "redact".into()
+    }
+
+    async fn after_tool_call(&self, ctx: &mut AfterToolCall<'_>) -> Result<(), HookError> {
+        for c in &mut ctx.result.content {
+            match c {
+                ToolResultContent::Text(t) => {
+                    self.redact_string(t);
+                }
+                ToolResultContent::Json(v) => {
+                    self.redact_json(v);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     async fn message_added(&self, ctx: &mut MessageAdded<'_>) -> Result<(), HookError> {
