@@ -160,6 +160,10 @@ export AGENT_BEDROCK_ENDPOINT
 AGENT_PHOENIX_URL=$(scripts/phoenix.sh start)
 export AGENT_PHOENIX_URL
 
+# Python Strands Agents (PyPI): the interoperability test has it read and resume our sessions.
+AGENT_STRANDS_PYTHON=$(scripts/strands-python.sh)
+export AGENT_STRANDS_PYTHON
+
 # MCP: the reference server from npm; tests run it (stdio, and HTTP on 127.0.0.1) and stop it.
 # The conformance suite's Node 22 and harness (npm, pinned); its test runs them.
 MCP_EVERYTHING=$(scripts/mcp-servers.sh everything)

@@ -17,10 +17,19 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Who asks: a tool, or a hook before the tool call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asker {
+    Tool,
+    Hook,
+}
+
 /// A question for a person, raised by a tool call or a hook on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Interrupt {
-    /// Its id: `<tool use id>:<name>`; answer it with this id.
+    /// Its id, as Strands makes it (`v1:tool_call:<tool use id>:<uuid5 of the name>` for a
+    /// tool's, `v1:before_tool_call:...` for a hook's), so either runtime can answer it; treat
+    /// it as opaque and answer with it.
     pub id: String,
     /// What is asked, as the tool or hook names it (`confirm_booking`).
     pub name: String,
@@ -34,10 +43,31 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
-    /// The id of the question `name` asked in tool call `tool_use_id`.
-    pub fn id_for(tool_use_id: &str, name: &str) -> String {
-        format!("{tool_use_id}:{name}")
+    /// The id of the question `name` a tool asked in call `tool_use_id` (Strands' scheme).
+    pub fn tool_id(tool_use_id: &str, name: &str) -> String {
+        format!("v1:tool_call:{tool_use_id}:{}", name_uuid(name))
     }
+
+    /// The id of the question `name` a hook asked before call `tool_use_id` (Strands'
+    /// scheme).
+    pub fn hook_id(tool_use_id: &str, name: &str) -> String {
+        format!("v1:before_tool_call:{tool_use_id}:{}", name_uuid(name))
+    }
+
+    /// The tool call an interrupt id names, for ids of Strands' scheme.
+    pub fn tool_use_of(id: &str) -> Option<&str> {
+        let rest = id
+            .strip_prefix("v1:tool_call:")
+            .or_else(|| id.strip_prefix("v1:before_tool_call:"))?;
+        // The name's uuid is the last 36 characters, after a colon.
+        let cut = rest.len().checked_sub(37)?;
+        (rest.as_bytes().get(cut) == Some(&b':')).then(|| &rest[..cut])
+    }
+}
+
+/// `uuid5(NAMESPACE_OID, name)`, as Strands names its interrupts.
+fn name_uuid(name: &str) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes())
 }
 
 /// An answer to an [`Interrupt`].
@@ -76,8 +106,17 @@ impl Interrupts {
     }
 
     /// The answer to `id`, or the question recorded as raised.
-    pub(crate) fn ask(&self, tool_use_id: &str, name: &str, reason: Value) -> Option<Value> {
-        let id = Interrupt::id_for(tool_use_id, name);
+    pub(crate) fn ask(
+        &self,
+        asker: Asker,
+        tool_use_id: &str,
+        name: &str,
+        reason: Value,
+    ) -> Option<Value> {
+        let id = match asker {
+            Asker::Tool => Interrupt::tool_id(tool_use_id, name),
+            Asker::Hook => Interrupt::hook_id(tool_use_id, name),
+        };
         if let Some(answer) = self.responses.get(&id) {
             return Some(answer.clone());
         }
@@ -113,5 +152,29 @@ impl Interrupts {
 
     pub(crate) fn take_raised(&self) -> Vec<Interrupt> {
         std::mem::take(&mut *self.raised.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_strands_scheme_and_name_their_call() {
+        // Python: f"v1:tool_call:{tool_use_id}:{uuid.uuid5(uuid.NAMESPACE_OID, name)}"
+        let id = Interrupt::tool_id("tooluse_abc:1", "confirm_booking");
+        assert_eq!(
+            id,
+            "v1:tool_call:tooluse_abc:1:34cf2e5c-27be-52e7-80df-0c2c10d927ed"
+        );
+        assert_eq!(Interrupt::tool_use_of(&id), Some("tooluse_abc:1"));
+        let hook = Interrupt::hook_id("t2", "approval");
+        assert_eq!(
+            hook,
+            "v1:before_tool_call:t2:225d3982-9eb3-5ce9-93ca-f09a444307f7"
+        );
+        assert_eq!(Interrupt::tool_use_of(&hook), Some("t2"));
+        assert_eq!(Interrupt::tool_use_of("t2:approval"), None);
+        assert_eq!(Interrupt::tool_use_of("v1:tool_call:"), None);
     }
 }

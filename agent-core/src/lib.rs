@@ -40,6 +40,7 @@ pub mod interrupt;
 pub mod memory;
 pub mod message;
 pub mod model;
+pub mod multiagent;
 mod outcome;
 pub mod retry;
 pub mod session;

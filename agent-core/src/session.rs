@@ -128,6 +128,10 @@ pub struct RunCheckpoint {
     /// The questions an interrupted run waits on ([`crate::interrupt`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interrupts: Vec<crate::interrupt::Interrupt>,
+    /// The assistant message whose tool calls wait on them (what Strands keeps as its
+    /// pending tool execution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_message: Option<crate::message::Message>,
 }
 
 impl RunCheckpoint {
@@ -137,6 +141,7 @@ impl RunCheckpoint {
             && self.invocation.is_none()
             && self.lease.is_none()
             && self.interrupts.is_empty()
+            && self.interrupted_message.is_none()
     }
 }
 

@@ -198,9 +198,9 @@ pub(crate) fn agent_doc(
             .entry("interrupt_state")
             .or_insert_with(|| json!({"interrupts": {}, "context": {}, "activated": false}));
     } else {
-        // Strands' shape, the questions by id, so a Python reader sees them. Not `activated`:
-        // Strands would then resume from a context (the tool-use message and results in its
-        // own form) this store does not write; the run resumes here, through `respond`.
+        // Strands' shape: the questions by id (Strands' ids), activated, and the pending tool
+        // execution (the calls' message and the results already in), so a Python agent on
+        // this session resumes it with `interruptResponse`s as it would its own.
         let interrupts: Map<String, Value> = state
             .checkpoint
             .interrupts
@@ -212,10 +212,15 @@ pub(crate) fn agent_doc(
                 )
             })
             .collect();
-        internal.insert(
-            "interrupt_state".into(),
-            json!({"interrupts": interrupts, "context": {}, "activated": false, "rust": true}),
-        );
+        let mut interrupt_state =
+            json!({"interrupts": interrupts, "context": {}, "activated": true, "rust": true});
+        if let Some(message) = &state.checkpoint.interrupted_message {
+            interrupt_state["pending_tool_execution"] = json!({
+                "assistant_message": message,
+                "completed_tool_results": state.checkpoint.completed_tool_results,
+            });
+        }
+        internal.insert("interrupt_state".into(), interrupt_state);
     }
     internal.entry("model_state").or_insert_with(|| json!({}));
     match version {
@@ -290,7 +295,14 @@ pub(crate) fn parse_agent(
     {
         Some(c) => serde_json::from_value(c.clone())
             .map_err(|e| corrupt(key, format!("agent.json checkpoint: {e}")))?,
-        None => Default::default(),
+        // A Python agent's interrupted run: its questions and pending tool execution, so
+        // `respond` here answers it.
+        None => doc
+            .internal_state
+            .as_ref()
+            .and_then(|i| i.get("interrupt_state"))
+            .map(strands_interrupts)
+            .unwrap_or_default(),
     };
     Ok((
         SessionState {
@@ -300,6 +312,40 @@ pub(crate) fn parse_agent(
         },
         version,
     ))
+}
+
+/// The checkpoint of an interrupt state Strands wrote: its waiting questions (with the tool
+/// call each names) and its pending tool execution. Nothing when it is not activated or does
+/// not parse.
+fn strands_interrupts(state: &Value) -> agent_core::session::RunCheckpoint {
+    let mut checkpoint = agent_core::session::RunCheckpoint::default();
+    if state.get("activated").and_then(Value::as_bool) != Some(true) {
+        return checkpoint;
+    }
+    let pending = state.get("pending_tool_execution");
+    checkpoint.interrupted_message = pending
+        .and_then(|p| p.get("assistant_message"))
+        .and_then(|m| serde_json::from_value(m.clone()).ok());
+    checkpoint.completed_tool_results = pending
+        .and_then(|p| p.get("completed_tool_results"))
+        .and_then(|r| serde_json::from_value(r.clone()).ok())
+        .unwrap_or_default();
+    checkpoint.interrupts = state
+        .get("interrupts")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(id, i)| {
+            Some(agent_core::interrupt::Interrupt {
+                id: id.clone(),
+                name: i.get("name")?.as_str()?.to_owned(),
+                reason: i.get("reason").cloned().unwrap_or(Value::Null),
+                tool_use_id: agent_core::interrupt::Interrupt::tool_use_of(id)?.to_owned(),
+                response: i.get("response").cloned().filter(|r| !r.is_null()),
+            })
+        })
+        .collect();
+    checkpoint
 }
 
 /// Checks that message indices run 0..n without a gap.

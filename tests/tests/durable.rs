@@ -487,7 +487,7 @@ async fn an_interrupted_run_is_answered_in_a_second_process_without_rerunning_th
         .find_map(|l| l.strip_prefix("interrupt: "))
         .expect("an interrupt id")
         .to_owned();
-    assert!(id.ends_with(":confirm_booking"), "{id}");
+    assert!(id.starts_with("v1:tool_call:"), "Strands' id scheme: {id}");
     assert_eq!(server.received().len(), 1);
     let store = FileSessionStore::new(&dirs.store);
     let key = SessionKey::new("durable", "default").unwrap();
@@ -499,7 +499,7 @@ async fn an_interrupted_run_is_answered_in_a_second_process_without_rerunning_th
     );
     assert_eq!(stored.state.checkpoint.interrupts.len(), 1);
     assert_eq!(stored.state.checkpoint.completed_tool_results.len(), 1);
-    // Python Strands sees the question in its own field (not activated: the run resumes here).
+    // Python Strands sees the question in its own field, with the pending tool execution.
     let agent_json: Value = serde_json::from_slice(
         &std::fs::read(
             dirs.store
@@ -509,7 +509,16 @@ async fn an_interrupted_run_is_answered_in_a_second_process_without_rerunning_th
     )
     .unwrap();
     let strands_state = &agent_json["_internal_state"]["interrupt_state"];
-    assert_eq!(strands_state["activated"], false, "{agent_json}");
+    assert_eq!(strands_state["activated"], true, "{agent_json}");
+    let pending = &strands_state["pending_tool_execution"];
+    assert_eq!(
+        pending["assistant_message"]["content"][1]["toolUse"]["name"], "confirm_book",
+        "{agent_json}"
+    );
+    assert_eq!(
+        pending["completed_tool_results"][0]["content"][0]["text"],
+        "lookup result for flights"
+    );
     assert_eq!(strands_state["interrupts"][&id]["name"], "confirm_booking");
 
     // Wrong answers are refused before anything runs.

@@ -671,6 +671,7 @@ async fn run_session(
             run.checkpoint.completed_tool_results.clear();
             // Questions left unanswered are abandoned with their calls.
             run.checkpoint.interrupts.clear();
+            run.checkpoint.interrupted_message = None;
         }
         Start::Resume | Start::Respond(_) => {
             first_new = record_index.unwrap_or_else(|| {
@@ -1806,6 +1807,7 @@ impl Run<'_> {
             // Answers already given stay (a call may ask several questions, one at a time).
             self.checkpoint.interrupts.retain(|i| i.response.is_some());
             self.checkpoint.interrupts.extend(raised);
+            self.checkpoint.interrupted_message = self.history.messages().last().cloned();
             self.save_now().await?;
             return Ok((calls, Some(StopReason::Interrupted)));
         }
@@ -1836,6 +1838,7 @@ impl Run<'_> {
         // questions they answered) at the next save.
         self.checkpoint.completed_tool_results.clear();
         self.checkpoint.interrupts.clear();
+        self.checkpoint.interrupted_message = None;
         self.save_if_changed().await?;
         let stop = if user_cancelled {
             Some(StopReason::Cancelled)

@@ -351,9 +351,12 @@ impl BeforeToolCall<'_> {
     /// [`StopReason::Interrupted`](crate::StopReason::Interrupted) once the batch's other
     /// calls are done.
     pub fn interrupt(&mut self, name: &str, reason: Value) -> Option<Value> {
-        let answer = self
-            .interrupts
-            .ask(&self.tool_use.tool_use_id, name, reason);
+        let answer = self.interrupts.ask(
+            crate::interrupt::Asker::Hook,
+            &self.tool_use.tool_use_id,
+            name,
+            reason,
+        );
         if answer.is_none() {
             self.interrupted = true;
         }

@@ -89,7 +89,12 @@ impl ToolContext {
     /// ```
     pub fn interrupt(&self, name: &str, reason: Value) -> Result<Value, ToolError> {
         self.interrupts
-            .ask(&self.tool_use_id, name, reason)
+            .ask(
+                crate::interrupt::Asker::Tool,
+                &self.tool_use_id,
+                name,
+                reason,
+            )
             .ok_or_else(|| {
                 ToolError::new(format!("interrupted: waiting for an answer to `{name}`"))
             })
