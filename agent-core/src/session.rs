@@ -563,6 +563,70 @@ impl SessionStore for InMemorySessionStore {
     }
 }
 
+/// A session's key-value state (Strands' `agent.state`): loaded with the session, shared by the
+/// invocation's tools and hooks, saved with the session after each tool batch and at the end of
+/// a run.
+#[derive(Debug, Clone, Default)]
+pub struct AgentState {
+    inner: Arc<Mutex<StateInner>>,
+}
+
+#[derive(Debug, Default)]
+struct StateInner {
+    values: Map<String, Value>,
+    dirty: bool,
+}
+
+impl AgentState {
+    /// State holding these values.
+    pub fn from_map(values: Map<String, Value>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(StateInner {
+                values,
+                dirty: false,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
+        // A panic while holding the lock cannot leave the map half-written: every operation
+        // below is a single map call. Recover the guard instead of propagating the poison.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The value stored under `key`, cloned; `None` when there is none.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.lock().values.get(key).cloned()
+    }
+
+    /// Sets a value.
+    pub fn set(&self, key: impl Into<String>, value: Value) {
+        let mut g = self.lock();
+        g.values.insert(key.into(), value);
+        g.dirty = true;
+    }
+
+    /// Removes a value.
+    pub fn remove(&self, key: &str) -> Option<Value> {
+        let mut g = self.lock();
+        let old = g.values.remove(key);
+        g.dirty |= old.is_some();
+        old
+    }
+
+    /// All values, cloned: what is persisted with the session.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.lock().values.clone()
+    }
+
+    /// Whether the state changed since it was loaded or last marked clean.
+    pub(crate) fn take_dirty(&self) -> bool {
+        std::mem::take(&mut self.lock().dirty)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

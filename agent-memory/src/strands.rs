@@ -186,12 +186,14 @@ pub(crate) fn agent_doc(
     doc.insert("conversation_manager_state".into(), Value::Object(cm));
     let mut internal = take_object(&mut doc, "_internal_state");
     if state.checkpoint.interrupts.is_empty() {
-        // Ours are answered or abandoned; Strands' own (if it wrote any) stay as they are.
-        let ours = internal
+        // No question waits: any earlier one (ours, or Python's, which a load imports) was
+        // answered or abandoned by the run that saves this.
+        let waiting = internal
             .get("interrupt_state")
-            .and_then(|s| s.get("rust"))
-            .is_some();
-        if ours {
+            .and_then(|s| s.get("activated"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if waiting {
             internal.remove("interrupt_state");
         }
         internal

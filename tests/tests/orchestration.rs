@@ -294,6 +294,11 @@ async fn a_swarm_hands_off_with_shared_context_and_streams_it() {
             OrchestrationEvent::NodeStart {
                 node: "flights".into()
             },
+            // Its turn ends with the handoff (no text of its own).
+            OrchestrationEvent::NodeStop {
+                node: "flights".into(),
+                output: String::new()
+            },
             OrchestrationEvent::Handoff {
                 from: "flights".into(),
                 to: "hotels".into(),
@@ -513,4 +518,113 @@ async fn a_swarm_killed_in_an_agents_tool_resumes_that_agents_turn_in_a_second_p
         1,
         "{log:?}"
     );
+}
+
+#[tokio::test]
+async fn fan_in_waits_for_a_longer_branch_and_runs_once() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let node = |text: &'static str| FnNode::new(move |_| async move { Ok(text.to_owned()) });
+    // a -> b -> x -> c and a -> c: c waits for x.
+    let graph = Graph::builder("uneven")
+        .node("a", node("A"))
+        .node("b", node("B"))
+        .node("x", node("X"))
+        .node(
+            "c",
+            FnNode::new(move |input| {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    Ok(input.prompt)
+                }
+            }),
+        )
+        .edge("a", "b")
+        .edge("b", "x")
+        .edge("x", "c")
+        .edge("a", "c")
+        .entry("a")
+        .entry("a")
+        .build()
+        .unwrap();
+    let result = graph.run("s", "Join").await.unwrap();
+    assert_eq!(result.state.order, ["a", "b", "x", "c"]);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let joined = result.state.output("c").unwrap();
+    assert!(
+        joined.contains("From x:\nX") && joined.contains("From a:\nA"),
+        "{joined}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_node_cancelled_mid_call_is_resumed_and_answers() {
+    let server = MockVllm::start([
+        Turn::text("too late")
+            .with_fault(agent_tests::Fault::SlowFirstByte(Duration::from_secs(30))),
+        Turn::text("On time."),
+    ])
+    .await
+    .unwrap();
+    let store = InMemorySessionStore::new();
+    let graph = Graph::builder("slow")
+        .node("answer", agent(&server, "answerer", &store))
+        .entry("answer")
+        .session_store(store.clone())
+        .build()
+        .unwrap();
+    let mut stream = graph.stream("job", "Answer");
+    // Cancelled once the agent's model call is in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.received().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never arrived"
+        );
+        tokio::select! {
+            _ = stream.next() => {}
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    drop(stream);
+    let key = SessionKey::new("job", "slow").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved = store.load(&key).await.unwrap().unwrap();
+        let state: GraphState =
+            serde_json::from_value(saved.state.agent_state["graph"].clone()).unwrap();
+        if state.status == Status::Cancelled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saved as cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The agent's cancelled invocation is not taken for finished: resuming runs it on.
+    let result = graph.resume("job").await.unwrap();
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(result.state.output("answer"), Some("On time."));
+}
+
+#[tokio::test]
+async fn of_two_handoffs_in_one_reply_the_accepted_one_counts() {
+    let flights = MockVllm::start([Turn::tool_call(
+        HANDOFF_TOOL,
+        json!({"agent_name": "hotels", "message": "Your turn"}),
+    )
+    .and_tool_call(
+        HANDOFF_TOOL,
+        json!({"agent_name": "pilots", "message": "Fly it"}),
+    )])
+    .await
+    .unwrap();
+    let hotels = MockVllm::start([Turn::text("Hotel found.")]).await.unwrap();
+    let result = desk(&flights, &hotels, 20).run("two", "Go").await.unwrap();
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(result.text(), "Hotel found.");
+    assert_eq!(result.state.handoffs.len(), 1);
+    assert_eq!(result.state.handoffs[0].to, "hotels");
 }

@@ -885,7 +885,10 @@ async fn run_session(
     {
         // An invocation whose structured value is still owed is not finished: a retry with its
         // key runs the structured step again.
-        if structured_error.is_none() && stop_reason != StopReason::Interrupted {
+        // Interrupted and cancelled runs are not finished: a retry with the key resumes them.
+        if structured_error.is_none()
+            && !matches!(stop_reason, StopReason::Interrupted | StopReason::Cancelled)
+        {
             record.stop_reason = Some(stop_reason.as_str().to_owned());
             record.structured_output.clone_from(&structured_output);
         }

@@ -15,6 +15,7 @@ use super::{
 use crate::Agent;
 use crate::error::Cause;
 use crate::session::{InMemorySessionStore, SessionKey, SessionStore, validate_id};
+use std::collections::HashSet;
 
 /// The key of a graph's state in its session state.
 const STATE_KEY: &str = "graph";
@@ -100,17 +101,7 @@ impl GraphNode for Agent {
             events,
         )
         .await?;
-        if !result.has_answer() {
-            return Err(OrchestrationError::NodeFailed {
-                node: input.node,
-                message: format!(
-                    "the agent stopped ({}) without an answer",
-                    result.stop_reason.as_str()
-                ),
-                source: None,
-            });
-        }
-        Ok(result.text())
+        super::step_answer(&input.node, &result)
     }
 }
 
@@ -196,8 +187,8 @@ struct Inner {
 /// A deterministic graph: nodes (agents or functions) and edges, some with conditions on the
 /// graph's state. A run starts with the entry nodes; when a wave of nodes is done, each edge
 /// from them whose condition holds activates its target; the next wave is every activated
-/// node none of whose predecessors is itself waiting to run (so a node with several inputs
-/// runs once they are all done). The nodes of a wave run at once. Cycles are allowed and
+/// node that no other activated node leads to (so a node with several inputs runs once every
+/// branch still on its way has arrived). The nodes of a wave run at once. Cycles are allowed and
 /// bounded by [`max_node_executions`](GraphBuilder::max_node_executions) (default 50).
 ///
 /// A node's prompt is the task, then the latest output of each predecessor that ran. The state
@@ -352,12 +343,18 @@ impl GraphBuilder {
         for n in &self.entry {
             known(n)?;
         }
+        let mut entry = Vec::with_capacity(self.entry.len());
+        for n in self.entry {
+            if !entry.contains(&n) {
+                entry.push(n);
+            }
+        }
         Ok(Graph {
             inner: Arc::new(Inner {
                 id: self.id,
                 nodes: self.nodes,
                 edges: self.edges,
-                entry: self.entry,
+                entry,
                 max_executions: self.max_executions,
                 store: self.store,
             }),
@@ -444,10 +441,17 @@ impl Graph {
                 ..GraphState::default()
             },
             None => match stored {
-                Some(s) if matches!(s.status, Status::Running | Status::Cancelled) => GraphState {
-                    status: Status::Running,
-                    ..s
-                },
+                Some(s)
+                    if matches!(
+                        s.status,
+                        Status::Running | Status::Cancelled | Status::Failed
+                    ) =>
+                {
+                    GraphState {
+                        status: Status::Running,
+                        ..s
+                    }
+                }
                 _ => {
                     return Err(OrchestrationError::NothingToResume {
                         session_id: session_id.to_owned(),
@@ -471,17 +475,13 @@ impl Graph {
                 state.status = Status::Completed;
                 break;
             }
-            // The wave: queued nodes none of whose predecessors is queued too (or, in a cycle
-            // where every queued node waits on another, the first queued).
+            // The wave: queued nodes that no other queued node leads to (so a node with several
+            // inputs waits for every branch still on its way), or, in a cycle where every queued
+            // node waits on another, the first queued.
             let mut wave: Vec<String> = state
                 .queue
                 .iter()
-                .filter(|n| {
-                    !inner
-                        .edges
-                        .iter()
-                        .any(|e| &e.to == *n && e.from != **n && state.queue.contains(&e.from))
-                })
+                .filter(|n| !state.queue.iter().any(|q| q != *n && self.leads_to(q, n)))
                 .cloned()
                 .collect();
             if wave.is_empty() {
@@ -527,16 +527,30 @@ impl Graph {
             });
             let outcomes = futures::future::join_all(runs).await;
             let mut failure = None;
+            let mut done = Vec::with_capacity(wave.len());
             for (name, execution, out) in outcomes {
                 match out {
                     Ok(output) => {
                         state.executions += 1;
                         state.order.push(name.clone());
                         state.queue.retain(|n| n != &name);
-                        state.results.insert(name, NodeResult { output, execution });
+                        state
+                            .results
+                            .insert(name.clone(), NodeResult { output, execution });
+                        done.push(name);
                     }
                     Err(e) => {
                         failure.get_or_insert(e);
+                    }
+                }
+            }
+            // Edges from the nodes that finished, on the state after the wave (also when
+            // another node of the wave failed: a resumed run must not lose them).
+            for name in &done {
+                for e in inner.edges.iter().filter(|e| &e.from == name) {
+                    let open = e.condition.as_ref().is_none_or(|c| c(&state));
+                    if open && !state.queue.contains(&e.to) {
+                        state.queue.push(e.to.clone());
                     }
                 }
             }
@@ -553,15 +567,6 @@ impl Graph {
                 save_state(&*inner.store, &key, STATE_KEY, &state, &mut version).await?;
                 return Err(e);
             }
-            // Edges from the wave, on the state after it.
-            for name in &wave {
-                for e in inner.edges.iter().filter(|e| &e.from == name) {
-                    let open = e.condition.as_ref().is_none_or(|c| c(&state));
-                    if open && !state.queue.contains(&e.to) {
-                        state.queue.push(e.to.clone());
-                    }
-                }
-            }
             save_state(&*inner.store, &key, STATE_KEY, &state, &mut version).await?;
         }
         save_state(&*inner.store, &key, STATE_KEY, &state, &mut version).await?;
@@ -569,6 +574,23 @@ impl Graph {
             status: state.status,
             state,
         })
+    }
+
+    /// Whether an edge path leads from `from` to `to`.
+    fn leads_to(&self, from: &str, to: &str) -> bool {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut next = vec![from];
+        while let Some(n) = next.pop() {
+            for e in self.inner.edges.iter().filter(|e| e.from == n) {
+                if e.to == to {
+                    return true;
+                }
+                if seen.insert(e.to.as_str()) {
+                    next.push(e.to.as_str());
+                }
+            }
+        }
+        false
     }
 
     /// The task, then the latest output of each predecessor of `node` that ran.

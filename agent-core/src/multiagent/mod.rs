@@ -37,7 +37,7 @@ pub enum Status {
     Running,
     /// Done: no node left to run, or the last agent answered without handing off.
     Completed,
-    /// A node or agent failed; see the error.
+    /// A node or agent failed; see the error. Resumable: the step that failed runs again.
     Failed,
     /// The bound on node executions or handoffs was reached.
     LimitReached,
@@ -232,7 +232,9 @@ impl futures::Stream for OrchestrationStream {
 /// Where a run's events go, when it is streamed: a node that runs an agent forwards the
 /// agent's events here, named by the node.
 #[derive(Clone, Default)]
-pub struct Events(Option<mpsc::Sender<Result<OrchestrationEvent, OrchestrationError>>>);
+pub struct Events(Option<(EventSender, std::sync::Arc<std::sync::atomic::AtomicBool>)>);
+
+type EventSender = mpsc::Sender<Result<OrchestrationEvent, OrchestrationError>>;
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -248,11 +250,17 @@ impl Events {
         self.0.is_some()
     }
 
-    /// Sends an event (waiting at most 30 s for a slow reader).
+    /// Sends an event. A reader that takes more than 30 s for one is taken for gone: the run
+    /// goes on, and drops its later events.
     pub async fn send(&self, event: OrchestrationEvent) {
-        if let Some(tx) = &self.0 {
-            // A consumer that stopped reading does not hold the run forever.
-            let _ = tokio::time::timeout(Duration::from_secs(30), tx.send(Ok(event))).await;
+        use std::sync::atomic::Ordering;
+        if let Some((tx, gone)) = &self.0
+            && !gone.load(Ordering::Relaxed)
+            && tokio::time::timeout(Duration::from_secs(30), tx.send(Ok(event)))
+                .await
+                .is_err()
+        {
+            gone.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -264,13 +272,39 @@ where
     Fut: std::future::Future<Output = Result<Status, OrchestrationError>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(64);
-    let run = f(Events(Some(tx.clone())));
+    let run = f(Events(Some((tx.clone(), std::sync::Arc::default()))));
     let guard = cancel.drop_guard();
     tokio::spawn(async move {
         let last = run.await.map(|status| OrchestrationEvent::Stop { status });
         let _ = tokio::time::timeout(Duration::from_secs(30), tx.send(last)).await;
     });
     OrchestrationStream { rx, _guard: guard }
+}
+
+/// The answer of an agent's step, when its run ended with one the orchestration can use: the
+/// model answered, or a limit or the loop guard ended it with a final answer. A run stopped
+/// otherwise (interrupted, cancelled, filtered, cut by the token limit) fails the step.
+fn step_answer(node: &str, result: &crate::AgentResult) -> Result<String, OrchestrationError> {
+    use crate::StopReason as S;
+    match result.stop_reason {
+        S::EndTurn | S::ToolLoop | S::LimitTurns | S::LimitTokens | S::Timeout
+            if result.has_answer() =>
+        {
+            Ok(result.text())
+        }
+        S::Interrupted => Err(OrchestrationError::NodeFailed {
+            node: node.to_owned(),
+            message: "the agent stopped to ask a person; questions inside a graph or swarm are \
+                      not passed up to its caller"
+                .into(),
+            source: None,
+        }),
+        other => Err(OrchestrationError::NodeFailed {
+            node: node.to_owned(),
+            message: format!("the agent stopped ({}) without an answer", other.as_str()),
+            source: None,
+        }),
+    }
 }
 
 /// Runs an agent for one step: streamed (its events forwarded, named by `node`) when `events`

@@ -301,25 +301,40 @@ fn handoff_tool(others: &[&(String, String)]) -> FnTool {
     })
 }
 
-/// The handoff an agent's turn ended with: its last handoff tool call, if the run stopped
-/// for it.
-fn handoff_of(from: &str, result: &crate::AgentResult) -> Option<Handoff> {
-    if result.stop_reason != StopReason::HookStopped {
-        return None;
-    }
-    let message = result
-        .message
-        .as_ref()
-        .filter(|m| m.role == Role::Assistant)?;
-    message.content.iter().rev().find_map(|b| match b {
-        ContentBlock::ToolUse(u) if u.name == HANDOFF_TOOL => Some(Handoff {
-            from: from.to_owned(),
-            to: u.input["agent_name"].as_str()?.to_owned(),
-            message: u.input["message"].as_str().unwrap_or_default().to_owned(),
-            context: u.input.get("context").cloned().unwrap_or(Value::Null),
-        }),
-        _ => None,
-    })
+/// The handoff of an agent's turn: the last handoff call in the turn (the agent's messages
+/// from its last prompt on) that the tool accepted. Read from the stored conversation, not from
+/// how the run stopped, so a turn resumed after a crash (whose handoff result was recorded,
+/// and whose run did not stop for it again) still hands off, and a refused call (an unknown
+/// agent) never counts.
+fn handoff_of(from: &str, messages: &[crate::message::Message]) -> Option<Handoff> {
+    let turn = messages
+        .iter()
+        .rposition(crate::message::Message::is_prompt)?;
+    let messages = &messages[turn..];
+    let accepted = |id: &str| {
+        messages.iter().any(|m| {
+            m.content.iter().any(|b| {
+                matches!(b, ContentBlock::ToolResult(r)
+                    if r.tool_use_id == id && r.status == ToolResultStatus::Success)
+            })
+        })
+    };
+    messages
+        .iter()
+        .rev()
+        .filter(|m| m.role == Role::Assistant)
+        .flat_map(|m| m.content.iter().rev())
+        .find_map(|b| match b {
+            ContentBlock::ToolUse(u) if u.name == HANDOFF_TOOL && accepted(&u.tool_use_id) => {
+                Some(Handoff {
+                    from: from.to_owned(),
+                    to: u.input["agent_name"].as_str()?.to_owned(),
+                    message: u.input["message"].as_str().unwrap_or_default().to_owned(),
+                    context: u.input.get("context").cloned().unwrap_or(Value::Null),
+                })
+            }
+            _ => None,
+        })
 }
 
 impl Swarm {
@@ -403,10 +418,17 @@ impl Swarm {
                 ..SwarmState::default()
             },
             None => match stored {
-                Some(s) if matches!(s.status, Status::Running | Status::Cancelled) => SwarmState {
-                    status: Status::Running,
-                    ..s
-                },
+                Some(s)
+                    if matches!(
+                        s.status,
+                        Status::Running | Status::Cancelled | Status::Failed
+                    ) =>
+                {
+                    SwarmState {
+                        status: Status::Running,
+                        ..s
+                    }
+                }
                 _ => {
                     return Err(OrchestrationError::NothingToResume {
                         session_id: session_id.to_owned(),
@@ -457,8 +479,22 @@ impl Swarm {
                     return Err(e);
                 }
             };
-            match handoff_of(&member.name, &result) {
+            // The turn's conversation, as stored: where its handoff is read from.
+            let messages = member
+                .agent
+                .session(session_id.to_owned())
+                .messages()
+                .await
+                .map_err(|e| OrchestrationError::node(&member.name, e))?
+                .unwrap_or_default();
+            match handoff_of(&member.name, &messages) {
                 Some(handoff) => {
+                    events
+                        .send(OrchestrationEvent::NodeStop {
+                            node: member.name.clone(),
+                            output: result.text(),
+                        })
+                        .await;
                     if state.handoffs.len() as u32 >= inner.max_handoffs {
                         state.status = Status::LimitReached;
                         break;
@@ -482,7 +518,7 @@ impl Swarm {
                     state.status = Status::Cancelled;
                     break;
                 }
-                None if result.has_answer() => {
+                None if super::step_answer(&member.name, &result).is_ok() => {
                     let answer = result.text();
                     events
                         .send(OrchestrationEvent::NodeStop {
@@ -497,13 +533,13 @@ impl Swarm {
                 None => {
                     state.status = Status::Failed;
                     save_state(&*inner.store, &key, STATE_KEY, &state, &mut version).await?;
-                    return Err(OrchestrationError::NodeFailed {
-                        node: member.name.clone(),
-                        message: format!(
-                            "the agent stopped ({}) without an answer or a handoff",
-                            result.stop_reason.as_str()
-                        ),
-                        source: None,
+                    return Err(match super::step_answer(&member.name, &result) {
+                        Err(e) => e,
+                        Ok(_) => OrchestrationError::NodeFailed {
+                            node: member.name.clone(),
+                            message: "the agent ended without an answer or a handoff".into(),
+                            source: None,
+                        },
                     });
                 }
             }
