@@ -377,6 +377,19 @@ impl MockVllm {
         }
     }
 
+    /// The text of each tool result sent with request `i` (0-based), in order; empty when
+    /// there is no such request.
+    pub fn tool_results(&self, i: usize) -> Vec<String> {
+        lock(&self.state.received)
+            .get(i)
+            .and_then(|r| r.body["messages"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m["role"] == "tool")
+            .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// The names of the tools offered in request `i` (0-based), in order.
     pub fn offered_tools(&self, i: usize) -> Vec<String> {
         lock(&self.state.received)
@@ -1109,6 +1122,19 @@ impl OtlpReceiver {
             endpoint: format!("http://{addr}"),
             received,
         }
+    }
+}
+
+/// Appends `line` to the file at `path` in one write (so lines of concurrent callers do not
+/// mix): the calls log of the crash-test processes.
+pub fn log_line(path: &std::path::Path, line: &str) {
+    use std::io::Write as _;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(format!("{line}\n").as_bytes());
     }
 }
 

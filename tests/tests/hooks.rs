@@ -152,15 +152,8 @@ async fn before_and_after_tool_call_rewrite_veto_answer_and_rewrite_results() {
     assert_eq!(result.text(), "Done.");
     assert_eq!(weather_calls("t"), 1);
     // The results the model got, in request order.
-    let messages = sent(&server, 1);
-    let results: Vec<String> = messages
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| m["content"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(results.len(), 3, "{messages}");
+    let results = server.tool_results(1);
+    assert_eq!(results.len(), 3, "{results:?}");
     assert!(
         results[0].starts_with("checked: ") && results[0].contains(r#""city":"Lisbon""#),
         "the rewritten input ran, and its result was rewritten: {}",
@@ -439,13 +432,7 @@ async fn tool_approval_allows_denies_and_asks_and_says_so_in_the_stream() {
         ],
         "allowed tools are not reported"
     );
-    let results: Vec<String> = sent(&server, 1)
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| m["content"].as_str().unwrap().to_owned())
-        .collect();
+    let results: Vec<String> = server.tool_results(1);
     assert_eq!(results[0], "Lisbon: 999 EUR");
     assert_eq!(results[1], "Tool call denied: the user declined: too far");
     assert_eq!(
@@ -508,13 +495,7 @@ async fn approval_without_an_approver_interrupts_and_the_answer_resumes_the_run(
         1,
         "the weather call's recorded result was reused"
     );
-    let results: Vec<String> = sent(&server, 1)
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| m["content"].as_str().unwrap().to_owned())
-        .collect();
+    let results: Vec<String> = server.tool_results(1);
     assert_eq!(results[0], "Lisbon: 999 EUR");
     assert!(results[1].contains("sunny"));
 
@@ -530,13 +511,7 @@ async fn approval_without_an_approver_interrupts_and_the_answer_resumes_the_run(
         .await
         .unwrap();
     assert_eq!(done.text(), "The user said no.");
-    let last: Vec<String> = sent(&server, 3)
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| m["content"].as_str().unwrap().to_owned())
-        .collect();
+    let last: Vec<String> = server.tool_results(3);
     assert_eq!(last.last().unwrap(), "Tool call denied: too cold");
 }
 

@@ -42,16 +42,6 @@ fn agent(server: &MockVllm, store: &InMemorySessionStore, hooks: Vec<Arc<dyn Hoo
         .unwrap()
 }
 
-fn tool_results(server: &MockVllm, i: usize) -> Vec<String> {
-    server.received()[i].body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| m["content"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_call_asks_two_questions_in_turn_beside_a_slower_call_and_gets_both_answers() {
     let server = MockVllm::start([
@@ -101,7 +91,7 @@ async fn a_call_asks_two_questions_in_turn_beside_a_slower_call_and_gets_both_an
     assert_eq!(done.stop_reason, StopReason::EndTurn);
     assert_eq!(done.text(), "All set.");
     assert_eq!(
-        tool_results(&server, 1),
+        server.tool_results(1),
         [
             r#"booked TA999, seat "12A", meal "vegetarian""#,
             "found hotels"
@@ -152,7 +142,7 @@ async fn a_question_a_later_hook_made_moot_does_not_stop_the_run() {
     assert_eq!(result.stop_reason, StopReason::EndTurn, "{result:?}");
     assert!(result.interrupts.is_empty());
     assert_eq!(
-        tool_results(&server, 1),
+        server.tool_results(1),
         ["Tool call denied: TA000 is cancelled"]
     );
 }

@@ -441,23 +441,11 @@ impl Graph {
                 ..GraphState::default()
             },
             None => match stored {
-                Some(s)
-                    if matches!(
-                        s.status,
-                        Status::Running | Status::Cancelled | Status::Failed
-                    ) =>
-                {
-                    GraphState {
-                        status: Status::Running,
-                        ..s
-                    }
+                Some(mut s) if s.status.resumable() => {
+                    s.status = Status::Running;
+                    s
                 }
-                _ => {
-                    return Err(OrchestrationError::NothingToResume {
-                        session_id: session_id.to_owned(),
-                        id: inner.id.clone(),
-                    });
-                }
+                _ => return Err(OrchestrationError::nothing_to_resume(session_id, &inner.id)),
             },
         };
         save_state(&*inner.store, &key, STATE_KEY, &state, &mut version).await?;

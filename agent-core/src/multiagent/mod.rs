@@ -45,6 +45,14 @@ pub enum Status {
     Cancelled,
 }
 
+impl Status {
+    /// Whether `resume` continues a run in this state: one that did not finish (its process
+    /// died while running, or it was cancelled, or a step failed).
+    fn resumable(self) -> bool {
+        matches!(self, Self::Running | Self::Cancelled | Self::Failed)
+    }
+}
+
 /// An event of an orchestration's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -147,6 +155,13 @@ pub enum OrchestrationError {
 }
 
 impl OrchestrationError {
+    fn nothing_to_resume(session_id: &str, id: &str) -> Self {
+        Self::NothingToResume {
+            session_id: session_id.to_owned(),
+            id: id.to_owned(),
+        }
+    }
+
     fn node(node: &str, error: AgentError) -> Self {
         Self::NodeFailed {
             node: node.to_owned(),

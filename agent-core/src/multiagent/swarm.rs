@@ -418,23 +418,11 @@ impl Swarm {
                 ..SwarmState::default()
             },
             None => match stored {
-                Some(s)
-                    if matches!(
-                        s.status,
-                        Status::Running | Status::Cancelled | Status::Failed
-                    ) =>
-                {
-                    SwarmState {
-                        status: Status::Running,
-                        ..s
-                    }
+                Some(mut s) if s.status.resumable() => {
+                    s.status = Status::Running;
+                    s
                 }
-                _ => {
-                    return Err(OrchestrationError::NothingToResume {
-                        session_id: session_id.to_owned(),
-                        id: inner.id.clone(),
-                    });
-                }
+                _ => return Err(OrchestrationError::nothing_to_resume(session_id, &inner.id)),
             },
         };
         loop {

@@ -19,23 +19,13 @@
 //!
 //! Prints the answer, then `stop: <reason>`, then `interrupt: <id>` per question, on stdout.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agent_core::prelude::*;
 use agent_memory::FileSessionStore;
+use agent_tests::log_line;
 use serde_json::json;
-
-fn log_line(path: &PathBuf, line: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = f.write_all(format!("{line}\n").as_bytes());
-    }
-}
 
 fn tool(name: &'static str, log: PathBuf, blocks: bool, idempotent: bool) -> FnTool {
     let t = FnTool::new(

@@ -13,24 +13,14 @@
 //! `reserve start` and, with `BLOCK=1`, waits forever). Prints `status: <status>` and the
 //! graph's node order or the swarm's answer on stdout.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agent_core::multiagent::{FnNode, Graph, Swarm};
 use agent_core::prelude::*;
 use agent_memory::FileSessionStore;
+use agent_tests::log_line;
 use serde_json::json;
-
-fn log_line(path: &PathBuf, line: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = f.write_all(format!("{line}\n").as_bytes());
-    }
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
