@@ -137,10 +137,12 @@ readme_run() {
   fi
 }
 
-# The evaluation machinery on the real model (its pass rate is a measurement, not a gate).
+# The evaluation machinery on the real model: every case must run (its scores are a
+# measurement, not a gate), and the JSON report must hold every case.
 eval_run() {
   AGENT_MODEL_PORT=$(free_port) AGENT_MODEL_PIDFILE="$run_dir/eval-model.pid" AGENT_MODEL_LOG="$run_dir/eval-model.log" \
-    cargo run -q -p travel-agent --locked -- eval --tag ci >&2
+    cargo run -q -p travel-agent --locked -- eval --tag ci --threshold 'errors<=0' --report "$run_dir/eval.json" >&2 &&
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(0 if len(r["cases"]) == 3 and r["summary"]["metrics"]["tool_call_f1"]["count"] == 3 else 1)' "$run_dir/eval.json"
 }
 
 # DynamoDB, S3 and Bedrock Runtime: ministack (PyPI) on 127.0.0.1, reached through the SDK's
@@ -163,6 +165,10 @@ export AGENT_PHOENIX_URL
 # Python Strands Agents (PyPI): the interoperability test has it read and resume our sessions.
 AGENT_STRANDS_PYTHON=$(scripts/strands-python.sh)
 export AGENT_STRANDS_PYTHON
+
+# Ragas (PyPI): the evaluation parity test scores the same samples with Ragas and with ours.
+AGENT_RAGAS_PYTHON=$(scripts/ragas-python.sh)
+export AGENT_RAGAS_PYTHON
 
 # MCP: the reference server from npm; tests run it (stdio, and HTTP on 127.0.0.1) and stop it.
 # The conformance suite's Node 22 and harness (npm, pinned); its test runs them.

@@ -33,6 +33,8 @@ extern crate self as agent_core;
 pub mod agent;
 pub mod conversation;
 pub mod error;
+#[cfg(feature = "eval")]
+pub mod eval;
 pub mod event;
 pub mod history;
 pub mod hooks;

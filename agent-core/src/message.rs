@@ -54,13 +54,7 @@ impl Message {
 
     /// The concatenation of the message's text blocks.
     pub fn text(&self) -> String {
-        let mut out = String::new();
-        for block in &self.content {
-            if let ContentBlock::Text(t) = block {
-                out.push_str(t);
-            }
-        }
-        out
+        text_of(&self.content)
     }
 
     /// The tool uses of this message, in order.
@@ -80,6 +74,17 @@ impl Message {
     pub fn is_prompt(&self) -> bool {
         self.role == Role::User && self.tool_results().next().is_none()
     }
+}
+
+/// The concatenation of the text blocks among `content` (a message's, or a model response's).
+pub(crate) fn text_of(content: &[ContentBlock]) -> String {
+    content
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The tool uses among `content`, in order (a message's, or a model response's before it is one).

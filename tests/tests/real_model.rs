@@ -239,3 +239,74 @@ async fn a_real_local_model_delegates_to_another_agent() {
         "the planner's answer does not use the expert's: {answer}"
     );
 }
+
+/// The judged metrics with the real model as judge: a correct answer and a wrong one, each
+/// judged (goal accuracy with a reference, faithfulness to the tool result). A small model is a
+/// noisy judge, so what must hold is the contract: every metric is a score in 0..=1 or a typed
+/// "unscored" with its reason, never a guess, within the judge's bounds; and the constrained
+/// reply gives a verdict for the goal.
+#[tokio::test]
+async fn a_real_model_judges_runs_within_its_bounds() {
+    use agent_core::eval::{Judge, Outcome, Sample};
+    use agent_core::message::{ContentBlock, Role, ToolResult, ToolUse};
+    let base_url = std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
+        panic!(
+            "AGENT_LOCAL_MODEL_URL is not set. This test needs the local model endpoint: run the whole suite with \
+             scripts/test.sh, or run `scripts/local-model.sh start` and export AGENT_LOCAL_MODEL_URL=<the URL it prints>"
+        )
+    });
+    let model = OpenAiCompatible::builder()
+        .base_url(base_url)
+        .model("local")
+        .temperature(0.0)
+        .build()
+        .expect("model");
+    let judge = Judge::new(std::sync::Arc::new(model))
+        .timeout(Duration::from_secs(120))
+        .attempts(2);
+    let mut goal_scores = Vec::new();
+    for answer in [
+        "Today in Lisbon it is sunny, 21 °C.",
+        "Today in Lisbon it is snowing, -5 °C.",
+    ] {
+        let mut s = Sample::new("lisbon", "What's the weather like in Lisbon today?");
+        s.add_message(Message::user("What's the weather like in Lisbon today?"));
+        s.add_message(Message::new(
+            Role::Assistant,
+            vec![ContentBlock::ToolUse(ToolUse {
+                tool_use_id: "c1".into(),
+                name: "get_weather".into(),
+                input: json!({"city": "Lisbon"}),
+            })],
+        ));
+        s.add_message(Message::new(
+            Role::User,
+            vec![ContentBlock::ToolResult(ToolResult::success(
+                "c1",
+                "Lisbon: sunny, 21 °C",
+            ))],
+        ));
+        s.add_message(Message::assistant(answer));
+        s.response = answer.into();
+        let goal = judge
+            .goal_accuracy(
+                &s,
+                Some("The user learns today's weather in Lisbon: sunny, 21 °C"),
+            )
+            .await;
+        let faithfulness = judge.faithfulness(&s).await;
+        eprintln!("{answer}\n  goal: {goal:?}\n  faithfulness: {faithfulness:?}");
+        let Outcome::Value(v) = goal.outcome else {
+            panic!("no verdict from the constrained judge: {goal:?}");
+        };
+        assert!(v == 0.0 || v == 1.0, "{v}");
+        goal_scores.push(v);
+        assert!(goal.explanation.is_some_and(|e| !e.is_empty()));
+        match faithfulness.outcome {
+            Outcome::Value(v) => assert!((0.0..=1.0).contains(&v), "{v}"),
+            Outcome::Unscored(reason) => assert!(!reason.is_empty()),
+        }
+    }
+    // The contradicting answer never scores above the right one.
+    assert!(goal_scores[0] >= goal_scores[1], "{goal_scores:?}");
+}

@@ -38,6 +38,8 @@ pub struct AgentBuilder {
     final_answer_timeout: Option<Duration>,
     resume_policy: ResumePolicy,
     replica_lease: Option<Duration>,
+    #[cfg(feature = "eval")]
+    online: Option<crate::eval::OnlineEvaluator>,
 }
 
 impl Default for AgentBuilder {
@@ -64,6 +66,8 @@ impl Default for AgentBuilder {
             final_answer_timeout: Some(Duration::from_secs(30)),
             resume_policy: ResumePolicy::default(),
             replica_lease: None,
+            #[cfg(feature = "eval")]
+            online: None,
         }
     }
 }
@@ -264,6 +268,14 @@ impl AgentBuilder {
         self
     }
 
+    /// Scores a sample of this agent's invocations in the background (feature `eval`; see
+    /// [`OnlineEvaluator`](crate::eval::OnlineEvaluator)): the answer never waits for it.
+    #[cfg(feature = "eval")]
+    pub fn online_evaluation(mut self, evaluator: crate::eval::OnlineEvaluator) -> Self {
+        self.online = Some(evaluator);
+        self
+    }
+
     /// Builds the agent.
     pub fn build(self) -> Result<Agent, BuildError> {
         let model = self.model.ok_or(BuildError::MissingModel)?;
@@ -310,6 +322,8 @@ impl AgentBuilder {
                 resume_policy: self.resume_policy,
                 replica_lease: self.replica_lease,
                 instance: format!("{:016x}", fastrand::u64(..)),
+                #[cfg(feature = "eval")]
+                online: self.online,
             }),
         })
     }

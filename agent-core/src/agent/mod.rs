@@ -113,7 +113,7 @@ impl From<Vec<ContentBlock>> for Prompt {
 /// `Send + Sync`; one agent serves any number of concurrent sessions.
 #[derive(Clone)]
 pub struct Agent {
-    inner: Arc<AgentInner>,
+    pub(crate) inner: Arc<AgentInner>,
 }
 
 pub(crate) struct AgentInner {
@@ -141,6 +141,9 @@ pub(crate) struct AgentInner {
     pub(crate) replica_lease: Option<Duration>,
     /// This agent's id in lease owners: random, one per built agent.
     pub(crate) instance: String,
+    /// Scores a sample of invocations in the background.
+    #[cfg(feature = "eval")]
+    pub(crate) online: Option<crate::eval::OnlineEvaluator>,
 }
 
 /// What a resumed run does with the tool calls its interrupted run left pending (calls whose

@@ -23,7 +23,7 @@ use crate::hooks::{
     BeforeToolCall, MessageAdded, RunInfo,
 };
 use crate::interrupt::{InterruptResponse, Interrupts};
-use crate::message::{ContentBlock, Message, Role, ToolResult, ToolUse};
+use crate::message::{ContentBlock, Message, Role, ToolResult, ToolUse, text_of};
 use crate::model::{
     ModelError, ModelEvent, ModelRequest, ModelResponse, ModelStopReason, ToolChoice, Usage,
 };
@@ -226,16 +226,37 @@ pub(super) struct Invocation {
     pub(super) idempotency_key: Option<String>,
     /// The structure the answer must also be given in.
     pub(super) structured: Option<super::OutputSchema>,
+    /// Where the run's `invoke_agent` span goes, still open, when the run ends (an evaluation
+    /// adds its scores to it, then ends it at the run's end time).
+    pub(crate) hold_trace: Option<crate::telemetry::TraceHold>,
 }
 
 pub(super) async fn run(
     agent: &AgentInner,
     session_id: &str,
     actor_id: Option<&str>,
-    invocation: Invocation,
+    mut invocation: Invocation,
     cancel: CancellationToken,
     tx: Option<Sender>,
 ) -> Result<AgentResult, AgentError> {
+    #[cfg_attr(not(feature = "eval"), allow(unused_mut))]
+    let mut hold = invocation.hold_trace.take();
+    // A sampled invocation is scored in the background; an evaluation's own run is not.
+    #[cfg(feature = "eval")]
+    let online = match hold {
+        None => agent.online.as_ref().filter(|o| o.sampled()),
+        Some(_) => None,
+    };
+    #[cfg(feature = "eval")]
+    let mut online_trace = None;
+    #[cfg(feature = "eval")]
+    if online.is_some() {
+        let (to, from) = tokio::sync::oneshot::channel();
+        hold = Some(to);
+        online_trace = Some(from);
+    }
+    #[cfg(feature = "eval")]
+    let started = Instant::now();
     let trace = agent
         .telemetry
         .start_invoke(&agent.name, &agent.id, session_id, &agent.descriptor);
@@ -280,7 +301,21 @@ pub(super) async fn run(
                 ..InvokeEnd::default()
             },
         };
-        agent.telemetry.end_invoke(cx, &end);
+        agent.telemetry.end_invoke(cx, &end, hold);
+    }
+    #[cfg(feature = "eval")]
+    if let (Some(online), Ok(result)) = (online, &outcome)
+        && result.has_answer()
+        && let Ok(key) = SessionKey::new(session_id, &agent.id)
+    {
+        online.offer(crate::eval::online::Job {
+            store: agent.store.clone(),
+            key,
+            result: result.clone(),
+            latency_seconds: started.elapsed().as_secs_f64(),
+            trace: online_trace.and_then(|mut r| r.try_recv().ok()),
+            offered: Instant::now(),
+        });
     }
     outcome
 }
@@ -427,6 +462,7 @@ async fn run_session(
         mut start,
         idempotency_key,
         structured,
+        hold_trace: _,
     } = invocation;
     if matches!(&start, Start::Prompt(p) if p.0.is_empty()) {
         return Err(AgentError::EmptyPrompt);
@@ -1075,17 +1111,6 @@ async fn structured_step(
         extra.push(Message::new(Role::User, feedback));
     }
     failed(last.0, last.1, schema.attempts())
-}
-
-/// The text blocks of a message's content.
-fn text_of(content: &[ContentBlock]) -> String {
-    content
-        .iter()
-        .filter_map(|b| match b {
-            ContentBlock::Text(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect()
 }
 
 impl Run<'_> {

@@ -90,7 +90,21 @@ impl Session {
             start,
             idempotency_key: self.idempotency_key.clone(),
             structured: self.structured.clone(),
+            hold_trace: None,
         }
+    }
+
+    /// [`Session::stream`], handing the run's `invoke_agent` span to `hold` still open when the
+    /// run ends (nothing is sent when telemetry is off).
+    #[cfg_attr(not(feature = "eval"), allow(dead_code))]
+    pub(crate) fn stream_holding_trace(
+        &self,
+        prompt: impl Into<Prompt>,
+        hold: crate::telemetry::TraceHold,
+    ) -> AgentStream {
+        let mut invocation = self.invocation(run::Start::Prompt(prompt.into()));
+        invocation.hold_trace = Some(hold);
+        self.spawn_invocation(invocation)
     }
 
     /// Asks the next invocations for their answer in this structure too: once the model has
@@ -200,7 +214,7 @@ impl Session {
     async fn run_to_end(&self, start: run::Start) -> Result<AgentResult, AgentError> {
         let cancel = self.cancel.clone().unwrap_or_default().child_token();
         let _guard = cancel.clone().drop_guard();
-        let task = tokio::spawn(self.task(start, cancel, None));
+        let task = tokio::spawn(self.task(self.invocation(start), cancel, None));
         match task.await {
             Ok(outcome) => outcome,
             // The task catches panics itself; a join error is a runtime shutting down.
@@ -218,10 +232,14 @@ impl Session {
     }
 
     fn spawn(&self, start: run::Start) -> AgentStream {
+        self.spawn_invocation(self.invocation(start))
+    }
+
+    fn spawn_invocation(&self, invocation: run::Invocation) -> AgentStream {
         let (tx, rx) = mpsc::channel(64);
         let cancel = self.cancel.clone().unwrap_or_default().child_token();
         let guard = cancel.clone().drop_guard();
-        let run = self.task(start, cancel, Some(tx.clone()));
+        let run = self.task(invocation, cancel, Some(tx.clone()));
         tokio::spawn(async move {
             let last = run.await.map(AgentEvent::Stop);
             // The receiver may be gone (then nobody is waiting for the outcome), or held and
@@ -236,7 +254,7 @@ impl Session {
     /// typed error.
     fn task(
         &self,
-        start: run::Start,
+        invocation: run::Invocation,
         cancel: CancellationToken,
         tx: Option<run::Sender>,
     ) -> impl Future<Output = Result<AgentResult, AgentError>> + Send + 'static {
@@ -246,7 +264,6 @@ impl Session {
         let agent = self.agent.clone();
         let session_id = self.session_id.clone();
         let actor_id = self.actor_id.clone();
-        let invocation = self.invocation(start);
         // The caller's trace context unless one was given, so the run's `invoke_agent` span is
         // its child, not a new root.
         let trace = self

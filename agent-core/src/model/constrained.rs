@@ -124,16 +124,7 @@ pub(crate) fn render_assistant(content: &[ContentBlock]) -> String {
         })
         .collect();
     match calls.len() {
-        0 => {
-            let text: String = content
-                .iter()
-                .filter_map(|b| match b {
-                    ContentBlock::Text(t) => Some(t.as_str()),
-                    _ => None,
-                })
-                .collect();
-            json!({"final_answer": text}).to_string()
-        }
+        0 => json!({"final_answer": crate::message::text_of(content)}).to_string(),
         1 => json!({"tool_call": calls[0]}).to_string(),
         _ => json!({"tool_calls": calls}).to_string(),
     }

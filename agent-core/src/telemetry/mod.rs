@@ -199,6 +199,50 @@ struct Instruments {
     tool_duration: Histogram<f64>,
 }
 
+/// Where a run hands its `invoke_agent` span, still open, when it ends.
+pub(crate) type TraceHold = tokio::sync::oneshot::Sender<HeldTrace>;
+
+/// A run's `invoke_agent` span, kept open after the run so that what is learnt about the run
+/// afterwards (evaluation scores) is recorded on it as events. Dropping it ends the span, with
+/// the run's own end time, so its duration is the run's.
+#[must_use = "dropping it ends the span at once"]
+pub struct HeldTrace {
+    cx: Context,
+    ended: std::time::SystemTime,
+}
+
+impl std::fmt::Debug for HeldTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldTrace")
+            .field("trace_id", &self.trace_id())
+            .field("span_id", &self.span_id())
+            .finish()
+    }
+}
+
+impl HeldTrace {
+    /// The trace id, 32 lowercase hex digits (Langfuse's trace id).
+    pub fn trace_id(&self) -> String {
+        self.cx.span().span_context().trace_id().to_string()
+    }
+
+    /// The span id, 16 lowercase hex digits (Langfuse's observation id).
+    pub fn span_id(&self) -> String {
+        self.cx.span().span_context().span_id().to_string()
+    }
+
+    /// Records an event on the span, timed now.
+    pub fn add_event(&self, name: &'static str, attributes: Vec<KeyValue>) {
+        self.cx.span().add_event(name, attributes);
+    }
+}
+
+impl Drop for HeldTrace {
+    fn drop(&mut self) {
+        self.cx.span().end_with_timestamp(self.ended);
+    }
+}
+
 /// The instrumentation handle an agent records with. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Telemetry {
@@ -334,7 +378,7 @@ impl Telemetry {
         self.inner.is_some() && self.capture.any()
     }
 
-    pub(crate) fn end_invoke(&self, cx: &Context, end: &InvokeEnd<'_>) {
+    pub(crate) fn end_invoke(&self, cx: &Context, end: &InvokeEnd<'_>, hold: Option<TraceHold>) {
         let span = cx.span();
         if let Some(u) = end.usage {
             span.set_attribute(KeyValue::new(
@@ -363,7 +407,15 @@ impl Telemetry {
         if self.capture.any() {
             self.invoke_content(&span, end);
         }
-        span.end();
+        let ended = std::time::SystemTime::now();
+        match hold {
+            // Ended by the holder, or when the holder is gone, at this time either way.
+            Some(hold) => drop(hold.send(HeldTrace {
+                cx: cx.clone(),
+                ended,
+            })),
+            None => span.end_with_timestamp(ended),
+        }
     }
 
     /// The invocation's input (its prompt) and output (its final message) on `invoke_agent`,

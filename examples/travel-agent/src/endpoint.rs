@@ -147,6 +147,38 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The model that judges `eval --judge`: `EVAL_JUDGE_BASE_URL` (with `EVAL_JUDGE_MODEL`, or
+    /// the first model it lists) if set, otherwise this endpoint's model; at temperature 0.
+    pub(crate) async fn judge_model(
+        &self,
+    ) -> Result<std::sync::Arc<dyn Model>, Box<dyn std::error::Error>> {
+        let base_url = match (std::env::var("EVAL_JUDGE_BASE_URL"), self) {
+            (Ok(url), _) => url,
+            (Err(_), Self::OpenAi { base_url, .. }) => base_url.clone(),
+            (Err(_), Self::Bedrock { model_id }) => {
+                let id = std::env::var("EVAL_JUDGE_MODEL").unwrap_or_else(|_| model_id.clone());
+                return Ok(std::sync::Arc::new(bedrock(&id).await?));
+            }
+        };
+        let model = match std::env::var("EVAL_JUDGE_MODEL") {
+            Ok(m) => m,
+            Err(_) => discover_model(&base_url).await?,
+        };
+        crate::say(
+            tracing::Level::INFO,
+            &format!("judge: model `{model}` at {base_url}"),
+        );
+        Ok(std::sync::Arc::new(
+            OpenAiCompatible::builder()
+                .base_url(&base_url)
+                .model(&model)
+                .temperature(0.0)
+                .build()?,
+        ))
+    }
+}
+
 /// The Bedrock Converse provider for `model_id`, with the standard AWS configuration.
 async fn bedrock(model_id: &str) -> Result<BedrockConverse, Box<dyn std::error::Error>> {
     let config = aws_config::load_from_env().await;

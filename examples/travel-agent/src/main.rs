@@ -55,7 +55,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the evaluation set against the model and prints the pass rate.
+    /// Runs the evaluation set against the model: Ragas' metrics, a summary, thresholds.
     Eval(eval::Args),
     /// Serves the agent over HTTP (see `serve --help`).
     Serve(serve::Args),
@@ -128,7 +128,16 @@ async fn main() -> ExitCode {
             tokio::spawn(cancel_on_signal(cancel.clone()));
             match (endpoint.agent(tools).await, command) {
                 (Err(e), _) => Err(e),
-                (Ok(agent), Some(Command::Eval(args))) => eval::run(&agent, &args, &cancel).await,
+                (Ok(agent), Some(Command::Eval(args))) => {
+                    if args.judge_wanted() {
+                        match endpoint.judge_model().await {
+                            Ok(judge) => eval::run(&agent, Some(judge), &args, &cancel).await,
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        eval::run(&agent, None, &args, &cancel).await
+                    }
+                }
                 (Ok(agent), _) => {
                     let prompt = if cli.prompt.is_empty() {
                         DEFAULT_PROMPT.to_owned()

@@ -216,3 +216,137 @@ fn model_provider_bedrock_without_a_model_says_what_to_set() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("use openai"));
 }
+
+/// Runs `travel-agent eval` with `args` against `server`.
+async fn eval(server: &MockVllm, args: Vec<String>) -> std::process::Output {
+    let base_url = server.base_url();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_travel-agent"))
+            .arg("eval")
+            .args(args)
+            .env("OPENAI_BASE_URL", base_url)
+            .env_remove("OPENAI_MODEL")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("LANGFUSE_HOST")
+            .env_remove("LANGFUSE_BASE_URL")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("runs")
+}
+
+#[tokio::test]
+async fn eval_prints_the_metrics_writes_the_report_and_gates_on_thresholds() {
+    use agent_tests::Turn;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.jsonl");
+    std::fs::write(
+        &cases,
+        concat!(
+            r#"{"id": "lisbon", "prompt": "Weather in Lisbon?", "tags": ["weather"], "calls": [{"name": "get_weather", "args": {"city": "Lisbon"}}], "facts": ["sunny", "21"]}"#,
+            "\n",
+            r#"{"id": "hello", "prompt": "Hello!", "tags": ["no-tool"], "no_tools": true, "reference": "Hi! I plan trips."}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let script = || {
+        [
+            Turn::tool_call("get_weather", json!({"city": "Lisbon"})),
+            Turn::text("Sunny in Lisbon, 21 °C."),
+            Turn::text("Hi! I plan trips."),
+        ]
+    };
+    let server = MockVllm::start(script()).await.expect("server");
+    let report = dir.path().join("report.json");
+    let output = eval(
+        &server,
+        vec![
+            "--cases".into(),
+            cases.display().to_string(),
+            "--report".into(),
+            report.display().to_string(),
+            "--threshold".into(),
+            "tool_call_accuracy>=1".into(),
+            "--threshold".into(),
+            "exact_match>=1".into(),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    // Not a terminal: a line per case instead of a bar.
+    assert!(
+        stderr.contains("[1/2] PASS lisbon") && stderr.contains("[2/2] PASS hello"),
+        "{stderr}"
+    );
+    for metric in [
+        "tool_call_accuracy",
+        "tool_call_f1",
+        "exact_match",
+        "latency_seconds",
+        "per tag",
+    ] {
+        assert!(stdout.contains(metric), "{metric}: {stdout}");
+    }
+    assert!(
+        stdout.contains("temperature provider default, seed none"),
+        "{stdout}"
+    );
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(written["cases"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        written["summary"]["metrics"]["tool_call_accuracy"]["mean"],
+        json!(1.0)
+    );
+    assert_eq!(written["cases"][1]["tool_calls"], json!([]));
+
+    // The same run against a threshold it misses: exit status 1, and which one and by how much.
+    let server = MockVllm::start(script()).await.expect("server");
+    let output = eval(
+        &server,
+        vec![
+            "--cases".into(),
+            cases.display().to_string(),
+            "--threshold".into(),
+            "latency_seconds.max<=0".into(),
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("thresholds missed: latency_seconds.max<=0: it is"),
+        "{stderr}"
+    );
+
+    // A bad case: the file and line, before any model call.
+    std::fs::write(
+        &cases,
+        "{\"id\": \"a\", \"prompt\": \"p\"}\n{\"id\": \"b\", \"promt\": \"p\"}\n",
+    )
+    .unwrap();
+    let server = MockVllm::start([]).await.expect("server");
+    let output = eval(&server, vec!["--cases".into(), cases.display().to_string()]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cases.jsonl:2: unknown field `promt`"),
+        "{stderr}"
+    );
+    assert!(
+        server
+            .received()
+            .iter()
+            .all(|r| r.body.get("messages").is_none()),
+        "no case ran"
+    );
+}
