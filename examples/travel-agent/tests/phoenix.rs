@@ -276,3 +276,122 @@ async fn phoenix_shows_the_run_as_the_conventions_describe_it() {
     );
     assert_eq!(session["data"]["token_count_total"], 785, "{session:#}");
 }
+
+/// A judge reply as a grammar-bound model writes it: the `verdict` call.
+fn judged(arguments: Value) -> Turn {
+    Turn::text(json!({"tool_call": {"name": "verdict", "arguments": arguments}}).to_string())
+}
+
+/// `travel-agent eval --judge` exporting to Phoenix: every score is a `gen_ai.evaluation.result`
+/// event on its case's `invoke_agent` span as Phoenix stores it, and the span still measures the
+/// run (it ends before the judge's first call).
+#[tokio::test]
+async fn phoenix_shows_the_scores_on_the_evaluated_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = dir.path().join("cases.jsonl");
+    std::fs::write(
+        &cases,
+        r#"{"id": "lisbon", "prompt": "Weather in Lisbon?", "calls": [{"name": "get_weather", "args": {"city": "Lisbon"}}], "goal": "The user learns Lisbon's weather: sunny, 21 °C"}"#,
+    )
+    .expect("cases");
+    // The agent's two turns, then the judge's six (the same endpoint judges).
+    let goal =
+        json!({"user_goal": "Know Lisbon's weather", "end_state": "Told it is sunny, 21 °C"});
+    let server = MockVllm::start([
+        Turn::tool_call("get_weather", json!({"city": "Lisbon"})),
+        Turn::text("Sunny in Lisbon, 21 °C."),
+        judged(goal.clone()),
+        judged(json!({"reason": "As desired.", "verdict": 1})),
+        judged(goal),
+        judged(json!({"reason": "Goal reached.", "verdict": 1})),
+        judged(json!({"statements": ["Lisbon is sunny at 21 °C"]})),
+        judged(json!({"statements": [{"statement": "Lisbon is sunny at 21 °C", "reason": "The tool says so.", "verdict": 1}]})),
+    ])
+    .await
+    .expect("model server");
+    let project = format!("travel-eval-{:08x}", fastrand::u32(..));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_travel-agent"));
+    command
+        .args(["eval", "--judge", "--cases"])
+        .arg(&cases)
+        .env("OPENAI_BASE_URL", server.base_url())
+        .env_remove("OPENAI_MODEL")
+        .env_remove("EVAL_JUDGE_BASE_URL")
+        .env_remove("EVAL_EMBED_URL")
+        .env_remove("LANGFUSE_HOST")
+        .env_remove("LANGFUSE_BASE_URL")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", phoenix_url())
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("x-project-name={project}"),
+        )
+        .env("OTEL_METRICS_EXPORTER", "none");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("faithfulness"), "{stdout}");
+    // invoke_agent, two chats, one tool; the judge's calls are not the agent's.
+    let spans = spans(&project, 4).await;
+    let agent = named(&spans, "invoke_agent")
+        .pop()
+        .expect("invoke_agent")
+        .clone();
+    let events: Vec<&Value> = agent["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["name"] == "gen_ai.evaluation.result")
+        .collect();
+    let score = |metric: &str| {
+        events
+            .iter()
+            .find(|e| e["attributes"]["gen_ai.evaluation.name"] == metric)
+            .map(|e| e["attributes"].clone())
+            .unwrap_or_else(|| panic!("no {metric} event: {agent:#}"))
+    };
+    assert_eq!(
+        score("tool_call_accuracy")["gen_ai.evaluation.score.value"],
+        json!(1.0)
+    );
+    assert_eq!(
+        score("faithfulness")["gen_ai.evaluation.score.value"],
+        json!(1.0)
+    );
+    let goal = score("agent_goal_accuracy_with_reference");
+    assert_eq!(goal["gen_ai.evaluation.score.label"], "pass");
+    assert!(
+        goal["gen_ai.evaluation.explanation"]
+            .as_str()
+            .unwrap_or("")
+            .contains("As desired."),
+        "{goal:#}"
+    );
+    let ended = instant(&agent["end_time"]);
+    let last_chat = named(&spans, "chat ")
+        .iter()
+        .map(|s| instant(&s["end_time"]))
+        .fold(f64::MIN, f64::max);
+    assert!(ended >= last_chat, "{ended} {last_chat}");
+    assert!(
+        events.iter().all(|e| instant(&e["timestamp"]) >= ended),
+        "scores come after the run: {agent:#}"
+    );
+}
+
+/// Seconds since midnight of one of Phoenix's UTC times (`2026-11-30T19:22:43.073823+00:00`;
+/// the fraction may be absent); the runs of a test share a day but for a run across midnight.
+fn instant(v: &Value) -> f64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
+    let time = &s[11..s.len() - 6];
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let parts: Vec<f64> = hms.split(':').map(|p| p.parse().expect("number")).collect();
+    let fraction: f64 = format!("0.{fraction}").parse().expect("fraction");
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2] + fraction
+}
