@@ -248,3 +248,42 @@ async fn tool_choice_any_drops_the_answer_branch_and_unknown_tools_get_error_res
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert_eq!(r.text(), "ok");
 }
+
+/// A constrained reply cut off at the output bound (`finish_reason: length`) is an invalid reply
+/// that says so, so a caller can retry with a larger bound (the evaluation judge does).
+#[tokio::test]
+async fn a_reply_cut_off_at_the_bound_says_so() {
+    use agent_core::model::{ModelRequest, ToolChoice};
+    use agent_core::tool::ToolSpec;
+    let server = MockVllm::start([
+        Turn::text(r#"{"tool_call": {"name": "verdict", "arguments": {"statements": ["Lisbon is"#)
+            .with_finish_reason("length"),
+        Turn::text(r#"{"tool_call": {"name": "verdict", "arguments": {"statements": ["#)
+            .with_finish_reason("stop"),
+    ])
+    .await
+    .unwrap();
+    let model = provider_builder(&server)
+        .tool_calling(ToolCalling::Constrained { parallel: false })
+        .build()
+        .unwrap();
+    let tools = [ToolSpec {
+        name: "verdict".into(),
+        description: "The judgement.".into(),
+        input_schema: json!({"type": "object"}),
+    }];
+    let choice = ToolChoice::Tool("verdict".into());
+    let prompt = Message::user("Judge.");
+    let request = ModelRequest::new(vec![&prompt], &tools, &choice).max_tokens(8);
+    let cut = model.complete(&request).await.expect_err("cut off");
+    assert!(
+        matches!(&cut, ModelError::InvalidReply { message } if message.starts_with("the reply was cut off at the output bound")),
+        "{cut}"
+    );
+    // Malformed without hitting the bound: invalid, but not said to be cut off.
+    let malformed = model.complete(&request).await.expect_err("malformed");
+    assert!(
+        matches!(&malformed, ModelError::InvalidReply { message } if !message.contains("cut off")),
+        "{malformed}"
+    );
+}

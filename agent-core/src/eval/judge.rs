@@ -3,8 +3,9 @@
 //! with prompts of our own.
 //!
 //! Every model call is bounded by [`Judge::timeout`] and tried up to [`Judge::attempts`] times;
-//! a reply that does not parse, or breaks the answer's rules, is tried again, and after the
-//! last attempt the metric is [`Outcome::Unscored`](super::Outcome::Unscored) with the reason. A judge never guesses.
+//! a reply that does not parse, or breaks the answer's rules, is tried again (at
+//! [`Judge::retry_temperature`], with twice the token bound when the reply was cut off at it),
+//! and after the last attempt the metric is [`Outcome::Unscored`](super::Outcome::Unscored) with the reason. A judge never guesses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 use super::report::MetricResult;
 use super::runner::Sample;
 use crate::message::{ContentBlock, Message};
-use crate::model::{Embedder, Model, ModelDescriptor, ModelRequest, ToolChoice};
+use crate::model::{Embedder, Model, ModelDescriptor, ModelRequest, ModelStopReason, ToolChoice};
 use crate::tool::ToolSpec;
 
 /// Ragas' default number of questions `answer_relevancy` generates.
@@ -30,6 +31,7 @@ pub struct Judge {
     attempts: u32,
     strictness: usize,
     max_tokens: u32,
+    retry_temperature: f32,
 }
 
 impl std::fmt::Debug for Judge {
@@ -56,6 +58,7 @@ impl Judge {
             attempts: 3,
             strictness: DEFAULT_STRICTNESS,
             max_tokens: 1024,
+            retry_temperature: 0.3,
         }
     }
 
@@ -84,7 +87,19 @@ impl Judge {
         self
     }
 
-    /// The bound on each reply's tokens (default 1024).
+    /// The temperature of the attempts after the first (default 0.3; the first is at 0): at
+    /// temperature 0 a model repeats the reply that just failed.
+    pub fn retry_temperature(mut self, temperature: f32) -> Self {
+        self.retry_temperature = if temperature.is_finite() {
+            temperature.clamp(0.0, 2.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// The bound on each reply's tokens (default 1024); a reply cut off at it is tried again
+    /// with twice the bound, up to four times it.
     pub fn max_tokens(mut self, n: u32) -> Self {
         self.max_tokens = n.max(16);
         self
@@ -128,16 +143,38 @@ impl Judge {
         system.push_str("\nJudge the input you are given in the same way, as one JSON object.");
         let prompt = Message::user(input.to_owned());
         let mut last = String::new();
+        let mut max_tokens = self.max_tokens;
         for attempt in 1..=self.attempts {
+            let temperature = if attempt == 1 {
+                0.0
+            } else {
+                self.retry_temperature
+            };
             let request = ModelRequest::new(vec![&prompt], &tools, &choice)
                 .system_prompt(&system)
-                .max_tokens(self.max_tokens)
-                .temperature(0.0)
+                .max_tokens(max_tokens)
+                .temperature(temperature)
                 .structured_output();
             let reply =
                 match tokio::time::timeout(self.timeout, self.model.complete(&request)).await {
                     Err(_) => Err(format!("no reply within {:?}", self.timeout)),
+                    // Cut off at the bound, whether the provider says so in an error (a
+                    // constrained reply that did not close) or in the stop reason: a larger
+                    // bound may fix it.
+                    Ok(Err(e)) if e.is_truncated_reply() => {
+                        max_tokens = max_tokens
+                            .saturating_mul(2)
+                            .min(self.max_tokens.saturating_mul(4));
+                        Err(format!("the judge failed: {e}"))
+                    }
                     Ok(Err(e)) => Err(format!("the judge failed: {e}")),
+                    Ok(Ok(response)) if response.stop_reason == ModelStopReason::MaxTokens => {
+                        let cut_at = max_tokens;
+                        max_tokens = max_tokens
+                            .saturating_mul(2)
+                            .min(self.max_tokens.saturating_mul(4));
+                        Err(format!("the reply was cut off at {cut_at} tokens"))
+                    }
                     Ok(Ok(response)) => reply_value(&response.content)
                         .and_then(|v| {
                             serde_json::from_value::<T>(v)
@@ -640,6 +677,62 @@ mod tests {
             matches!(r.outcome, Outcome::Unscored(ref m) if m.contains("neither 0 nor 1")),
             "{r:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_retry_is_sampled_and_a_cut_off_reply_gets_a_larger_bound() {
+        use crate::model::ModelResponse;
+        let cut = ModelResponse::new(
+            vec![ContentBlock::Text("{\"statements\": [\"Lisbon is".into())],
+            ModelStopReason::MaxTokens,
+        );
+        let model = Arc::new(ScriptedModel::new([
+            cut.clone(),
+            ScriptedModel::text("{\"statements\": [\"Lisbon is sunny\"]}"),
+            ScriptedModel::text(
+                "{\"statements\": [{\"statement\": \"Lisbon is sunny\", \"reason\": \"r\", \"verdict\": 1}]}",
+            ),
+        ]));
+        let r = Judge::new(model.clone()).faithfulness(&sample()).await;
+        assert_eq!(r.outcome, Outcome::Value(1.0));
+        let asked = model.requests();
+        assert_eq!(
+            (asked[0].temperature, asked[0].max_tokens),
+            (Some(0.0), Some(1024))
+        );
+        assert_eq!(
+            (asked[1].temperature, asked[1].max_tokens),
+            (Some(0.3), Some(2048))
+        );
+        assert_eq!(
+            asked[2].temperature,
+            Some(0.0),
+            "a new judgement starts at 0"
+        );
+        // A provider's error for a constrained reply cut off at the bound counts the same.
+        let model = Arc::new(ScriptedModel::new([]));
+        model.push_error(crate::model::ModelError::InvalidReply {
+            message: format!("{} (EOF while parsing)", crate::model::TRUNCATED_REPLY),
+        });
+        model.push([
+            ScriptedModel::text("{\"statements\": [\"Lisbon is sunny\"]}"),
+            ScriptedModel::text("{\"statements\": [{\"statement\": \"Lisbon is sunny\", \"reason\": \"r\", \"verdict\": 0}]}"),
+        ]);
+        let r = Judge::new(model.clone()).faithfulness(&sample()).await;
+        assert_eq!(r.outcome, Outcome::Value(0.0));
+        assert_eq!(model.requests()[1].max_tokens, Some(2048));
+        // Never past four times the bound, and still unscored when every reply is cut.
+        let model = Arc::new(ScriptedModel::new(vec![cut; 4]));
+        let r = Judge::new(model.clone())
+            .attempts(4)
+            .faithfulness(&sample())
+            .await;
+        assert!(
+            matches!(r.outcome, Outcome::Unscored(ref m) if m.contains("cut off")),
+            "{r:?}"
+        );
+        let bounds: Vec<_> = model.requests().iter().map(|q| q.max_tokens).collect();
+        assert_eq!(bounds, [Some(1024), Some(2048), Some(4096), Some(4096)]);
     }
 
     #[tokio::test]

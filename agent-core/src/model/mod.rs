@@ -489,6 +489,18 @@ impl ModelDescriptor {
     }
 }
 
+/// How an [`ModelError::InvalidReply`] starts when the reply did not parse because the model
+/// hit its output bound (`finish_reason` `length`): a larger bound may fix it.
+pub(crate) const TRUNCATED_REPLY: &str = "the reply was cut off at the output bound";
+
+impl ModelError {
+    /// A reply that did not parse because it was cut off at the output bound.
+    #[cfg_attr(not(feature = "eval"), allow(dead_code))]
+    pub(crate) fn is_truncated_reply(&self) -> bool {
+        matches!(self, Self::InvalidReply { message } if message.starts_with(TRUNCATED_REPLY))
+    }
+}
+
 /// A chat model. Implement [`Model::stream`]; [`Model::complete`] is derived from it.
 ///
 /// The request is borrowed: a provider serialises what it needs before returning the stream,

@@ -23,6 +23,10 @@ pub struct RecordedRequest {
     pub tools: Vec<String>,
     /// The tool choice.
     pub tool_choice: ToolChoice,
+    /// The call's own temperature, when it set one.
+    pub temperature: Option<f32>,
+    /// The call's own output bound, when it set one.
+    pub max_tokens: Option<u32>,
 }
 
 /// A model that answers each call with the next scripted response (or error), and records
@@ -131,6 +135,8 @@ impl Model for ScriptedModel {
             system_prompt: request.system_prompt.map(str::to_owned),
             tools: request.tools.iter().map(|t| t.name.clone()).collect(),
             tool_choice: request.tool_choice.clone(),
+            temperature: request.temperature,
+            max_tokens: request.max_tokens,
         });
         let call = {
             let mut calls = lock(&self.inner.calls);

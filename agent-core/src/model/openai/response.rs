@@ -254,8 +254,16 @@ impl Assembler {
                 counter += 1;
                 format!("call_{prefix:08x}_{counter}")
             };
-            let blocks = constrained::parse_reply(streamer.raw(), &mut next_id)
-                .map_err(|e| ModelError::InvalidReply { message: e.0 })?;
+            let cut = self.finish_reason.as_deref() == Some("length");
+            let blocks = constrained::parse_reply(streamer.raw(), &mut next_id).map_err(|e| {
+                ModelError::InvalidReply {
+                    message: if cut {
+                        format!("{} ({})", crate::model::TRUNCATED_REPLY, e.0)
+                    } else {
+                        e.0
+                    },
+                }
+            })?;
             for block in blocks {
                 match block {
                     ContentBlock::ToolUse(u) => {
