@@ -23,14 +23,19 @@ fn get_weather(
     json!({"city": city, "conditions": "light rain", "temperature_c": 12})
 }
 
-#[tokio::test]
-async fn a_real_local_model_calls_a_tool_and_uses_its_result() {
-    let base_url = std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
+/// The local model endpoint (`scripts/local-model.sh`), or a panic that says how to start it.
+fn local_model_url() -> String {
+    std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
         panic!(
             "AGENT_LOCAL_MODEL_URL is not set. This test needs the local model endpoint: run the whole suite with \
              scripts/test.sh, or run `scripts/local-model.sh start` and export AGENT_LOCAL_MODEL_URL=<the URL it prints>"
         )
-    });
+    })
+}
+
+#[tokio::test]
+async fn a_real_local_model_calls_a_tool_and_uses_its_result() {
+    let base_url = local_model_url();
     let model = OpenAiCompatible::builder()
         .base_url(base_url)
         .model("local")
@@ -95,12 +100,7 @@ struct Traveller {
 /// this model produces a nested value that fits.
 #[tokio::test]
 async fn a_real_local_model_gives_a_nested_structured_value() {
-    let base_url = std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
-        panic!(
-            "AGENT_LOCAL_MODEL_URL is not set: run scripts/test.sh, or `scripts/local-model.sh start` \
-             and export AGENT_LOCAL_MODEL_URL=<the URL it prints>"
-        )
-    });
+    let base_url = local_model_url();
     let model = OpenAiCompatible::builder()
         .base_url(base_url)
         .model("local")
@@ -152,12 +152,7 @@ fn city_weather(
 }
 
 fn local_model() -> OpenAiCompatible {
-    let base_url = std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
-        panic!(
-            "AGENT_LOCAL_MODEL_URL is not set: run scripts/test.sh, or `scripts/local-model.sh start` \
-             and export AGENT_LOCAL_MODEL_URL=<the URL it prints>"
-        )
-    });
+    let base_url = local_model_url();
     OpenAiCompatible::builder()
         .base_url(base_url)
         .model("local")
@@ -249,12 +244,7 @@ async fn a_real_local_model_delegates_to_another_agent() {
 async fn a_real_model_judges_runs_within_its_bounds() {
     use agent_core::eval::{Judge, Outcome, Sample};
     use agent_core::message::{ContentBlock, Role, ToolResult, ToolUse};
-    let base_url = std::env::var("AGENT_LOCAL_MODEL_URL").unwrap_or_else(|_| {
-        panic!(
-            "AGENT_LOCAL_MODEL_URL is not set. This test needs the local model endpoint: run the whole suite with \
-             scripts/test.sh, or run `scripts/local-model.sh start` and export AGENT_LOCAL_MODEL_URL=<the URL it prints>"
-        )
-    });
+    let base_url = local_model_url();
     let model = OpenAiCompatible::builder()
         .base_url(base_url)
         .model("local")

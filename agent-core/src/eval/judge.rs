@@ -144,6 +144,12 @@ impl Judge {
         let prompt = Message::user(input.to_owned());
         let mut last = String::new();
         let mut max_tokens = self.max_tokens;
+        // A reply cut off at the bound is tried again with twice it, up to four times the first.
+        let larger = |bound: u32| {
+            bound
+                .saturating_mul(2)
+                .min(self.max_tokens.saturating_mul(4))
+        };
         for attempt in 1..=self.attempts {
             let temperature = if attempt == 1 {
                 0.0
@@ -162,17 +168,13 @@ impl Judge {
                     // constrained reply that did not close) or in the stop reason: a larger
                     // bound may fix it.
                     Ok(Err(e)) if e.is_truncated_reply() => {
-                        max_tokens = max_tokens
-                            .saturating_mul(2)
-                            .min(self.max_tokens.saturating_mul(4));
+                        max_tokens = larger(max_tokens);
                         Err(format!("the judge failed: {e}"))
                     }
                     Ok(Err(e)) => Err(format!("the judge failed: {e}")),
                     Ok(Ok(response)) if response.stop_reason == ModelStopReason::MaxTokens => {
                         let cut_at = max_tokens;
-                        max_tokens = max_tokens
-                            .saturating_mul(2)
-                            .min(self.max_tokens.saturating_mul(4));
+                        max_tokens = larger(max_tokens);
                         Err(format!("the reply was cut off at {cut_at} tokens"))
                     }
                     Ok(Ok(response)) => reply_value(&response.content)

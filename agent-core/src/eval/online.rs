@@ -36,14 +36,21 @@ pub struct OnlineEvaluator {
 
 type OnScored = Arc<dyn Fn(&CaseReport) + Send + Sync>;
 
-struct Inner {
+/// What the builder methods set; the queue is made from it.
+#[derive(Clone)]
+struct Settings {
     judge: Judge,
     sample_rate: f64,
+    queue: usize,
     bound: Duration,
-    tx: mpsc::Sender<Job>,
-    rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
     on_scored: Option<OnScored>,
     langfuse: Option<LangfuseScores>,
+}
+
+struct Inner {
+    settings: Settings,
+    tx: mpsc::Sender<Job>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
     offered: AtomicU64,
     dropped: AtomicU64,
     scored: AtomicU64,
@@ -52,7 +59,7 @@ struct Inner {
 impl std::fmt::Debug for OnlineEvaluator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OnlineEvaluator")
-            .field("sample_rate", &self.inner.sample_rate)
+            .field("sample_rate", &self.inner.settings.sample_rate)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -88,34 +95,23 @@ const DEFAULT_BOUND: Duration = Duration::from_secs(300);
 impl OnlineEvaluator {
     /// Scores 10% of invocations with `judge`, from a queue of 64.
     pub fn new(judge: Judge) -> Self {
-        Self::build(
+        Self::build(Settings {
             judge,
-            DEFAULT_SAMPLE_RATE,
-            DEFAULT_QUEUE,
-            DEFAULT_BOUND,
-            None,
-            None,
-        )
+            sample_rate: DEFAULT_SAMPLE_RATE,
+            queue: DEFAULT_QUEUE,
+            bound: DEFAULT_BOUND,
+            on_scored: None,
+            langfuse: None,
+        })
     }
 
-    fn build(
-        judge: Judge,
-        sample_rate: f64,
-        queue: usize,
-        bound: Duration,
-        on_scored: Option<OnScored>,
-        langfuse: Option<LangfuseScores>,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+    fn build(settings: Settings) -> Self {
+        let (tx, rx) = mpsc::channel(settings.queue);
         Self {
             inner: Arc::new(Inner {
-                judge,
-                sample_rate: sample_rate.clamp(0.0, 1.0),
-                bound,
+                settings,
                 tx,
                 rx: std::sync::Mutex::new(Some(rx)),
-                on_scored,
-                langfuse,
                 offered: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 scored: AtomicU64::new(0),
@@ -123,54 +119,43 @@ impl OnlineEvaluator {
         }
     }
 
-    fn rebuild(
-        self,
-        f: impl FnOnce(
-            &mut (
-                f64,
-                usize,
-                Duration,
-                Option<OnScored>,
-                Option<LangfuseScores>,
-            ),
-        ),
-    ) -> Self {
-        let i = &self.inner;
-        let mut s = (
-            i.sample_rate,
-            i.tx.max_capacity(),
-            i.bound,
-            i.on_scored.clone(),
-            i.langfuse.clone(),
-        );
-        f(&mut s);
-        Self::build(i.judge.clone(), s.0, s.1, s.2, s.3, s.4)
+    /// The same evaluator with one setting changed (a new queue; set up before first use).
+    fn with(self, change: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.inner.settings.clone();
+        change(&mut settings);
+        Self::build(settings)
     }
 
     /// The share of invocations scored, 0 to 1.
     pub fn sample_rate(self, rate: f64) -> Self {
-        self.rebuild(|s| s.0 = if rate.is_nan() { 0.0 } else { rate })
+        self.with(|s| {
+            s.sample_rate = if rate.is_nan() {
+                0.0
+            } else {
+                rate.clamp(0.0, 1.0)
+            }
+        })
     }
 
     /// How many invocations may wait to be scored (at least 1).
     pub fn queue(self, n: usize) -> Self {
-        self.rebuild(|s| s.1 = n.max(1))
+        self.with(|s| s.queue = n.max(1))
     }
 
     /// The longest one invocation's scoring may take; its span is ended then whatever the
     /// judge is doing.
     pub fn bound(self, bound: Duration) -> Self {
-        self.rebuild(|s| s.2 = bound.max(Duration::from_millis(1)))
+        self.with(|s| s.bound = bound.max(Duration::from_millis(1)))
     }
 
     /// Called with each scored invocation (its `id` is the session id).
     pub fn on_scored(self, f: impl Fn(&CaseReport) + Send + Sync + 'static) -> Self {
-        self.rebuild(|s| s.3 = Some(Arc::new(f)))
+        self.with(|s| s.on_scored = Some(Arc::new(f)))
     }
 
     /// Also sends the scores to Langfuse.
     pub fn langfuse(self, scores: LangfuseScores) -> Self {
-        self.rebuild(|s| s.4 = Some(scores))
+        self.with(|s| s.langfuse = Some(scores))
     }
 
     /// The counts so far.
@@ -184,7 +169,7 @@ impl OnlineEvaluator {
 
     /// Whether this invocation is to be scored.
     pub(crate) fn sampled(&self) -> bool {
-        let rate = self.inner.sample_rate;
+        let rate = self.inner.settings.sample_rate;
         rate >= 1.0 || (rate > 0.0 && fastrand::f64() < rate)
     }
 
@@ -210,7 +195,7 @@ impl OnlineEvaluator {
             use futures::FutureExt as _;
             while let Some(job) = rx.recv().await {
                 let Some(inner) = weak.upgrade() else { break };
-                let bound = inner.bound;
+                let bound = inner.settings.bound;
                 // A job that waited longer than the bound is not scored: its span ends now.
                 if job.offered.elapsed() > bound {
                     inner.dropped.fetch_add(1, Ordering::Relaxed);
@@ -276,7 +261,7 @@ async fn score(inner: &Inner, job: Job) {
         .into_iter()
         .filter(|m| m.metric != "expectations_met")
         .collect();
-    metrics.extend(score_judged(&inner.judge, &case, &sample).await);
+    metrics.extend(score_judged(&inner.settings.judge, &case, &sample).await);
     let report = CaseReport {
         id: session_id.clone(),
         tags: vec!["online".into()],
@@ -294,10 +279,10 @@ async fn score(inner: &Inner, job: Job) {
     }
     drop(job.trace);
     inner.scored.fetch_add(1, Ordering::Relaxed);
-    if let Some(f) = &inner.on_scored {
+    if let Some(f) = &inner.settings.on_scored {
         f(&report);
     }
-    if let Some(langfuse) = &inner.langfuse
+    if let Some(langfuse) = &inner.settings.langfuse
         && let Err(e) = langfuse.send(&report).await
     {
         tracing::warn!(target: "agent_core::eval", error = %e, "online scores not sent to Langfuse");

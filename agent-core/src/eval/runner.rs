@@ -128,7 +128,7 @@ pub fn score_deterministic(
                 .join("; "),
         ));
     }
-    let failures = expectation_failures(case, sample, &missing);
+    let failures = expectation_failures(case, sample, &answer, &missing);
     out.push(MetricResult::scored(
         "expectations_met",
         f64::from(u8::from(failures.is_empty())),
@@ -152,7 +152,12 @@ fn fact_found(fact: &str, answer_lowercase: &str) -> bool {
         .any(|alt| !alt.is_empty() && answer_lowercase.contains(&alt))
 }
 
-fn expectation_failures(case: &Case, sample: &Sample, missing_facts: &[&str]) -> Vec<String> {
+fn expectation_failures(
+    case: &Case,
+    sample: &Sample,
+    answer_lowercase: &str,
+    missing_facts: &[&str],
+) -> Vec<String> {
     let mut failures = Vec::new();
     if sample.response.trim().is_empty() {
         failures.push(format!("no answer (stopped: {})", sample.stop_reason));
@@ -188,9 +193,8 @@ fn expectation_failures(case: &Case, sample: &Sample, missing_facts: &[&str]) ->
     for fact in missing_facts {
         failures.push(format!("the answer lacks \"{fact}\""));
     }
-    let answer = sample.response.to_lowercase();
     for wrong in &case.absent {
-        if answer.contains(&wrong.to_lowercase()) {
+        if answer_lowercase.contains(&wrong.to_lowercase()) {
             failures.push(format!("the answer contains \"{wrong}\""));
         }
     }

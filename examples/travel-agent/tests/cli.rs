@@ -6,21 +6,30 @@ use std::process::Command;
 
 use agent_tests::MockVllm;
 
+/// The binary against `server`, with no model name or key from the environment.
+fn against(server: &MockVllm) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_travel-agent"));
+    command
+        .env("OPENAI_BASE_URL", server.base_url())
+        .env_remove("OPENAI_MODEL")
+        .env_remove("OPENAI_API_KEY");
+    command
+}
+
+/// Runs `command` off the test's runtime.
+async fn output(mut command: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("runs")
+}
+
 /// Runs the binary with one prompt against `server`, with no model name or key from the
 /// environment.
 async fn ask(server: &MockVllm, prompt: &'static str) -> std::process::Output {
-    let base_url = server.base_url();
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_travel-agent"))
-            .arg(prompt)
-            .env("OPENAI_BASE_URL", base_url)
-            .env_remove("OPENAI_MODEL")
-            .env_remove("OPENAI_API_KEY")
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("runs")
+    let mut command = against(server);
+    command.arg(prompt);
+    output(command).await
 }
 
 #[tokio::test]
@@ -217,24 +226,16 @@ fn model_provider_bedrock_without_a_model_says_what_to_set() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("use openai"));
 }
 
-/// Runs `travel-agent eval` with `args` against `server`.
+/// Runs `travel-agent eval` with `args` against `server`, with no telemetry or Langfuse.
 async fn eval(server: &MockVllm, args: Vec<String>) -> std::process::Output {
-    let base_url = server.base_url();
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_travel-agent"))
-            .arg("eval")
-            .args(args)
-            .env("OPENAI_BASE_URL", base_url)
-            .env_remove("OPENAI_MODEL")
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("LANGFUSE_HOST")
-            .env_remove("LANGFUSE_BASE_URL")
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("runs")
+    let mut command = against(server);
+    command
+        .arg("eval")
+        .args(args)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("LANGFUSE_HOST")
+        .env_remove("LANGFUSE_BASE_URL");
+    output(command).await
 }
 
 #[tokio::test]
